@@ -1,0 +1,232 @@
+"""Typed, validated configuration (one pydantic model per stage).
+
+``config.yaml`` holds the science: optics, detector, crystals, sizes, the network and the loss
+weight γ. The cluster lives in the Snakemake profile, except the dask cluster of the simulate
+stage (``simulate.cluster``). ``workflow/schemas/config.schema.yaml`` is generated from these
+models (``python -m stemstrain.config``) so that Snakemake validates the same thing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stemstrain.errors import StemstrainInputError
+
+SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Optics(_Section):
+    """Electron-optical settings of the microscope."""
+
+    energy_eV: float = Field(200e3, gt=0, description="Beam energy [eV].")
+    semiangle_mrad: float = Field(1.5, gt=0, description="Probe convergence semiangle [mrad].")
+
+
+class Detector(_Section):
+    """Diffraction-pattern sampling; k = 0 lies at index ``pixels // 2`` on both axes."""
+
+    pixels: int = Field(128, ge=16, description="Pattern size in pixels (square).")
+    k_sampling: float = Field(0.025, gt=0, description="Reciprocal-space sampling [1/angstrom per pixel].")
+
+    @property
+    def max_k(self) -> float:
+        """Largest |k| along an axis inside the detector [1/angstrom]."""
+        return (self.pixels // 2) * self.k_sampling
+
+
+class Noise(_Section):
+    """Detector and dose model applied to simulated patterns (ranges are sampled per pattern)."""
+
+    dose_range: tuple[float, float] = Field((1e4, 1e7), description="Electrons per pattern, log-uniform [e-].")
+    background_range: tuple[float, float] = Field(
+        (0.0, 0.05), description="Smooth diffuse background as a fraction of the total intensity [1]."
+    )
+    blur_px_range: tuple[float, float] = Field((0.0, 1.0), description="Gaussian detector blur sigma [px].")
+    shift_px: float = Field(0.5, ge=0, description="Largest random pattern shift (descan) [px].")
+    ellipticity: float = Field(0.005, ge=0, description="Largest projector ellipticity (axis ratio - 1) [1].")
+
+
+class Precession(_Section):
+    """Optional precession (beam tilts averaged incoherently)."""
+
+    tilts: int = Field(0, ge=0, description="Number of tilts around the cone; 0 switches precession off.")
+    angle_mrad: float = Field(0.0, ge=0, description="Precession semi-angle [mrad].")
+
+
+class Cluster(_Section):
+    """Dask cluster for the simulate stage: a LocalCluster or dask-jobqueue SLURMCluster."""
+
+    kind: Literal["local", "slurm", "none"] = Field("local", description="local, slurm or none (in-process).")
+    workers: int | None = Field(None, ge=1, description="Workers (local) or jobs (slurm); default: CPU cores.")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per dask worker.")
+    queue: str | None = Field(None, description="Slurm partition.")
+    account: str | None = Field(None, description="Slurm account.")
+    cores: int = Field(1, ge=1, description="Cores per Slurm job.")
+    memory: str = Field("4GB", description="Memory per Slurm job.")
+    walltime: str = Field("01:00:00", description="Walltime per Slurm job (HH:MM:SS).")
+    job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines.")
+
+
+class SimulateConfig(_Section):
+    """Training-set simulation (real multislice with abTEM)."""
+
+    crystals: list[str] = Field(["Si_110", "SrTiO3_001", "Au_001"], min_length=1, description="Crystal names.")
+    thicknesses_nm: list[float] = Field([10.0, 20.0, 40.0], min_length=1, description="Thickness series [nm].")
+    strain_max: float = Field(0.03, ge=0, lt=0.2, description="Largest |strain component| sampled [1].")
+    rotation_max_rad: float = Field(0.03, ge=0, lt=0.5, description="Largest |rotation| sampled [rad].")
+    n_samples: int = Field(256, ge=1, description="Number of strain states (each gives all thicknesses).")
+    chunk_size: int = Field(32, ge=1, description="Patterns per Zarr chunk and per dask task.")
+    seed: int = Field(0, description="Random seed; same seed gives the same store.")
+    sampling_angstrom: float = Field(0.1, gt=0, description="Real-space sampling of the potential [angstrom].")
+    frozen_phonons: int = Field(0, ge=0, description="Frozen-phonon configurations; 0 for a static lattice.")
+    noise: Noise = Field(default_factory=Noise)
+    precession: Precession = Field(default_factory=Precession)
+    cluster: Cluster = Field(default_factory=Cluster)
+
+    @model_validator(mode="after")
+    def _positive_thickness(self) -> SimulateConfig:
+        bad = [t for t in self.thicknesses_nm if t <= 0]
+        if bad:
+            raise ValueError(f"thicknesses_nm must be positive, found {bad}")
+        return self
+
+
+class ScanConfig(_Section):
+    """A strained 4D test scan with known truth (``stemstrain simulate-scan``)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Scan name, used in output paths.")
+    crystal: str = Field("Si_110", description="Crystal name.")
+    thickness_nm: float = Field(30.0, gt=0, description="Specimen thickness [nm].")
+    dose: float = Field(1e6, gt=0, description="Electrons per pattern [e-].")
+    field: Literal["uniform", "gradient", "bump", "interface"] = Field("gradient", description="Strain field.")
+    amplitude: float = Field(0.01, description="Largest strain of the field [1].")
+    scan_shape: tuple[int, int] = Field((16, 16), description="Scan positions (scan_y, scan_x).")
+    step_nm: float = Field(0.5, gt=0, description="Scan step [nm].")
+    reference_roi: tuple[int, int, int, int] | None = Field(
+        None, description="[y0, y1, x0, x1] half-open scan indices of the unstrained reference region."
+    )
+    frozen_phonons: int = Field(0, ge=0, description="Frozen-phonon configurations.")
+    seed: int = Field(1, description="Random seed of the noise.")
+
+
+class ModelConfig(_Section):
+    """U-Net mapping a diffraction pattern to its Bragg-spot target image."""
+
+    base_channels: int = Field(16, ge=1, description="Channels of the first level.")
+    depth: int = Field(4, ge=1, le=7, description="Number of resolution levels.")
+    norm: Literal["batch", "group", "none"] = Field("batch", description="Normalisation layer.")
+
+
+class TrainConfig(_Section):
+    """Training of the network."""
+
+    epochs: int = Field(10, ge=1, description="Passes over the training set.")
+    batch_size: int = Field(16, ge=1, description="Patterns per step and per process.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    gamma: float = Field(1.0, gt=0, description="Exponent γ of the MSE term: L = BCE + MSE^γ.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of samples held out for validation.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    nproc: int = Field(2, ge=1, description="Processes per node for torchrun.")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field("auto", description="Autocast precision.")
+    seed: int = Field(0, description="Random seed.")
+
+
+class StrainConfig(_Section):
+    """Inference and strain fitting."""
+
+    batch_size: int = Field(128, ge=1, description="Patterns per network batch.")
+    precision: Literal["fp32", "bf16"] = Field("bf16", description="Inference precision.")
+    methods: list[Literal["unet", "bragg", "cepstrum", "cepstrum-multi"]] = Field(
+        ["unet"], min_length=1, description="Methods run by the workflow."
+    )
+
+
+class EvaluateConfig(_Section):
+    """Evaluation grid of test scans over thickness and dose (all methods)."""
+
+    crystal: str = Field("Si_110", description="Crystal of the grid scans.")
+    thicknesses_nm: list[float] = Field([], description="Thicknesses of the grid [nm]; empty: no grid.")
+    doses: list[float] = Field([], description="Doses of the grid [e- per pattern].")
+    field: Literal["uniform", "gradient", "bump", "interface"] = Field("gradient")
+    scan_shape: tuple[int, int] = Field((12, 12), description="Scan positions of each grid scan.")
+
+
+class Config(_Section):
+    """The whole stemstrain configuration."""
+
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name, used in output paths.")
+    optics: Optics = Field(default_factory=Optics)
+    detector: Detector = Field(default_factory=Detector)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scans: list[ScanConfig] = Field(default_factory=list)
+    strain: StrainConfig = Field(default_factory=StrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+def parse_config(raw: dict, source: str = "config") -> Config:
+    """Validate a configuration mapping.
+
+    Parameters
+    ----------
+    raw : dict
+        Parsed YAML.
+    source : str
+        Name of the origin (file path) used in error messages.
+
+    Raises
+    ------
+    StemstrainInputError
+        Listing every invalid option as ``section.option: problem``.
+    """
+    try:
+        return Config.model_validate(raw or {})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors())
+        raise StemstrainInputError(f"{source}: invalid configuration: {problems}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML configuration file.
+
+    Raises
+    ------
+    StemstrainInputError
+        If the file is missing, not YAML, or has invalid options.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StemstrainInputError(f"{path}: configuration file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise StemstrainInputError(f"{path}: not valid YAML ({err})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise StemstrainInputError(f"{path}: expected a mapping of options, found {type(raw).__name__}")
+    return parse_config(raw, str(path))
+
+
+def json_schema() -> dict:
+    """JSON schema of :class:`Config`, as Snakemake's ``validate`` reads it."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
+
+
+def schema_yaml() -> str:
+    """The JSON schema as YAML text, the content of ``workflow/schemas/config.schema.yaml``."""
+    header = "# Generated by `python -m stemstrain.config`; do not edit by hand.\n"
+    return header + yaml.safe_dump(json_schema(), sort_keys=False)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(schema_yaml())

@@ -1,0 +1,27 @@
+"""Shared fixtures: small strain maps built from the package's own contract functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stemstrain.io import strain_map_dataset, write_strain_map
+
+
+def make_strain_map(path, values=None, shape=(6, 8), **attrs):
+    """Write a strain map whose components are ``values`` (dict) or smooth ramps; return its path."""
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
+    if values is None:
+        values = {"e_xx": 1e-3 * x, "e_yy": -5e-4 * y, "e_xy": 2e-4 * (x - y), "theta": 1e-3 * np.ones(shape)}
+    ds = strain_map_dataset(values, 0.5 * np.arange(shape[0]), 0.5 * np.arange(shape[1]), method="test", **attrs)
+    return write_strain_map(ds, path)
+
+
+@pytest.fixture
+def strain_map_factory(tmp_path):
+    counter = iter(range(1000))
+
+    def factory(values=None, shape=(6, 8), **attrs):
+        return make_strain_map(tmp_path / f"map{next(counter)}.zarr", values, shape, **attrs)
+
+    return factory

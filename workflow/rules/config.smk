@@ -1,0 +1,13 @@
+rule resolved_config:
+    # The merged configuration (config.yaml + --config overrides) that every stage reads;
+    # Snakemake re-runs dependants when it changes.
+    output:
+        "results/config/{run}.yaml",
+    params:
+        resolved=lambda wildcards: config,
+    log:
+        "logs/resolved_config/{run}.log",
+    conda:
+        "../../envs/stemstrain.yaml"
+    script:
+        "../scripts/resolved_config.py"
