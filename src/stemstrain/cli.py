@@ -96,11 +96,85 @@ def strain(
 @app.command()
 @handles_input_errors
 def ingest(
-    raw: Annotated[Path, typer.Argument(help="Detector file.")],
-    out: Annotated[Path, typer.Argument(help="4D-data Zarr store to write.")],
+    raw: Annotated[
+        Path,
+        typer.Argument(
+            help="Detector file: .mib, ARINA *_master.h5, EMPAD .xml, DE .mrc, .blo, py4DSTEM/EMD .h5, .npy, .h5."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="4D-data Zarr store to write (contract of DESIGN.md).")],
+    scan_shape: Annotated[
+        tuple[int, int] | None,
+        typer.Option(metavar="Y X", help="Scan positions (rows, columns); needed for flat frame stacks without one."),
+    ] = None,
+    energy_ev: Annotated[
+        float | None, typer.Option("--energy-ev", metavar="E", help="Beam energy \\[eV]; overrides the file.")
+    ] = None,
+    semiangle_mrad: Annotated[
+        float | None,
+        typer.Option(metavar="A", help="Probe convergence semiangle \\[mrad]; no supported format records it."),
+    ] = None,
+    k_sampling: Annotated[
+        float | None, typer.Option(metavar="S", help="Detector pixel size \\[1/angstrom]; overrides the file.")
+    ] = None,
+    scan_step: Annotated[
+        float | None,
+        typer.Option(metavar="NM", help="Scan step \\[nm]; overrides the file (default from the file, else 1 nm)."),
+    ] = None,
+    chunks: Annotated[
+        tuple[int, int] | None,
+        typer.Option(metavar="CY CX", help="Zarr chunk in scan positions; default about 16 MiB of whole patterns."),
+    ] = None,
+    centre: Annotated[
+        str,
+        typer.Option(
+            help="k = 0 at the detector middle (index n//2) or at the centre of mass of the mean pattern "
+            "('com', one extra pass over the file).",
+            metavar="middle|com",
+        ),
+    ] = "middle",
+    format_name: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="NAME",
+            help="merlin, arina, empad, mrc, blockfile, emd, npy or hdf5; default: from the suffix and HDF5 layout.",
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(metavar="PATH", help="Dataset path inside an HDF5 file (hdf5 and emd formats).")
+    ] = None,
 ) -> None:
-    """Convert a detector file into the 4D-data contract."""
-    _not_built("ingest")
+    """Convert a detector file into the 4D-data contract, streaming (memory bounded by a few blocks).
+
+    Orientation: every pattern keeps the detector's file row order; k_y grows with the row index
+    (downwards with the origin at the top left) and k_x with the column, as the strain convention
+    expects. rosettasciio flips Merlin frames vertically: ingest flips them back, so a .mib and its
+    py4DSTEM .h5 give the same store (Merlin hot pixel "52x_39y" at row 39, column 52). py4DSTEM's
+    array axes (Rx, Ry, Qx, Qy) are our (scan_y, scan_x, k_y, k_x). The first frame is scan (0, 0),
+    scan_x runs fastest.
+    Calibration: options win over file metadata. Energy is read from ARINA, EMPAD, DE MRC and
+    blockfile headers; the k-sampling from py4DSTEM/EMD reciprocal axes and EMPAD's calibrated
+    diffraction angle. What is missing is listed in one error. uint8/uint16 are stored as uint16,
+    other types as float32. A truncated or corrupt file leaves no store; an interrupted run resumes.
+    """
+    from stemstrain.ingest import ingest as ingest_file
+
+    written = ingest_file(
+        raw,
+        out,
+        fmt=format_name,
+        scan_shape=scan_shape,
+        energy_eV=energy_ev,
+        semiangle_mrad=semiangle_mrad,
+        k_sampling=k_sampling,
+        scan_step_nm=scan_step,
+        chunks=chunks,
+        centre=centre,
+        dataset=dataset,
+        progress=sys.stderr.isatty(),
+    )
+    typer.echo(f"wrote {written}")
 
 
 @app.command()
