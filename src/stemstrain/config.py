@@ -126,18 +126,45 @@ class ModelConfig(_Section):
     norm: Literal["batch", "group", "none"] = Field("batch", description="Normalisation layer.")
 
 
+class Augment(_Section):
+    """On-the-fly augmentation of training patterns; geometric ones move the target with the input."""
+
+    shift_px: float = Field(2.0, ge=0, description="Largest random shift of pattern and target (descan) [px].")
+    ellipticity: float = Field(0.01, ge=0, lt=0.5, description="Largest projector ellipticity (axis ratio - 1) [1].")
+    dose_fraction: float = Field(
+        0.5, ge=0, le=1, description="Fraction of patterns resampled to a lower dose by Poisson thinning."
+    )
+    min_dose: float = Field(1e3, gt=0, description="Lowest dose of the thinning, log-uniform up to the pattern's [e-].")
+
+
 class TrainConfig(_Section):
     """Training of the network."""
 
     epochs: int = Field(10, ge=1, description="Passes over the training set.")
     batch_size: int = Field(16, ge=1, description="Patterns per step and per process.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    schedule: Literal["onecycle", "cosine"] = Field("onecycle", description="Learning-rate schedule over all steps.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     gamma: float = Field(1.0, gt=0, description="Exponent γ of the MSE term: L = BCE + MSE^γ.")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of samples held out for validation.")
+    target_power: float = Field(
+        0.5, gt=0, le=1, description="Targets are scaled to peak 1 and raised to this power (keeps weak spots) [1]."
+    )
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of strain states (all their patterns) held out for validation."
+    )
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
     nproc: int = Field(2, ge=1, description="Processes per node for torchrun.")
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field("auto", description="Autocast precision.")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "auto", description="Autocast precision; auto: bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs."
+    )
+    augment: Augment = Field(default_factory=Augment)
+    checkpoint_every: int = Field(0, ge=0, description="Also checkpoint every this many steps; 0: each epoch only.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training process.")
+    cache_mb: float = Field(256.0, ge=0, description="Decoded Zarr chunks kept per process [MiB].")
+    match_radius_px: float = Field(
+        1.5, gt=0, description="Validation: a predicted spot within this distance of a true one is found [px]."
+    )
+    deterministic: bool = Field(False, description="Deterministic algorithms (slower; for tests).")
     seed: int = Field(0, description="Random seed.")
 
 

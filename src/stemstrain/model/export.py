@@ -1,0 +1,95 @@
+"""Exported model file: weights, model config and calibration in one ``torch.save`` dict.
+
+Inference needs nothing else: :func:`load_model` rebuilds the network from the stored
+:class:`~stemstrain.config.ModelConfig` and returns the metadata (calibration, training
+config, data hash, validation scores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from stemstrain import __version__
+from stemstrain.config import ModelConfig
+from stemstrain.errors import StemstrainInputError
+from stemstrain.io import atomic_output
+from stemstrain.model.unet import UNet
+
+FORMAT = "stemstrain-model"
+FORMAT_VERSION = 1
+REQUIRED_METADATA = ("pixels", "k_sampling", "energy_eV", "semiangle_mrad", "config", "data_hash")
+
+
+def export_model(model: torch.nn.Module, path: str | Path, metadata: dict) -> Path:
+    """Write the model for inference, atomically.
+
+    Parameters
+    ----------
+    model : UNet
+        Trained network (a DDP wrapper is unwrapped).
+    path : path
+        Output file, conventionally ``model.pt``.
+    metadata : dict
+        Plain Python values (no tensors): at least pixels, k_sampling [1/angstrom], energy_eV
+        [eV], semiangle_mrad [mrad], config (the whole :class:`~stemstrain.config.Config` as a
+        dict) and data_hash.
+    """
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"model metadata lacks {missing}")
+    model = getattr(model, "module", model)
+    state = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.model_dump(),
+        "state_dict": state,
+        "metadata": {"software_version": __version__, **metadata},
+    }
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+    """Load an exported model for inference.
+
+    Parameters
+    ----------
+    path : path
+        File written by :func:`export_model` (``stemstrain train`` writes ``CKPT_DIR/model.pt``).
+    device : str or torch.device
+        Where to put the network.
+
+    Returns
+    -------
+    model : UNet
+        In eval mode. ``model(patterns)`` takes raw patterns (N, 1, H, W) [counts] and returns
+        (N, 2, H, W): mask logit and spot image.
+    metadata : dict
+        pixels, k_sampling [1/angstrom], energy_eV [eV], semiangle_mrad [mrad], config, data_hash,
+        target_power, validation scores, software_version.
+
+    Raises
+    ------
+    StemstrainInputError
+        If the file is missing or is not a stemstrain model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StemstrainInputError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or damaged files
+        raise StemstrainInputError(f"{path}: cannot be read as a stemstrain model ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise StemstrainInputError(f"{path}: not a stemstrain model (expected format {FORMAT!r})")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise StemstrainInputError(
+            f"{path}: model format version {payload.get('format_version')}, this stemstrain reads {FORMAT_VERSION}"
+        )
+    model = UNet(ModelConfig.model_validate(payload["model_config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload["metadata"]
