@@ -1,0 +1,171 @@
+"""Spot finding with subpixel refinement in batches of images (pure, batched).
+
+A peak is a local maximum above a threshold, at least ``min_distance`` pixels from any larger
+value. Its position is refined by a least-squares quadratic fit to the logarithm of the 3×3
+neighbourhood: the logarithm of a Gaussian is a quadratic, so a sampled Gaussian spot of any
+width or ellipticity is located exactly (to float rounding). Where the fit is not a maximum
+(flat or non-positive neighbourhood), the intensity-weighted centre of mass of the 3×3 window is
+used instead.
+
+Positions are ``(x, y)`` pairs in pixels: x the column index (k_x), y the row index (k_y).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["find_peaks", "refine_peaks"]
+
+_OFFSETS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=float)  # (9, 2) window order
+# Least-squares solution of f = c0 + c1 x + c2 y + c3 x² + c4 xy + c5 y² on the 3×3 window.
+_QUADRATIC = np.linalg.pinv(
+    np.stack(
+        [
+            np.ones(9),
+            _OFFSETS[:, 1],
+            _OFFSETS[:, 0],
+            _OFFSETS[:, 1] ** 2,
+            _OFFSETS[:, 1] * _OFFSETS[:, 0],
+            _OFFSETS[:, 0] ** 2,
+        ],
+        axis=-1,
+    )
+)  # (6, 9)
+
+
+def refine_peaks(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Subpixel offsets and amplitudes of peaks from their 3×3 neighbourhoods.
+
+    Parameters
+    ----------
+    windows : ndarray, shape (p, 3, 3)
+        Intensities around each peak, the peak pixel at the centre.
+
+    Returns
+    -------
+    offsets : ndarray, shape (p, 2)
+        Offset (x, y) of the refined maximum from the centre pixel [px], within ±1.
+    amplitude : ndarray, shape (p,)
+        Height of the fitted maximum (centre value where the centre of mass was used).
+    """
+    values = np.asarray(windows, dtype=np.float64).reshape(-1, 9)
+    centre = values[:, 4]
+    positive = np.all(values > 0, axis=-1)
+    logs = np.log(np.where(positive[:, None], values, 1.0))
+    c = logs @ _QUADRATIC.T  # (p, 6)
+    # The fitted quadratic has its maximum where its gradient vanishes; it is one if the Hessian
+    # [[2 c3, c4], [c4, 2 c5]] is negative definite.
+    h_xx, h_xy, h_yy = 2 * c[:, 3], c[:, 4], 2 * c[:, 5]
+    det = h_xx * h_yy - h_xy**2
+    safe_det = np.where(det > 0, det, 1.0)
+    dx = (-h_yy * c[:, 1] + h_xy * c[:, 2]) / safe_det
+    dy = (h_xy * c[:, 1] - h_xx * c[:, 2]) / safe_det
+    quadratic_ok = positive & (det > 0) & (h_xx < 0) & (np.abs(dx) <= 1) & (np.abs(dy) <= 1)
+
+    # Fallback: centre of mass of the window above its minimum.
+    above = values - values.min(axis=-1, keepdims=True)
+    total = above.sum(axis=-1)
+    safe_total = np.where(total > 0, total, 1.0)
+    com_x = np.where(total > 0, above @ _OFFSETS[:, 1] / safe_total, 0.0)
+    com_y = np.where(total > 0, above @ _OFFSETS[:, 0] / safe_total, 0.0)
+
+    offsets = np.where(quadratic_ok[:, None], np.stack([dx, dy], -1), np.stack([com_x, com_y], -1))
+    log_peak = c[:, 0] + c[:, 1] * dx + c[:, 2] * dy + c[:, 3] * dx**2 + c[:, 4] * dx * dy + c[:, 5] * dy**2
+    amplitude = np.where(quadratic_ok, np.exp(np.where(quadratic_ok, log_peak, 0.0)), centre)
+    return offsets, amplitude
+
+
+def find_peaks(
+    images: np.ndarray,
+    threshold: float = 0.0,
+    threshold_rel: float = 0.02,
+    min_distance: int = 2,
+    max_peaks: int = 64,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Find spots in a batch of images with subpixel positions.
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, H, W) or (H, W)
+        Images (e.g. the network's spot image, or a diffraction pattern).
+    threshold : float
+        Smallest peak value accepted [image units].
+    threshold_rel : float
+        Smallest peak value as a fraction of each image's maximum [1].
+    min_distance : int
+        A peak is the largest value within this many pixels (Chebyshev distance) [px].
+    max_peaks : int
+        Most peaks kept per image, the highest first.
+    mask : ndarray of bool, shape like ``images``, optional
+        Peaks are accepted only where the mask is True (e.g. the network's spot mask).
+
+    Returns
+    -------
+    positions : ndarray, shape (n, m, 2)
+        Peak positions (x, y) [px] in descending order of amplitude, NaN-padded; m ≤ ``max_peaks``.
+        Peaks on the outermost pixel row or column are not reported (no window to refine).
+    weights : ndarray, shape (n, m)
+        Fitted peak amplitudes [image units], zero for padding.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    single = images.ndim == 2
+    if single:
+        images = images[None]
+    if images.ndim != 3:
+        raise ValueError(f"images must have shape (n, H, W) or (H, W), found {images.shape}")
+    n, height, width = images.shape
+    size = 2 * int(min_distance) + 1
+    local_max = ndimage.maximum_filter(images, size=(1, size, size), mode="nearest")
+    floor = np.maximum(threshold, threshold_rel * images.reshape(n, -1).max(axis=-1))
+    candidates = (images == local_max) & (images > floor[:, None, None])
+    if mask is not None:
+        candidates &= np.asarray(mask, dtype=bool).reshape(candidates.shape)
+    candidates[:, [0, -1], :] = False
+    candidates[:, :, [0, -1]] = False
+
+    image_index, row, col = np.nonzero(candidates)
+    values = images[image_index, row, col]
+    order = np.lexsort((-values, image_index))
+    image_index, row, col = image_index[order], row[order], col[order]
+    counts = np.bincount(image_index, minlength=n)
+    rank = np.arange(image_index.size) - (np.cumsum(counts) - counts)[image_index]
+    keep = rank < max_peaks
+    image_index, row, col, rank = image_index[keep], row[keep], col[keep], rank[keep]
+
+    windows = images[
+        image_index[:, None, None],
+        row[:, None, None] + np.arange(-1, 2)[None, :, None],
+        col[:, None, None] + np.arange(-1, 2)[None, None, :],
+    ]
+    offsets, amplitude = refine_peaks(windows)
+
+    m = max(1, int(min(max_peaks, counts.max(initial=0))))
+    positions = np.full((n, m, 2), np.nan)
+    weights = np.zeros((n, m))
+    positions[image_index, rank, 0] = col + offsets[:, 0]
+    positions[image_index, rank, 1] = row + offsets[:, 1]
+    weights[image_index, rank] = amplitude
+    positions, weights = _drop_duplicates(positions, weights)
+    if single:
+        return positions[0], weights[0]
+    return positions, weights
+
+
+def _drop_duplicates(positions: np.ndarray, weights: np.ndarray, radius: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the later of two peaks closer than ``radius`` [px].
+
+    Equal neighbouring pixels (a spot centred between pixels) are both local maxima; both refine
+    to the same position, so one is kept.
+    """
+    distance = np.linalg.norm(positions[:, :, None, :] - positions[:, None, :, :], axis=-1)
+    earlier = np.tril(np.ones(distance.shape[-2:], dtype=bool), k=-1)
+    duplicate = np.any((distance < radius) & earlier, axis=-1)
+    if not duplicate.any():
+        return positions, weights
+    positions = np.where(duplicate[..., None], np.nan, positions)
+    weights = np.where(duplicate, 0.0, weights)
+    # Keep valid peaks first so that the padding stays at the end.
+    order = np.argsort(duplicate | ~np.isfinite(positions[..., 0]), axis=-1, kind="stable")
+    return np.take_along_axis(positions, order[..., None], axis=1), np.take_along_axis(weights, order, axis=1)
