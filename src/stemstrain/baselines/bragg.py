@@ -1,0 +1,314 @@
+"""Bragg-disk detection by template matching (Pekin et al., Ultramicroscopy 176, 170 (2017)).
+
+Each pattern is correlated with a vacuum-probe template through the FFT. The hybrid correlation
+keeps the phase of the cross-power spectrum and raises its magnitude to ``hybrid`` (1: cross-
+correlation, robust to noise; 0: phase correlation, sharp peaks, sensitive to noise). Coarse
+peaks of the correlation map come from :func:`stemstrain.peaks.find_peaks` (the same peak finder
+as the network path); each is then refined by evaluating the correlation on a fine grid around it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+from stemstrain.baselines.refine import local_fourier_sum, refine_peaks
+from stemstrain.errors import StemstrainInputError
+from stemstrain.io import k_calibration
+
+__all__ = ["BraggDetector", "aperture_disk", "disk_radius", "probe_template"]
+
+TEMPLATE_SOURCES = ("auto", "probe", "simulated", "mean")
+
+
+def disk_radius(energy_eV: float, semiangle_mrad: float) -> float:
+    """Radius of the probe-forming aperture in the diffraction plane [1/angstrom].
+
+    Parameters
+    ----------
+    energy_eV : float
+        Beam energy [eV].
+    semiangle_mrad : float
+        Convergence semiangle [mrad].
+    """
+    from abtem.core.energy import energy2wavelength
+
+    return semiangle_mrad * 1e-3 / energy2wavelength(energy_eV)
+
+
+def aperture_disk(
+    shape: tuple[int, int], k_sampling: float, centre: tuple[float, float], radius: float, supersample: int = 8
+) -> np.ndarray:
+    """Simulated vacuum probe: the aperture disk integrated over each detector pixel.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Pattern shape (k_y, k_x) [px].
+    k_sampling : float
+        Pixel size [1/angstrom].
+    centre : (float, float)
+        Fractional pixel index (y, x) of k = 0.
+    radius : float
+        Aperture radius [1/angstrom].
+    supersample : int
+        Sub-pixels per pixel and axis used to integrate the disk edge.
+
+    Returns
+    -------
+    ndarray, shape ``shape``, float32
+        Fraction of each pixel inside the disk (1 inside, 0 outside).
+    """
+    sub = (np.arange(supersample) + 0.5) / supersample - 0.5
+    k_y = ((np.arange(shape[0])[:, None] + sub) - centre[0]) * k_sampling
+    k_x = ((np.arange(shape[1])[:, None] + sub) - centre[1]) * k_sampling
+    inside = (k_y[:, :, None, None] ** 2 + k_x[None, None, :, :] ** 2) <= radius**2  # (H, s, W, s)
+    return inside.mean(axis=(1, 3)).astype(np.float32)
+
+
+def probe_template(scan: xr.Dataset, source: str = "auto", n_mean: int = 256) -> tuple[np.ndarray, str]:
+    """Vacuum-probe template of a 4D scan.
+
+    Parameters
+    ----------
+    scan : xr.Dataset
+        4D data (contract of DESIGN.md).
+    source : {"auto", "probe", "simulated", "mean"}
+        ``probe``: the scan's ``probe`` variable; ``simulated``: the aperture disk at the scan's
+        energy, semiangle and detector calibration; ``mean``: the central disk cut from the mean
+        of the first ``n_mean`` patterns. ``auto`` takes the first that the scan supports, in
+        this order.
+    n_mean : int
+        Patterns averaged for the ``mean`` template.
+
+    Returns
+    -------
+    template : ndarray (k_y, k_x), float32
+        Template at the scan's detector calibration, centred on k = 0 of the scan.
+    source : str
+        The source used.
+
+    Raises
+    ------
+    StemstrainInputError
+        If the requested source is unknown or the scan lacks what it needs.
+    """
+    if source not in TEMPLATE_SOURCES:
+        raise StemstrainInputError(f"template source {source!r} is unknown; expected one of {TEMPLATE_SOURCES}")
+    shape = (scan.sizes["k_y"], scan.sizes["k_x"])
+    if source in ("auto", "probe") and "probe" in scan.data_vars:
+        probe = np.asarray(scan["probe"].values, dtype=np.float32)
+        if probe.shape != shape or not np.isfinite(probe).all() or probe.sum() <= 0:
+            raise StemstrainInputError(
+                f"variable 'probe' must be a finite, non-negative image of shape {shape}; found shape {probe.shape}"
+            )
+        return probe, "probe"
+    if source == "probe":
+        raise StemstrainInputError(
+            f"template source 'probe' needs a variable 'probe' in the scan; found variables {sorted(scan.data_vars)}"
+        )
+    k_sampling, centre = k_calibration(scan)
+    energy, semiangle = scan.attrs.get("energy_eV"), scan.attrs.get("semiangle_mrad")
+    if source in ("auto", "simulated") and energy and semiangle:
+        radius = disk_radius(float(energy), float(semiangle))
+        return aperture_disk(shape, k_sampling, centre, radius), "simulated"
+    if source == "simulated":
+        raise StemstrainInputError("template source 'simulated' needs the attributes 'energy_eV' and 'semiangle_mrad'")
+    return _mean_central_disk(scan, centre, n_mean), "mean"
+
+
+def _mean_central_disk(scan: xr.Dataset, centre: tuple[float, float], n_mean: int) -> np.ndarray:
+    """The undiffracted disk cut from the mean pattern with a soft mask at its measured edge."""
+    data = scan["data"]
+    n_x = data.sizes["scan_x"]
+    rows = max(1, min(data.sizes["scan_y"], -(-n_mean // n_x)))
+    mean = np.asarray(data.isel(scan_y=slice(0, rows)).mean(dim=("scan_y", "scan_x")).values, dtype=np.float64)
+    y, x = np.indices(mean.shape)
+    distance = np.hypot(y - centre[0], x - centre[1])
+    # The disk edge is where the intensity falls to half of the disk's centre value.
+    central = mean[int(round(centre[0])), int(round(centre[1]))]
+    radial = np.array([mean[(distance >= r) & (distance < r + 1)].mean() for r in range(int(distance.max()))])
+    below = np.nonzero(radial < 0.5 * central)[0]
+    edge = float(below[0]) if below.size else 4.0
+    mask = np.clip(edge + 1.5 - distance, 0.0, 1.0)
+    return (mean * mask).astype(np.float32)
+
+
+class BraggDetector:
+    """Bragg-disk positions by hybrid template correlation.
+
+    Parameters
+    ----------
+    template : ndarray (k_y, k_x)
+        Vacuum-probe image at the patterns' calibration; it is centred on its centre of mass.
+    k_sampling : float
+        Pixel size [1/angstrom].
+    centre : (float, float)
+        Fractional pixel index (y, x) of k = 0.
+    disk_radius_px : float
+        Disk radius [px]; disks closer than this plus one pixel to the detector edge are dropped.
+    hybrid : float
+        Exponent of the cross-power magnitude, 0 (phase correlation) to 1 (cross-correlation).
+    max_peaks : int
+        Largest number of disks returned per pattern.
+    min_relative_height : float
+        Disks fainter than this fraction of the strongest disk are dropped; it is also the
+        relative threshold of correlation peaks.
+    upsample : int
+        Subpixel refinement grid: ``1/upsample`` px over ±1 px around each coarse peak.
+    device : str
+        Torch device (``cuda`` when available is the caller's choice).
+
+    Attributes
+    ----------
+    space : str
+        ``"reciprocal"``: positions are (x, y) [1/angstrom] relative to k = 0.
+    """
+
+    space = "reciprocal"
+
+    def __init__(
+        self,
+        template: np.ndarray,
+        k_sampling: float,
+        centre: tuple[float, float],
+        disk_radius_px: float,
+        hybrid: float = 0.5,
+        max_peaks: int = 64,
+        min_relative_height: float = 0.02,
+        upsample: int = 16,
+        device: str = "cpu",
+    ):
+        if not 0.0 <= hybrid <= 1.0:
+            raise StemstrainInputError(f"option hybrid must lie in [0, 1] (1: cross-correlation), found {hybrid}")
+        self.k_sampling = float(k_sampling)
+        self.centre = (float(centre[0]), float(centre[1]))
+        self.disk_radius_px = float(disk_radius_px)
+        self.hybrid = float(hybrid)
+        self.max_peaks = int(max_peaks)
+        self.min_relative_height = float(min_relative_height)
+        self.upsample = int(upsample)
+        self.device = torch.device(device)
+        self.shape = template.shape
+        self._template_ft = self._centred_template_ft(np.asarray(template, dtype=np.float64))
+
+    def _centred_template_ft(self, template: np.ndarray) -> torch.Tensor:
+        """Conjugate FT of the template moved (by a Fourier phase ramp) so its centre of mass is at pixel 0."""
+        if template.sum() <= 0:
+            raise StemstrainInputError("the probe template has no positive intensity")
+        y, x = np.indices(template.shape)
+        com_y, com_x = (template * y).sum() / template.sum(), (template * x).sum() / template.sum()
+        freq_y = np.fft.fftfreq(template.shape[0])[:, None]
+        freq_x = np.fft.fftfreq(template.shape[1])[None, :]
+        ramp = np.exp(2j * np.pi * (freq_y * com_y + freq_x * com_x))
+        return torch.as_tensor(np.conj(np.fft.fft2(template) * ramp), dtype=torch.complex64, device=self.device)
+
+    def correlation_spectrum(self, patterns: torch.Tensor) -> torch.Tensor:
+        """Hybrid cross-power spectrum (n, H, W) of patterns with the template."""
+        product = torch.fft.fft2(patterns) * self._template_ft
+        if self.hybrid == 1.0:
+            return product
+        magnitude = product.abs()
+        scale = torch.where(magnitude > 0, magnitude.clamp_min(1e-30) ** (self.hybrid - 1.0), 0.0)
+        return product * scale
+
+    def __call__(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Disk positions of a batch of patterns.
+
+        Parameters
+        ----------
+        patterns : ndarray, shape (n, k_y, k_x)
+            Diffraction patterns [counts].
+
+        Returns
+        -------
+        positions : ndarray, shape (n, m, 2)
+            Disk centres (x, y) [1/angstrom] relative to k = 0, NaN-padded.
+        weights : ndarray, shape (n, m)
+            Disk intensity (3×3 px mean at the centre) relative to the strongest disk of the
+            pattern (0 for padding).
+        """
+        from stemstrain.peaks import find_peaks
+
+        patterns = np.asarray(patterns, dtype=np.float32)
+        if patterns.ndim != 3 or patterns.shape[1:] != self.shape:
+            raise StemstrainInputError(
+                f"patterns must have shape (n, {self.shape[0]}, {self.shape[1]}), found {patterns.shape}"
+            )
+        with torch.no_grad():
+            spectrum = self.correlation_spectrum(torch.as_tensor(patterns, device=self.device))
+            correlation = torch.fft.ifft2(spectrum).real
+            coarse, _ = find_peaks(
+                correlation.cpu().numpy(),
+                threshold_rel=self.min_relative_height,
+                min_distance=max(2, int(self.disk_radius_px)),
+                max_peaks=self.max_peaks,
+            )
+            positions, _ = self._refine(spectrum, torch.as_tensor(coarse, dtype=torch.float32, device=self.device))
+        positions = positions.cpu().numpy().astype(np.float64)
+        return self._select(positions, self._disk_intensity(patterns, positions))
+
+    @staticmethod
+    def _disk_intensity(patterns: np.ndarray, positions_px: np.ndarray) -> np.ndarray:
+        """Mean pattern intensity over the 3×3 pixels at each disk centre (0 where missing).
+
+        The fit weights a disk by its intensity rather than by its correlation height, which the
+        hybrid correlation compresses so that faint, poorly located disks would weigh as much
+        as bright ones.
+        """
+        n, height, width = patterns.shape
+        finite = np.all(np.isfinite(positions_px), axis=-1)
+        column = np.rint(np.where(finite, positions_px[..., 0], 0)).astype(int)
+        row = np.rint(np.where(finite, positions_px[..., 1], 0)).astype(int)
+        step = np.arange(-1, 2)
+        rows = np.clip(row[..., None, None] + step[:, None], 0, height - 1)
+        columns = np.clip(column[..., None, None] + step[None, :], 0, width - 1)
+        windows = patterns[np.arange(n)[:, None, None, None], rows, columns]
+        return np.where(finite, windows.mean(axis=(-2, -1)), 0.0)
+
+    def _refine(self, spectrum: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = spectrum.device
+        freq_y = torch.fft.fftfreq(self.shape[0], device=device)
+        freq_x = torch.fft.fftfreq(self.shape[1], device=device)
+        step = 1.0 / self.upsample
+        offsets = torch.arange(-self.upsample, self.upsample + 1, device=device) * step
+        centres = torch.round(coarse)
+        values = local_fourier_sum(spectrum, freq_y, freq_x, centres, offsets, sign=+1.0).real / spectrum[0].numel()
+        positions, heights = refine_peaks(values, centres, step)
+        missing = ~torch.isfinite(coarse).all(dim=-1)
+        positions[missing] = float("nan")
+        heights = torch.where(missing, torch.zeros_like(heights), heights)
+        return positions, heights
+
+    def _select(self, positions_px: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Drop weak disks and disks cut by the detector edge; convert pixels to 1/angstrom."""
+        margin = self.disk_radius_px + 1.0
+        x, y = positions_px[..., 0], positions_px[..., 1]
+        inside = (x >= margin) & (x <= self.shape[1] - 1 - margin) & (y >= margin) & (y <= self.shape[0] - 1 - margin)
+        strongest = np.max(np.where(inside, intensity, 0.0), axis=-1, keepdims=True)
+        relative = intensity / np.where(strongest > 0, strongest, 1.0)
+        keep = inside & np.isfinite(x) & (relative >= self.min_relative_height)
+        k = np.stack([(x - self.centre[1]) * self.k_sampling, (y - self.centre[0]) * self.k_sampling], axis=-1)
+        return np.where(keep[..., None], k, np.nan), np.where(keep, relative, 0.0)
+
+
+def make_bragg_detector(
+    scan: xr.Dataset,
+    template: str = "auto",
+    hybrid: float = 0.5,
+    max_peaks: int = 64,
+    min_relative_height: float = 0.02,
+    upsample: int = 16,
+    device: str = "cpu",
+) -> BraggDetector:
+    """Bragg-disk detector for a scan: template from ``probe_template(scan, template)``."""
+    image, source = probe_template(scan, template)
+    k_sampling, centre = k_calibration(scan)
+    energy, semiangle = scan.attrs.get("energy_eV"), scan.attrs.get("semiangle_mrad")
+    radius_px = disk_radius(float(energy), float(semiangle)) / k_sampling if energy and semiangle else 3.0
+    detector = BraggDetector(
+        image, k_sampling, centre, radius_px, hybrid, max_peaks, min_relative_height, upsample, device
+    )
+    detector.template_source = source
+    return detector

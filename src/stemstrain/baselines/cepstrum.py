@@ -1,0 +1,212 @@
+"""Exit-wave power cepstrum (Padgett et al., Ultramicroscopy 214, 112994 (2020)).
+
+The logarithm of a diffraction pattern turns the product of lattice and disk contrast into a sum,
+so the power spectrum of the log pattern, the cepstrum, has sharp peaks at the real-space lattice
+vectors, nearly independent of the intensities inside the disks that thickness and tilt change.
+Before the transform the bright undiffracted disk is masked, the log pattern is windowed (Hann)
+against edge ringing, and its weighted mean is removed: a constant intensity scale adds a
+constant to the log, which that removal cancels exactly, so the cepstrum does not depend on dose
+normalisation.
+
+``cepstrum`` returns the primary peaks (the strongest, at the shortest lattice vectors); ``cepstrum-multi`` returns
+every cepstral peak up to ``r_max`` so that the shared lattice fit weighs several orders jointly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+from stemstrain.baselines.bragg import disk_radius
+from stemstrain.baselines.refine import local_fourier_sum, refine_peaks
+from stemstrain.errors import StemstrainInputError
+from stemstrain.io import k_calibration
+
+__all__ = ["CepstrumDetector", "cepstrum_window", "make_cepstrum_detector"]
+
+
+def cepstrum_window(
+    shape: tuple[int, int], centre: tuple[float, float], mask_radius_px: float, edge_px: float = 1.5
+) -> np.ndarray:
+    """Hann window over the detector times a soft mask of the undiffracted disk.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Pattern shape (k_y, k_x) [px].
+    centre : (float, float)
+        Fractional pixel index (y, x) of k = 0.
+    mask_radius_px : float
+        Radius of the masked central disk [px]; 0 masks nothing.
+    edge_px : float
+        Width of the soft mask edge [px].
+
+    Returns
+    -------
+    ndarray, shape ``shape``, float32
+    """
+    hann_y = np.hanning(shape[0] + 2)[1:-1]
+    hann_x = np.hanning(shape[1] + 2)[1:-1]
+    y, x = np.indices(shape)
+    distance = np.hypot(y - centre[0], x - centre[1])
+    mask = np.clip((distance - mask_radius_px) / edge_px, 0.0, 1.0) if mask_radius_px > 0 else 1.0
+    return (hann_y[:, None] * hann_x[None, :] * mask).astype(np.float32)
+
+
+class CepstrumDetector:
+    """Real-space lattice vectors from the exit-wave power cepstrum of each pattern.
+
+    Parameters
+    ----------
+    k_sampling : float
+        Pixel size [1/angstrom].
+    centre : (float, float)
+        Fractional pixel index (y, x) of k = 0.
+    shape : (int, int)
+        Pattern shape (k_y, k_x).
+    mask_radius_px : float
+        Radius of the masked undiffracted disk [px].
+    offset : float
+        Added to each pattern before the log, as a fraction of the pattern's mean intensity, so
+        that empty pixels give a finite log and shot noise in them is damped.
+    multi : bool
+        False: primary peaks only (those at least ``primary_height`` times the strongest, the
+        shortest lattice vectors); True: every peak with ``r_min <= |r| <= r_max`` above
+        ``min_relative_height``. Peaks of the structure inside the cell (between lattice points)
+        are left for the shared indexing to reject.
+    r_min, r_max : float
+        Radii between which cepstral peaks are searched [angstrom].
+    primary_height : float
+        Peaks at least this fraction of the strongest are primary [1].
+    max_peaks : int
+        Largest number of peaks returned per pattern.
+    min_relative_height : float
+        Peaks below this fraction of the strongest are dropped.
+    upsample : int
+        Subpixel refinement grid: ``1/upsample`` cepstrum pixels over ±1 pixel.
+    device : str
+        Torch device.
+
+    Attributes
+    ----------
+    space : str
+        ``"real"``: positions are (x, y) [angstrom].
+    """
+
+    space = "real"
+
+    def __init__(
+        self,
+        k_sampling: float,
+        centre: tuple[float, float],
+        shape: tuple[int, int],
+        mask_radius_px: float,
+        offset: float = 0.01,
+        multi: bool = False,
+        r_min: float = 1.5,
+        r_max: float = 9.0,
+        primary_height: float = 0.5,
+        max_peaks: int = 48,
+        min_relative_height: float = 0.02,
+        upsample: int = 16,
+        device: str = "cpu",
+    ):
+        if shape[0] != shape[1]:
+            raise StemstrainInputError(f"the cepstrum needs square patterns, found shape {tuple(shape)}")
+        if offset <= 0:
+            raise StemstrainInputError(f"option offset must be positive (fraction of the mean), found {offset}")
+        self.k_sampling = float(k_sampling)
+        self.shape = tuple(shape)
+        self.offset = float(offset)
+        self.multi = bool(multi)
+        self.r_min, self.r_max = float(r_min), float(r_max)
+        self.primary_height = float(primary_height)
+        self.max_peaks = int(max_peaks)
+        self.min_relative_height = float(min_relative_height)
+        self.upsample = int(upsample)
+        self.device = torch.device(device)
+        self.window = torch.as_tensor(cepstrum_window(self.shape, centre, mask_radius_px), device=self.device)
+        # Real-space pixel of the cepstrum: the FFT of a map sampled at k_sampling spans 1/k_sampling.
+        self.r_sampling = 1.0 / (self.shape[1] * self.k_sampling)
+        # Frequencies of the sum: k of each detector pixel (the k origin only changes the phase).
+        self.k_y = torch.arange(self.shape[0], device=self.device, dtype=torch.float32) * self.k_sampling
+        self.k_x = torch.arange(self.shape[1], device=self.device, dtype=torch.float32) * self.k_sampling
+
+    def windowed_log(self, patterns: torch.Tensor) -> torch.Tensor:
+        """Windowed log patterns with zero weighted mean (n, H, W)."""
+        mean = patterns.clamp_min(0).mean(dim=(-2, -1), keepdim=True)
+        log = torch.log(patterns.clamp_min(0) + self.offset * mean.clamp_min(1e-30))
+        centred = log - (log * self.window).sum(dim=(-2, -1), keepdim=True) / self.window.sum()
+        return centred * self.window
+
+    def cepstrum(self, patterns: np.ndarray) -> np.ndarray:
+        """Power cepstra (n, H, W), r = 0 at index ``H // 2``, sampling :attr:`r_sampling` [angstrom/px]."""
+        with torch.no_grad():
+            spectrum = torch.fft.fft2(
+                self.windowed_log(torch.as_tensor(patterns, dtype=torch.float32, device=self.device))
+            )
+            return torch.fft.fftshift(spectrum.abs() ** 2, dim=(-2, -1)).cpu().numpy()
+
+    def __call__(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cepstral peak positions of a batch of patterns.
+
+        Parameters
+        ----------
+        patterns : ndarray, shape (n, k_y, k_x)
+            Diffraction patterns [counts]; any constant scale gives the same result.
+
+        Returns
+        -------
+        positions : ndarray, shape (n, m, 2)
+            Cepstral peaks (x, y) [angstrom] (both members of each ±r pair), NaN-padded.
+        weights : ndarray, shape (n, m)
+            Peak heights relative to the strongest of the pattern (0 for padding).
+        """
+        from stemstrain.peaks import find_peaks
+
+        patterns = np.asarray(patterns, dtype=np.float32)
+        if patterns.ndim != 3 or patterns.shape[1:] != self.shape:
+            raise StemstrainInputError(
+                f"patterns must have shape (n, {self.shape[0]}, {self.shape[1]}), found {patterns.shape}"
+            )
+        with torch.no_grad():
+            log = self.windowed_log(torch.as_tensor(patterns, device=self.device))
+            power = torch.fft.fftshift(torch.fft.fft2(log).abs() ** 2, dim=(-2, -1))
+            half = self.shape[0] // 2
+            y, x = torch.meshgrid(torch.arange(self.shape[0]), torch.arange(self.shape[1]), indexing="ij")
+            radius = torch.hypot((y - half).float(), (x - half).float()).to(self.device) * self.r_sampling
+            # The r = 0 region holds the slowly varying part of the log; search only the annulus.
+            power = power * ((radius >= self.r_min) & (radius <= self.r_max + 2 * self.r_sampling))
+            coarse, _ = find_peaks(
+                power.cpu().numpy(), threshold_rel=self.min_relative_height, min_distance=2, max_peaks=self.max_peaks
+            )
+            coarse = torch.as_tensor(coarse, dtype=torch.float32, device=self.device)
+            centres = (torch.round(coarse) - half) * self.r_sampling
+            step = self.r_sampling / self.upsample
+            offsets = torch.arange(-self.upsample, self.upsample + 1, device=self.device) * step
+            values = local_fourier_sum(log.to(torch.complex64), self.k_y, self.k_x, centres, offsets, sign=-1.0)
+            positions, heights = refine_peaks(values.abs() ** 2, centres, step)
+            missing = ~torch.isfinite(coarse).all(dim=-1)
+            positions[missing] = float("nan")
+            heights = torch.where(missing, torch.zeros_like(heights), heights)
+        return self._select(positions.cpu().numpy().astype(np.float64), heights.cpu().numpy().astype(np.float64))
+
+    def _select(self, positions: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        length = np.linalg.norm(positions, axis=-1)
+        finite = np.isfinite(length)
+        strongest = np.max(np.where(finite, heights, 0.0), axis=-1, keepdims=True)
+        relative = heights / np.where(strongest > 0, strongest, 1.0)
+        keep = finite & (length >= self.r_min) & (length <= self.r_max) & (relative >= self.min_relative_height)
+        if not self.multi:
+            keep &= relative >= self.primary_height
+        return np.where(keep[..., None], positions, np.nan), np.where(keep, relative, 0.0)
+
+
+def make_cepstrum_detector(scan: xr.Dataset, multi: bool = False, **options) -> CepstrumDetector:
+    """Cepstrum detector at a scan's calibration; the central mask covers the undiffracted disk."""
+    k_sampling, centre = k_calibration(scan)
+    shape = (scan.sizes["k_y"], scan.sizes["k_x"])
+    radius_px = disk_radius(float(scan.attrs["energy_eV"]), float(scan.attrs["semiangle_mrad"])) / k_sampling
+    options.setdefault("mask_radius_px", radius_px + 1.0)
+    return CepstrumDetector(k_sampling, centre, shape, multi=multi, **options)
