@@ -26,10 +26,11 @@ def make_detector(method: str, scan: xr.Dataset, **options):
     method : {"bragg", "cepstrum", "cepstrum-multi"}
         ``bragg``: template-matched Bragg disks (:class:`~stemstrain.baselines.bragg.BraggDetector`,
         options ``template`` ("auto", "probe", "simulated", "mean"), ``hybrid``, ``max_peaks``,
-        ``min_relative_height``, ``upsample``, ``device``); ``cepstrum`` / ``cepstrum-multi``:
+        ``min_relative_height``, ``upsample``, ``batch_size``, ``device``); ``cepstrum`` / ``cepstrum-multi``:
         primary / all cepstral peaks (:class:`~stemstrain.baselines.cepstrum.CepstrumDetector`,
         options ``offset``, ``r_min``, ``r_max``, ``primary_height``, ``max_peaks``,
-        ``min_relative_height``, ``upsample``, ``mask_radius_px``, ``device``).
+        ``min_relative_height``, ``upsample``, ``lattice_tolerance``, ``mask_radius_px``,
+        ``batch_size``, ``device`` ("cpu", "cuda" or "auto")).
     scan : xr.Dataset
         4D data (contract of DESIGN.md): its k coords, ``energy_eV``, ``semiangle_mrad`` and
         optional ``probe`` variable calibrate the detector.
@@ -51,6 +52,10 @@ def make_detector(method: str, scan: xr.Dataset, **options):
     }
     if method not in builders:
         raise StemstrainInputError(f"method {method!r} is not a baseline; expected one of {BASELINE_METHODS}")
+    if options.get("device") == "auto":
+        import torch
+
+        options["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         return builders[method](scan, **options)
     except TypeError as err:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from stemstrain.baselines.refine import local_fourier_sum, refine_peaks
+from stemstrain.baselines.refine import in_batches, local_fourier_sum, refine_peaks
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
 
@@ -157,8 +157,10 @@ class BraggDetector:
         relative threshold of correlation peaks.
     upsample : int
         Subpixel refinement grid: ``1/upsample`` px over ±1 px around each coarse peak.
+    batch_size : int
+        Patterns per internal batch (bounds the memory of the refinement).
     device : str
-        Torch device (``cuda`` when available is the caller's choice).
+        Torch device (``cpu``, ``cuda``).
 
     Attributes
     ----------
@@ -178,6 +180,7 @@ class BraggDetector:
         max_peaks: int = 64,
         min_relative_height: float = 0.02,
         upsample: int = 16,
+        batch_size: int = 64,
         device: str = "cpu",
     ):
         if not 0.0 <= hybrid <= 1.0:
@@ -189,6 +192,7 @@ class BraggDetector:
         self.max_peaks = int(max_peaks)
         self.min_relative_height = float(min_relative_height)
         self.upsample = int(upsample)
+        self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.shape = template.shape
         self._template_ft = self._centred_template_ft(np.asarray(template, dtype=np.float64))
@@ -229,13 +233,16 @@ class BraggDetector:
             Disk intensity (3×3 px mean at the centre) relative to the strongest disk of the
             pattern (0 for padding).
         """
-        from stemstrain.peaks import find_peaks
-
         patterns = np.asarray(patterns, dtype=np.float32)
         if patterns.ndim != 3 or patterns.shape[1:] != self.shape:
             raise StemstrainInputError(
                 f"patterns must have shape (n, {self.shape[0]}, {self.shape[1]}), found {patterns.shape}"
             )
+        return in_batches(self._detect, patterns, self.batch_size)
+
+    def _detect(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from stemstrain.peaks import find_peaks
+
         with torch.no_grad():
             spectrum = self.correlation_spectrum(torch.as_tensor(patterns, device=self.device))
             correlation = torch.fft.ifft2(spectrum).real
@@ -293,22 +300,22 @@ class BraggDetector:
         return np.where(keep[..., None], k, np.nan), np.where(keep, relative, 0.0)
 
 
-def make_bragg_detector(
-    scan: xr.Dataset,
-    template: str = "auto",
-    hybrid: float = 0.5,
-    max_peaks: int = 64,
-    min_relative_height: float = 0.02,
-    upsample: int = 16,
-    device: str = "cpu",
-) -> BraggDetector:
-    """Bragg-disk detector for a scan: template from ``probe_template(scan, template)``."""
+def make_bragg_detector(scan: xr.Dataset, template: str = "auto", **options) -> BraggDetector:
+    """Bragg-disk detector for a scan.
+
+    Parameters
+    ----------
+    scan : xr.Dataset
+        4D data; its k coords, ``energy_eV`` and ``semiangle_mrad`` calibrate the detector.
+    template : {"auto", "probe", "simulated", "mean"}
+        Source of the probe template (:func:`probe_template`).
+    **options
+        Further :class:`BraggDetector` parameters (hybrid, max_peaks, min_relative_height,
+        upsample, batch_size, device).
+    """
     image, source = probe_template(scan, template)
     k_sampling, centre = k_calibration(scan)
-    energy, semiangle = scan.attrs.get("energy_eV"), scan.attrs.get("semiangle_mrad")
-    radius_px = disk_radius(float(energy), float(semiangle)) / k_sampling if energy and semiangle else 3.0
-    detector = BraggDetector(
-        image, k_sampling, centre, radius_px, hybrid, max_peaks, min_relative_height, upsample, device
-    )
+    radius_px = disk_radius(float(scan.attrs["energy_eV"]), float(scan.attrs["semiangle_mrad"])) / k_sampling
+    detector = BraggDetector(image, k_sampling, centre, radius_px, **options)
     detector.template_source = source
     return detector

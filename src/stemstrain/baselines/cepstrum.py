@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 
 from stemstrain.baselines.bragg import disk_radius
-from stemstrain.baselines.refine import local_fourier_sum, refine_peaks
+from stemstrain.baselines.refine import in_batches, local_fourier_sum, refine_peaks
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
 
@@ -85,8 +85,13 @@ class CepstrumDetector:
         Peaks below this fraction of the strongest are dropped.
     upsample : int
         Subpixel refinement grid: ``1/upsample`` cepstrum pixels over ±1 pixel.
+    lattice_tolerance : float
+        ``multi`` only: peaks farther than this (fractions of the cell) from a point of the
+        lattice spanned by the primary peaks are dropped [1].
+    batch_size : int
+        Patterns per internal batch (bounds the memory of the refinement).
     device : str
-        Torch device.
+        Torch device (``cpu``, ``cuda``).
 
     Attributes
     ----------
@@ -110,6 +115,8 @@ class CepstrumDetector:
         max_peaks: int = 48,
         min_relative_height: float = 0.02,
         upsample: int = 16,
+        lattice_tolerance: float = 0.15,
+        batch_size: int = 64,
         device: str = "cpu",
     ):
         if shape[0] != shape[1]:
@@ -125,6 +132,8 @@ class CepstrumDetector:
         self.max_peaks = int(max_peaks)
         self.min_relative_height = float(min_relative_height)
         self.upsample = int(upsample)
+        self.lattice_tolerance = float(lattice_tolerance)
+        self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.window = torch.as_tensor(cepstrum_window(self.shape, centre, mask_radius_px), device=self.device)
         # Real-space pixel of the cepstrum: the FFT of a map sampled at k_sampling spans 1/k_sampling.
@@ -163,13 +172,16 @@ class CepstrumDetector:
         weights : ndarray, shape (n, m)
             Peak heights relative to the strongest of the pattern (0 for padding).
         """
-        from stemstrain.peaks import find_peaks
-
         patterns = np.asarray(patterns, dtype=np.float32)
         if patterns.ndim != 3 or patterns.shape[1:] != self.shape:
             raise StemstrainInputError(
                 f"patterns must have shape (n, {self.shape[0]}, {self.shape[1]}), found {patterns.shape}"
             )
+        return in_batches(self._detect, patterns, self.batch_size)
+
+    def _detect(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from stemstrain.peaks import find_peaks
+
         with torch.no_grad():
             log = self.windowed_log(torch.as_tensor(patterns, device=self.device))
             power = torch.fft.fftshift(torch.fft.fft2(log).abs() ** 2, dim=(-2, -1))
@@ -198,9 +210,48 @@ class CepstrumDetector:
         strongest = np.max(np.where(finite, heights, 0.0), axis=-1, keepdims=True)
         relative = heights / np.where(strongest > 0, strongest, 1.0)
         keep = finite & (length >= self.r_min) & (length <= self.r_max) & (relative >= self.min_relative_height)
-        if not self.multi:
-            keep &= relative >= self.primary_height
+        primary = keep & (relative >= self.primary_height)
+        if self.multi:
+            keep &= _on_lattice(positions, primary, self.lattice_tolerance)
+        else:
+            keep = primary
         return np.where(keep[..., None], positions, np.nan), np.where(keep, relative, 0.0)
+
+
+def _on_lattice(positions: np.ndarray, primary: np.ndarray, tolerance: float) -> np.ndarray:
+    """Peaks near a point of the lattice spanned by each pattern's primary peaks.
+
+    The cepstrum also has weaker peaks at vectors between atoms of the cell; they are not lattice
+    vectors, and left in they could make a finer lattice fit the peaks. The basis is the
+    shortest primary peak and the shortest primary peak not collinear with it.
+
+    Parameters
+    ----------
+    positions : ndarray, shape (n, m, 2)
+        Peak positions (x, y); NaN for padding.
+    primary : ndarray of bool, shape (n, m)
+        The primary peaks.
+    tolerance : float
+        Largest distance from integer cell coordinates [1].
+
+    Returns
+    -------
+    ndarray of bool, shape (n, m)
+        False for every peak of a pattern without two non-collinear primary peaks.
+    """
+    length = np.where(primary, np.linalg.norm(np.nan_to_num(positions), axis=-1), np.inf)
+    first = np.argmin(length, axis=-1)
+    a1 = np.take_along_axis(positions, first[:, None, None], axis=1)[:, 0]
+    cross = a1[:, None, 0] * positions[..., 1] - a1[:, None, 1] * positions[..., 0]
+    sine = np.abs(cross) / np.maximum(length * np.linalg.norm(a1, axis=-1)[:, None], 1e-12)
+    second = np.argmin(np.where(sine > 0.3, length, np.inf), axis=-1)
+    a2 = np.take_along_axis(positions, second[:, None, None], axis=1)[:, 0]
+    basis = np.stack([a1, a2], axis=-1)  # (n, 2, 2) columns
+    found = np.isfinite(np.take_along_axis(length, second[:, None], axis=1)[:, 0]) & np.isfinite(basis).all((1, 2))
+    safe = np.where(found[:, None, None], basis, np.eye(2))
+    fractional = np.einsum("nij,nmj->nmi", np.linalg.inv(safe), np.nan_to_num(positions))
+    near = np.max(np.abs(fractional - np.round(fractional)), axis=-1) <= tolerance
+    return near & found[:, None] & np.all(np.isfinite(positions), axis=-1)
 
 
 def make_cepstrum_detector(scan: xr.Dataset, multi: bool = False, **options) -> CepstrumDetector:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-__all__ = ["local_fourier_sum", "refine_peaks"]
+__all__ = ["in_batches", "local_fourier_sum", "refine_peaks"]
 
 
 def local_fourier_sum(
@@ -95,3 +96,22 @@ def refine_peaks(surface: torch.Tensor, centres: torch.Tensor, step: float) -> t
     half = (u - 1) / 2
     offset = torch.stack([(ix - half + dx) * step, (iy - half + dy) * step], dim=-1)
     return centres + offset, heights
+
+
+def in_batches(detect, patterns: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``detect`` on batches of patterns and join the NaN-padded results.
+
+    The local Fourier sums hold (batch × peaks × grid × pixels) complex numbers, so bounded
+    batches bound the memory whatever the caller's chunk size.
+    """
+    results = [detect(patterns[start : start + batch_size]) for start in range(0, len(patterns), batch_size)]
+    m = max(1, *(positions.shape[1] for positions, _ in results))
+    positions = np.full((len(patterns), m, 2), np.nan)
+    weights = np.zeros((len(patterns), m))
+    start = 0
+    for batch_positions, batch_weights in results:
+        stop = start + len(batch_positions)
+        positions[start:stop, : batch_positions.shape[1]] = batch_positions
+        weights[start:stop, : batch_weights.shape[1]] = batch_weights
+        start = stop
+    return positions, weights
