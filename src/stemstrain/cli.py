@@ -53,9 +53,24 @@ def _not_built(name: str) -> None:
 def simulate(
     config: Annotated[Path, typer.Argument(help="Configuration YAML (see config.yaml).")],
     out: Annotated[Path, typer.Argument(help="Training-set Zarr store to write.")],
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Discard a partial store of an interrupted run instead of resuming it.")
+    ] = False,
 ) -> None:
-    """Simulate a training set (abTEM multislice) into a chunked Zarr store."""
-    _not_built("simulate")
+    """Simulate a training set (abTEM multislice) into a chunked Zarr store.
+
+    Strain states, thicknesses, crystals, noise, frozen phonons, precession and the dask cluster
+    (`simulate.cluster.kind`: local, slurm or none) come from the config's `simulate` section. An
+    interrupted run resumes from its finished chunks (`OUT.partial`); the result equals an
+    uninterrupted run with the same seed. Logs patterns/s at the end.
+    """
+    import logging
+
+    from stemstrain.config import load_config
+    from stemstrain.simulate import simulate_training_set
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    typer.echo(f"wrote {simulate_training_set(load_config(config), out, fresh=fresh)}")
 
 
 @app.command("simulate-scan")
@@ -68,8 +83,27 @@ def simulate_scan(
         str | None, typer.Option(help="Name of the scan in the config's `scans` list; default: the first.")
     ] = None,
 ) -> None:
-    """Simulate a strained 4D scan with known strain (the test data of evaluation and the demo)."""
-    _not_built("simulate-scan")
+    """Simulate a strained 4D scan with known strain (the test data of evaluation and the demo).
+
+    Crystal, thickness, dose, strain field (uniform, gradient, bump, interface), amplitude, scan shape,
+    step, reference region and frozen phonons come from the named entry of the config's `scans`;
+    optics, detector and the dask cluster from the rest of the config.
+    """
+    import logging
+
+    from stemstrain.config import load_config
+    from stemstrain.simulate import simulate_scan as run_scan
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    settings = load_config(config)
+    if not settings.scans:
+        raise StemstrainInputError(f"{config}: option 'scans' is empty; expected at least one scan to simulate")
+    names = [s.name for s in settings.scans]
+    if scan is not None and scan not in names:
+        raise StemstrainInputError(f"{config}: scan {scan!r} not found in option 'scans' (found {names})")
+    chosen = settings.scans[names.index(scan) if scan is not None else 0]
+    data, truth_map = run_scan(settings, chosen, out, truth)
+    typer.echo(f"wrote {data} and {truth_map}")
 
 
 @app.command()
@@ -78,9 +112,46 @@ def train(
     config: Annotated[Path, typer.Argument(help="Configuration YAML.")],
     data: Annotated[Path, typer.Argument(help="Training-set Zarr store.")],
     ckpt_dir: Annotated[Path, typer.Argument(help="Directory for checkpoints, metrics and the exported model.")],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from CKPT_DIR/checkpoint.pt if it exists (else start fresh).")
+    ] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Processes on this node (DDP via torchrun); default: train.nproc of the config, capped to CPUs."
+        ),
+    ] = None,
 ) -> None:
-    """Train the network (DDP through torchrun)."""
-    _not_built("train")
+    """Train the network with DDP; writes CKPT_DIR/model.pt (the exported model).
+
+    With more than one process and outside torchrun, the command relaunches itself through
+    `python -m torch.distributed.run --standalone`; under torchrun or srun (RANK, WORLD_SIZE set)
+    every process trains its share. CKPT_DIR also gets checkpoint.pt, metrics.csv, steps.csv and
+    curves.png.
+    """
+    import os
+    import subprocess
+
+    from stemstrain.config import load_config
+    from stemstrain.train import check_training_set
+
+    settings = load_config(config)
+    check_training_set(data, settings)
+    if "RANK" not in os.environ:
+        processes = nproc or min(settings.train.nproc, _cuda_devices() or len(os.sched_getaffinity(0)))
+        if processes > 1:
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+            command += ["-m", "stemstrain.cli", "train", str(config), str(data), str(ckpt_dir)]
+            raise typer.Exit(subprocess.run(command + (["--resume"] if resume else [])).returncode)
+    from stemstrain.train import train as run_training
+
+    run_training(settings, data, ckpt_dir, resume=resume)
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @app.command()
@@ -88,9 +159,84 @@ def train(
 def strain(
     scan: Annotated[Path, typer.Argument(help="4D-data Zarr store (contract of DESIGN.md).")],
     out: Annotated[Path, typer.Argument(help="Strain-map Zarr store to write.")],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Spot detector: unet (the network, needs --model), bragg (template-matched disks), "
+            "cepstrum / cepstrum-multi (cepstral peaks, real space), peaks (maxima of the raw patterns)."
+        ),
+    ] = "unet",
+    model: Annotated[Path | None, typer.Option(help="Exported network (CKPT_DIR/model.pt) for --method unet.")] = None,
+    ref_roi: Annotated[
+        tuple[int, int, int, int] | None,
+        typer.Option(
+            help="Reference region Y0 Y1 X0 X1 (half-open scan indices) whose median lattice is zero strain; "
+            "default: the scan's reference_roi attribute, else the whole scan."
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Patterns per network batch.", min=1)] = 128,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (cuda when available); per worker on a cluster.")] = (
+        "auto"
+    ),
+    precision: Annotated[str, typer.Option(help="Network precision: fp32 or bf16 (autocast).")] = "fp32",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on long runs).")] = (
+        False
+    ),
+    scheduler: Annotated[
+        str,
+        typer.Option(
+            help="none: this process, reading ahead in a thread; local: a dask LocalCluster; "
+            "slurm: a dask-jobqueue SLURMCluster (one Slurm job per worker)."
+        ),
+    ] = "none",
+    workers: Annotated[int | None, typer.Option(help="Dask workers for --scheduler local or slurm.", min=1)] = None,
+    gpus_per_worker: Annotated[
+        int, typer.Option(help="GPUs requested per Slurm worker job (--scheduler slurm).", min=0)
+    ] = 0,
+    unit_patterns: Annotated[
+        int, typer.Option(help="Patterns per work unit (whole input chunks); bounds the memory.", min=1)
+    ] = 1024,
+    allow_calibration_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-calibration-mismatch",
+            help="Run the network on data whose k-sampling is more than 1.5x from the model's (with a warning).",
+        ),
+    ] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Discard OUT.partial of an interrupted run; default: resume.")
+    ] = (False),
+    progress: Annotated[bool, typer.Option(help="Show a progress bar with patterns/s.")] = True,
 ) -> None:
-    """Measure a strain map from a 4D scan."""
-    _not_built("strain")
+    """Measure a strain map from a 4D scan: spots, lattice fit per pattern, strain vs the reference region.
+
+    Data with another k-sampling or detector size than the model's are resampled from their k
+    coordinates. Work is written by region to OUT.partial; an interrupted run resumes from the
+    chunks it finished. The result follows the strain-map contract (e_xx, e_yy, e_xy, theta,
+    fit_error, n_peaks, mask, plus the fitted lattice per position).
+    """
+    from stemstrain.infer import strain_map
+
+    cluster_options = {"job_extra_directives": [f"--gpus={gpus_per_worker}"]} if gpus_per_worker else {}
+    strain_map(
+        scan,
+        out,
+        method=method,
+        model=model,
+        reference_roi=ref_roi,
+        batch_size=batch,
+        device=device,
+        precision=precision,
+        compile=compile,
+        scheduler=scheduler,
+        workers=workers,
+        cluster_options=cluster_options,
+        unit_patterns=unit_patterns,
+        allow_calibration_mismatch=allow_calibration_mismatch,
+        fresh=fresh,
+        progress=progress,
+    )
+    typer.echo(f"wrote {out}")
 
 
 @app.command()
@@ -210,9 +356,35 @@ def evaluate(
 @handles_input_errors
 def evaluate_grid(
     config: Annotated[Path, typer.Argument(help="Configuration YAML with an evaluate section.")],
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Exported network (CKPT_DIR/model.pt) for the unet method; without it unet is skipped."),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option(help="Directory for table.csv, table.md and rmse_vs_thickness.png.")] = Path(
+        "results/evaluation"
+    ),
+    work_dir: Annotated[
+        Path, typer.Option(help="Directory for the grid's scans, strain maps and scores (reused when present).")
+    ] = Path("results/grid"),
+    method: Annotated[
+        list[str] | None, typer.Option(help="Method to run (repeatable); default: the config's evaluate.methods.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars of the strain runs.")] = False,
 ) -> None:
-    """Run every method on a thickness × dose grid of test scans and tabulate errors."""
-    _not_built("evaluate-grid")
+    """Run every method on a thickness × dose grid of test scans and tabulate errors.
+
+    The grid is the config's evaluate section (crystal, thicknesses_nm, doses, field, amplitude,
+    scan_shape, reference_roi, methods). Each scan is simulated as by `stemstrain simulate-scan`,
+    each method runs as `stemstrain strain`, and each map is scored as by `stemstrain evaluate`.
+    """
+    from stemstrain.baselines.grid import evaluate_grid as run_grid
+    from stemstrain.config import load_config
+
+    table = run_grid(load_config(config), work_dir, out_dir, model=model, methods=method, progress=progress)
+    typer.echo((out_dir / "table.md").read_text())
+    typer.echo(
+        f"wrote {out_dir / 'table.csv'} ({len(table)} rows), {out_dir / 'table.md'}, {out_dir / 'rmse_vs_thickness.png'}"
+    )
 
 
 @app.command()

@@ -62,6 +62,8 @@ __all__ = [
 ]
 
 METHODS = ("unet", "bragg", "cepstrum", "cepstrum-multi", "peaks")
+# Options that only the network uses; the other methods ignore them.
+_NETWORK_OPTIONS = {"batch_size", "precision", "compile", "allow_calibration_mismatch"}
 # A calibration further than this factor from the model's is refused unless overridden.
 CALIBRATION_FACTOR = 1.5
 
@@ -104,7 +106,15 @@ def reduced_basis(points: np.ndarray, weights: np.ndarray | None = None, max_poi
     length = np.linalg.norm(diffs, axis=-1)
     scale = np.median(length)
     diffs, length = diffs[length > 1e-3 * scale], length[length > 1e-3 * scale]
-    candidates = diffs[np.argsort(length)[:12]]
+    # The same lattice vector appears between many pairs of spots: keep one per vector (up to sign).
+    diffs = np.where((diffs[:, :1] < 0) | ((diffs[:, :1] == 0) & (diffs[:, 1:] < 0)), -diffs, diffs)
+    diffs = diffs[np.argsort(length)]
+    candidates: list[np.ndarray] = []
+    for vector in diffs:
+        if all(np.linalg.norm(vector - known) > 0.05 * np.linalg.norm(known) for known in candidates):
+            candidates.append(vector)
+            if len(candidates) == 8:
+                break
     best, best_score = nan_basis, (-1, -np.inf)
     for i in range(len(candidates)):
         for j in range(i + 1, len(candidates)):
@@ -505,8 +515,10 @@ def make_detector(method: str, scan: xr.Dataset, model=None, **options) -> Calla
             from stemstrain.baselines import make_detector as make_baseline
         except ImportError:
             raise StemstrainInputError(f"--method {method}: not available in this installation") from None
-        allowed = {"device"}
-        return make_baseline(method, scan, **{k: v for k, v in options.items() if k in allowed})
+        baseline_options = {k: v for k, v in options.items() if k not in _NETWORK_OPTIONS}
+        if "device" in baseline_options:
+            baseline_options["device"] = _device(baseline_options["device"])
+        return make_baseline(method, scan, **baseline_options)
     raise StemstrainInputError(f"--method: expected one of {METHODS}, found {method!r}")
 
 
@@ -712,6 +724,7 @@ def strain_map(
     compile: bool = False,
     scheduler: str = "none",
     workers: int | None = None,
+    cluster_options: dict | None = None,
     client=None,
     unit_patterns: int = 1024,
     fit_options: FitOptions = FitOptions(),
@@ -750,6 +763,9 @@ def strain_map(
         ``slurm``: a dask-jobqueue SLURMCluster.
     workers : int, optional
         Dask workers for ``local``/``slurm``.
+    cluster_options : dict, optional
+        Options of the ``SLURMCluster`` (queue, account, cores, memory, walltime,
+        job_extra_directives such as ``["--gpus=1"]``).
     client : dask.distributed.Client, optional
         Use this running client instead of starting a cluster.
     unit_patterns : int
@@ -850,7 +866,7 @@ def strain_map(
                 raise StemstrainInputError("model: a distributed run needs the model as a checkpoint path")
             with contextlib.ExitStack() as stack:
                 if client is None:
-                    client = stack.enter_context(dask_client(scheduler, workers))
+                    client = stack.enter_context(dask_client(scheduler, workers, **(cluster_options or {})))
                 _run_distributed(client, todo, job, bar)
         else:
             _run_local(scan, todo, store, detector, lattice0, origin0, fit_options, stage, bar)

@@ -1,0 +1,85 @@
+"""Spot finding and the fitting chain spots -> lattice -> strain on target images."""
+
+import numpy as np
+import pytest
+
+from stemstrain.infer import FitOptions, fit_patterns, initial_lattice, reduced_basis
+from stemstrain.peaks import find_peaks
+from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image
+from stemstrain.strain import deformation_from_strain, reference_lattice, strain_from_lattice
+
+PIXELS, K_SAMPLING, ENERGY = 128, 0.025, 200e3
+K_MAX = (PIXELS // 2 - 2) * K_SAMPLING
+
+
+def target_pattern(crystal, deformation, shift_px=(0.0, 0.0)):
+    """Target image (SIM's contract) of a strained crystal, optionally shifted (descan) [px]."""
+    g_xy, intensity, _ = kinematic_spots(crystal, deformation, K_MAX, ENERGY)
+    positions = pixels_from_k(g_xy, PIXELS, K_SAMPLING) + np.asarray(shift_px)
+    return target_image(positions, spot_weights(intensity, g_xy), PIXELS)
+
+
+def test_gaussian_spots_are_located_to_a_hundredth_of_a_pixel():
+    rng = np.random.default_rng(3)
+    truth = np.stack([rng.uniform(8, 108, 2) + 12 * np.arange(2)[:, None] * [1, 0] for _ in range(40)])
+    truth = truth.reshape(40, 2, 2)
+    images = np.stack([target_image(t, [1.0, 0.4], PIXELS) for t in truth])
+    positions, weights = find_peaks(images, min_distance=2)
+    for found, expected in zip(positions, truth, strict=True):
+        found = found[np.isfinite(found[:, 0])]
+        assert len(found) == 2
+        error = np.linalg.norm(found[:, None] - expected[None], axis=-1).min(axis=1)
+        assert error.max() < 0.01
+    assert np.allclose(np.sort(weights, axis=1)[:, ::-1], [1.0, 0.4], atol=1e-3)
+
+
+def test_spot_between_two_pixels_is_found_once_and_elliptic_spots_exactly():
+    y, x = np.mgrid[0:32, 0:32]
+    between = np.exp(-((x - 10.5) ** 2 + (y - 20.0) ** 2) / 2).astype(np.float32)
+    elliptic = np.exp(-((x - 7.3) ** 2 / (2 * 1.6**2) + (y - 9.8) ** 2 / (2 * 0.8**2))).astype(np.float32)
+    positions, _ = find_peaks(np.stack([between, elliptic]))
+    assert np.isfinite(positions[0, :, 0]).sum() == 1
+    assert positions[0, 0] == pytest.approx([10.5, 20.0], abs=1e-4)
+    assert positions[1, 0] == pytest.approx([7.3, 9.8], abs=1e-4)
+
+
+def test_no_peaks_in_empty_images_and_masked_peaks_are_dropped():
+    images = np.zeros((3, 16, 16), np.float32)
+    images[1, 8, 8] = 1.0
+    positions, weights = find_peaks(images, mask=np.zeros_like(images, bool))
+    assert not np.isfinite(positions).any() and not weights.any()
+
+
+def test_reduced_basis_is_the_shortest_right_handed_pair():
+    basis = np.array([[0.3, 0.1], [0.05, 0.25]])
+    hk = np.array([(h, k) for h in range(-3, 4) for k in range(-3, 4)])
+    points = hk @ (basis @ np.array([[1, 1], [0, 1]])).T  # a non-reduced basis generates the points
+    found = reduced_basis(points)
+    assert np.linalg.det(found) > 0
+    assert abs(np.linalg.det(found)) == pytest.approx(abs(np.linalg.det(basis)))
+    g1, g2 = found.T
+    assert abs(g1 @ g2) <= 0.5 * (g1 @ g1) + 1e-12  # Lagrange-reduced: no shorter basis exists
+    assert np.linalg.norm(g1) <= np.linalg.norm(g2)
+    assert np.linalg.norm(g2) == pytest.approx(np.hypot(0.2, 0.2))  # g1 - g2 of the generating basis
+
+
+@pytest.mark.parametrize("crystal", ["Si_110", "SrTiO3_001"])
+def test_chain_recovers_uniform_one_percent_strain_from_target_images(crystal):
+    """Target images -> peaks -> indexing -> robust fit -> strain vs the reference median, to 1e-6."""
+    cases = [(0.01, 0.0, 0.0, 0.0), (0.0, 0.01, 0.0, 0.0), (0.0, 0.0, 0.01, 0.0), (0.004, -0.006, 0.003, 0.01)]
+    reference_images = [target_pattern(crystal, np.eye(2), shift) for shift in [(0, 0), (0.3, -0.2)]]
+    strained_images = [target_pattern(crystal, deformation_from_strain(*case), (0.17, 0.41)) for case in cases]
+    images = np.stack(reference_images + strained_images)
+    positions, weights = find_peaks(images, threshold_rel=0.01)
+    k_positions = (positions - PIXELS // 2) * K_SAMPLING
+    lattice0, origin0 = initial_lattice(k_positions[0], weights[0], "reciprocal")
+    fit = fit_patterns(k_positions, weights, lattice0, origin0, options=FitOptions())
+    assert fit["valid"].all()
+    assert fit["n_peaks"].min() >= 10
+    reference = reference_lattice(fit["lattice"][None, :2], valid=fit["valid"][None, :2])
+    strain = strain_from_lattice(fit["lattice"][2:], reference)
+    for row, case in enumerate(cases):
+        measured = [strain[name][row] for name in ("e_xx", "e_yy", "e_xy", "theta")]
+        assert measured == pytest.approx(case, abs=1e-6)
+    # the descan shift shows up in the origin, not in the lattice
+    assert fit["origin"][1] == pytest.approx(np.array([0.3, -0.2]) * K_SAMPLING, abs=1e-6)
