@@ -64,6 +64,9 @@ BLOCK_BYTES = 64 * 2**20
 CHUNK_BYTES = 16 * 2**20
 """Target size of one Zarr chunk of the output store [bytes] when ``chunks`` is not given."""
 
+INPUT_CHUNK_BYTES = 4 * 2**20
+"""Size of the lazy input chunks (dask ``array.chunk-size`` while a reader runs) [bytes]."""
+
 CENTRES = ("middle", "com")
 
 _LENGTH_TO_NM = {"nm": 1.0, "µm": 1e3, "um": 1e3, "μm": 1e3, "å": 0.1, "a": 0.1, "angstrom": 0.1, "pm": 1e-3, "m": 1e9}
@@ -223,14 +226,14 @@ def _read_merlin(raw: Path, scan_shape, dataset) -> RawScan:
             f"{frame_bytes}-byte frames ({properties.file_size / frame_bytes:.2f} frames)"
         )
     hdr_path = raw.with_suffix(".hdr")
+    expected = 0
     if hdr_path.exists():
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # a damaged .hdr is optional information, not an error
             expected = int(parse_hdr_file(str(hdr_path))["Frames in Acquisition (Number)"])
-            if 0 < frames < expected:
-                raise StemstrainInputError(
-                    f"{raw}: truncated Merlin file: {hdr_path.name} announces {expected} frames, "
-                    f"the file holds {frames}"
-                )
+    if frames < expected:
+        raise StemstrainInputError(
+            f"{raw}: truncated Merlin file: {hdr_path.name} announces {expected} frames, the file holds {frames}"
+        )
     kwargs = {"navigation_shape": tuple(scan_shape[::-1])} if scan_shape is not None else {}
     signal = _read_lazy(file_reader, raw, "Merlin MIB", **kwargs)
     # undo rosettasciio's vertical flip: our frames keep the file row order (as py4DSTEM)
@@ -291,11 +294,21 @@ def _read_empad(raw: Path, scan_shape, dataset) -> RawScan:
     from rsciio.empad import file_reader
 
     signal = _read_lazy(file_reader, raw, "EMPAD xml/raw")
+    frames = math.prod(signal["data"].shape[:-2])
+    height, width = signal["data"].shape[-2:]
+    # each frame carries 2 trailing metadata rows that rosettasciio drops
+    expected = frames * (height + 2) * width * 4
+    raw_name = signal["original_metadata"].get("root", {}).get("raw_file", {}).get("filename")
+    payload = raw.with_name(raw_name) if raw_name else None
+    if payload is not None and payload.exists() and payload.stat().st_size < expected:
+        raise StemstrainInputError(
+            f"{payload}: truncated EMPAD raw file: {payload.stat().st_size} bytes, {raw.name} announces {expected}"
+        )
     root = signal["original_metadata"].get("root", {})
     iom = root.get("iom_measurements", {}) if isinstance(root, dict) else {}
     scan = RawScan(_to_4d(signal["data"], scan_shape, str(raw)), "empad", sources={"orientation": "file row order"})
     with contextlib.suppress(KeyError, TypeError, ValueError):
-        scan.energy_eV = float(iom["source.get_voltage"])
+        scan.energy_eV = float(iom["source"]["get_voltage"])
         scan.sources["energy_eV"] = "xml iom_measurements/source.get_voltage"
     with contextlib.suppress(KeyError, TypeError, ValueError):
         angle = float(iom["calibrated_diffraction_angle"])
@@ -312,6 +325,15 @@ def _read_mrc(raw: Path, scan_shape, dataset) -> RawScan:
 
     kwargs = {"navigation_shape": tuple(scan_shape[::-1])} if scan_shape is not None else {}
     signal = _read_lazy(file_reader, raw, "MRC", **kwargs)
+    header = signal["original_metadata"].get("std_header", {})
+    expected = 0
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        mode_bytes = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}[int(header["MODE"])]
+        expected = 1024 + int(header["NEXT"]) + int(header["NX"]) * int(header["NY"]) * int(header["NZ"]) * mode_bytes
+    if raw.stat().st_size < expected:
+        raise StemstrainInputError(
+            f"{raw}: truncated MRC file: {raw.stat().st_size} bytes, its header announces {expected}"
+        )
     scan = RawScan(_to_4d(signal["data"], scan_shape, str(raw)), "mrc", sources={"orientation": "file row order"})
     info = signal["original_metadata"].get("de_metadata", {})
     with contextlib.suppress(KeyError, TypeError, ValueError):
@@ -488,8 +510,9 @@ def read_raw(
         raise StemstrainInputError(f"--scan-shape: expected two positive integers Y X, found {scan_shape}")
     import dask
 
-    # rosettasciio's "auto" chunks follow dask's chunk size: keep input chunks as small as output chunks
-    with dask.config.set({"array.chunk-size": f"{CHUNK_BYTES}B"}):
+    # rosettasciio's "auto" chunks follow dask's chunk size: input chunks well below a block, so that
+    # the input chunks a block touches add little to the block itself
+    with dask.config.set({"array.chunk-size": f"{INPUT_CHUNK_BYTES}B"}):
         scan = FORMATS[fmt].reader(raw, None if scan_shape is None else tuple(int(n) for n in scan_shape), dataset)
     if scan.data.ndim != 4 or min(scan.data.shape) < 1:
         scan.resources.close()
@@ -702,7 +725,8 @@ def ingest(
             raise StemstrainInputError(f"--chunks: expected two positive integers CY CX, found {chunks}")
         chunks = (min(int(chunks[0]), data.shape[0]), min(int(chunks[1]), data.shape[1]))
         # fail on a truncated or damaged file before any output exists
-        _read_block(data, (slice(-1, None), slice(-1, None)), raw)
+        n_y, n_x = data.shape[:2]
+        _read_block(data, (slice(n_y - 1, n_y), slice(n_x - 1, n_x)), raw)
         _read_block(data, (slice(0, 1), slice(0, 1)), raw)
 
         sources = dict(scan.sources)
