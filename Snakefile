@@ -17,8 +17,10 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/baselines.smk"
 
 
 rule all:
     input:
         "results/report.md",
+        GRID_OUTPUTS,

@@ -184,8 +184,17 @@ class EvaluateConfig(_Section):
     crystal: str = Field("Si_110", description="Crystal of the grid scans.")
     thicknesses_nm: list[float] = Field([], description="Thicknesses of the grid [nm]; empty: no grid.")
     doses: list[float] = Field([], description="Doses of the grid [e- per pattern].")
-    field: Literal["uniform", "gradient", "bump", "interface"] = Field("gradient")
+    field: Literal["uniform", "gradient", "bump", "interface"] = Field("gradient", description="Strain field.")
+    amplitude: float = Field(0.01, description="Largest strain of the field [1].")
     scan_shape: tuple[int, int] = Field((12, 12), description="Scan positions of each grid scan.")
+    step_nm: float = Field(0.5, gt=0, description="Scan step [nm].")
+    reference_roi: tuple[int, int, int, int] | None = Field(
+        None, description="[y0, y1, x0, x1] reference region of each grid scan; default: the left quarter of columns."
+    )
+    methods: list[Literal["unet", "bragg", "cepstrum", "cepstrum-multi"]] = Field(
+        ["unet", "bragg", "cepstrum", "cepstrum-multi"], min_length=1, description="Methods scored on every scan."
+    )
+    seed: int = Field(1, description="Random seed of the noise of the grid scans.")
 
 
 class Config(_Section):
