@@ -1,0 +1,248 @@
+"""Training set: strained crystals through real multislice, with noisy inputs and kinematic spot targets.
+
+Layout of the store (the training-set contract of DESIGN.md): ``inputs`` and ``targets`` (sample, k_y, k_x)
+float32, labels ``strain`` (sample, component = e_xx, e_yy, e_xy, theta), ``thickness_nm``, ``material``,
+``dose`` and the other noise parameters per sample. Sample order: strain state, then probe position, then
+thickness. Each chunk holds whole strain states and is simulated by one task with a random generator
+seeded by ``(seed, chunk index)``, so the store does not depend on the executor, on the order in which
+chunks finish or on interruptions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from stemstrain import __version__
+from stemstrain.config import Config
+from stemstrain.io import ResumableStore, reference_k
+from stemstrain.simulate.crystals import get_crystal
+from stemstrain.simulate.executor import run_tasks
+from stemstrain.simulate.multislice import SimulationOptics, probe_positions_in_cell, simulate_patterns
+from stemstrain.simulate.noise import apply_noise, distort_points, sample_noise
+from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image
+from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain
+
+__all__ = ["check_simulation", "optics_from_config", "simulate_chunk", "simulate_training_set", "training_layout"]
+
+log = logging.getLogger(__name__)
+
+MATERIAL_DTYPE = "<U16"
+# Fixed-width strings have no Zarr v3 specification yet; xarray and zarr-python read them back.
+warnings.filterwarnings("ignore", message=".*FixedLengthUTF32.*")
+
+
+def optics_from_config(config: Config) -> SimulationOptics:
+    """Simulation optics of a configuration (optics, detector and potential sampling)."""
+    return SimulationOptics(
+        energy_eV=config.optics.energy_eV,
+        semiangle_mrad=config.optics.semiangle_mrad,
+        pixels=config.detector.pixels,
+        k_sampling=config.detector.k_sampling,
+        sampling=config.simulate.sampling_angstrom,
+    )
+
+
+def check_simulation(config: Config, crystals: list[str]) -> SimulationOptics:
+    """Validate what the simulation needs beyond the schema; return its optics.
+
+    Raises
+    ------
+    StemstrainInputError
+        For an unknown crystal or a detector reaching beyond the simulated scattering angles.
+    """
+    for name in crystals:
+        get_crystal(name)
+    optics = optics_from_config(config)
+    optics.check()
+    return optics
+
+
+def training_layout(config: Config) -> tuple[int, int, int]:
+    """Patterns per strain state, strain states per chunk and number of chunks."""
+    sim = config.simulate
+    per_state = sim.positions_per_state * len(sim.thicknesses_nm)
+    states_per_chunk = max(1, sim.chunk_size // per_state)
+    return per_state, states_per_chunk, math.ceil(sim.n_samples / states_per_chunk)
+
+
+def _draw_strain(rng: np.random.Generator, strain_max: float, rotation_max: float) -> np.ndarray:
+    strain = rng.uniform(-strain_max, strain_max, 3) if strain_max > 0 else np.zeros(3)
+    theta = rng.uniform(-rotation_max, rotation_max) if rotation_max > 0 else 0.0
+    return np.array([*strain, theta])
+
+
+def simulate_chunk(config: Config, chunk: int) -> dict[str, np.ndarray]:
+    """Simulate the strain states of one chunk (a pure function of the config and the chunk index).
+
+    Returns
+    -------
+    dict of ndarray
+        ``inputs``, ``targets`` (n, pixels, pixels) float32 and the per-sample labels.
+    """
+    sim = config.simulate
+    optics = optics_from_config(config)
+    _, states_per_chunk, _ = training_layout(config)
+    first = chunk * states_per_chunk
+    states = range(first, min(first + states_per_chunk, sim.n_samples))
+    rng = np.random.default_rng([sim.seed, chunk])
+    k_max = (optics.pixels // 2 - 1) * optics.k_sampling
+    columns: dict[str, list] = {name: [] for name in ("inputs", "targets", "strain", "thickness_nm", "material")}
+    columns.update({name: [] for name in ("dose", "background", "blur_px", "shift_px", "ellipticity")})
+    for state in states:
+        crystal = sim.crystals[state % len(sim.crystals)]
+        strain = _draw_strain(rng, sim.strain_max, sim.rotation_max_rad)
+        deformation = deformation_from_strain(*strain)
+        positions = probe_positions_in_cell(
+            crystal, deformation, rng.uniform(0, 1, (sim.positions_per_state, 2)), optics.box
+        )
+        patterns, thickness = simulate_patterns(
+            crystal,
+            deformation,
+            sim.thicknesses_nm,
+            positions,
+            optics,
+            frozen_phonons=sim.frozen_phonons,
+            precession=(sim.precession.tilts, sim.precession.angle_mrad),
+            seed=int(rng.integers(2**31)),
+        )
+        g_xy, intensity, _ = kinematic_spots(crystal, deformation, k_max, optics.energy_eV)
+        weights = spot_weights(intensity, g_xy)
+        spots_px = pixels_from_k(g_xy[weights > 0], optics.pixels, optics.k_sampling)
+        for pattern, t in zip(
+            patterns.reshape(-1, optics.pixels, optics.pixels), np.tile(thickness, len(positions)), strict=True
+        ):
+            noise = sample_noise(rng, sim.noise)
+            columns["inputs"].append(apply_noise(pattern, noise, optics.k_sampling, rng))
+            moved = distort_points(spots_px, noise, optics.pixels)
+            columns["targets"].append(target_image(moved, weights[weights > 0], optics.pixels, sim.target_sigma_px))
+            columns["strain"].append(strain)
+            columns["thickness_nm"].append(t)
+            columns["material"].append(crystal)
+            columns["dose"].append(noise.dose)
+            columns["background"].append(noise.background)
+            columns["blur_px"].append(noise.blur_px)
+            columns["shift_px"].append(noise.shift_px)
+            columns["ellipticity"].append(noise.ellipticity)
+    result = {name: np.asarray(values) for name, values in columns.items()}
+    result["material"] = result["material"].astype(MATERIAL_DTYPE)
+    return result
+
+
+_LABELS = {
+    "strain": (("sample", "component"), "float64", "1", "strain e_xx, e_yy, e_xy [1] and rotation theta [rad]"),
+    "thickness_nm": (("sample",), "float64", "nm", "specimen thickness"),
+    "material": (("sample",), MATERIAL_DTYPE, "", "crystal name"),
+    "dose": (("sample",), "float64", "e-", "incident electrons per pattern"),
+    "background": (("sample",), "float64", "1", "diffuse background fraction"),
+    "blur_px": (("sample",), "float64", "px", "detector blur sigma"),
+    "shift_px": (("sample", "xy"), "float64", "px", "pattern shift (x, y)"),
+    "ellipticity": (("sample",), "float64", "1", "elliptical distortion (axis ratio - 1)"),
+}
+
+
+def _template(config: Config, n_patterns: int, chunk_patterns: int) -> xr.Dataset:
+    pixels, k_sampling = config.detector.pixels, config.detector.k_sampling
+    image_chunks = (chunk_patterns, pixels, pixels)
+    k = reference_k(pixels, k_sampling)
+    variables = {
+        "inputs": (
+            ("sample", "k_y", "k_x"),
+            da.zeros((n_patterns, pixels, pixels), dtype=np.float32, chunks=image_chunks),
+            {"units": "counts", "long_name": "noisy diffraction pattern"},
+        ),
+        "targets": (
+            ("sample", "k_y", "k_x"),
+            da.zeros((n_patterns, pixels, pixels), dtype=np.float32, chunks=image_chunks),
+            {"units": "1", "long_name": "Gaussian Bragg-spot target image (target > 0 is the spot mask)"},
+        ),
+    }
+    for name, (dims, dtype, units, long_name) in _LABELS.items():
+        shape = (n_patterns, *([4] if "component" in dims else []), *([2] if "xy" in dims else []))
+        chunks = (chunk_patterns, *shape[1:])
+        fill = "" if dtype == MATERIAL_DTYPE else 0
+        variables[name] = (
+            dims,
+            da.full(shape, fill, dtype=dtype, chunks=chunks),
+            {"units": units, "long_name": long_name},
+        )
+    sim = config.simulate
+    return xr.Dataset(
+        variables,
+        coords={
+            "sample": ("sample", np.arange(n_patterns)),
+            "k_y": ("k_y", k, {"units": "1/angstrom", "long_name": "scattering vector y"}),
+            "k_x": ("k_x", k, {"units": "1/angstrom", "long_name": "scattering vector x"}),
+            "component": ("component", list(STRAIN_COMPONENTS)),
+            "xy": ("xy", ["x", "y"]),
+        },
+        attrs={
+            "energy_eV": config.optics.energy_eV,
+            "semiangle_mrad": config.optics.semiangle_mrad,
+            "k_sampling": k_sampling,
+            "pixels": pixels,
+            "crystals": list(sim.crystals),
+            "target_sigma_px": sim.target_sigma_px,
+            "target_weighting": "sqrt of kinematic intensity relative to the strongest g != 0 reflection, clipped at 1",
+            "seed": sim.seed,
+            "simulate_config": json.dumps(sim.model_dump(mode="json")),
+            "software_version": __version__,
+        },
+    )
+
+
+def simulate_training_set(config: Config, out: Path, fresh: bool = False) -> Path:
+    """Simulate the training set of a configuration into a chunked, resumable Zarr store.
+
+    Parameters
+    ----------
+    config : Config
+        Whole configuration (optics, detector and the ``simulate`` section).
+    out : Path
+        Final store path; a run interrupted earlier resumes from ``<out>.partial``.
+    fresh : bool
+        Discard a partial store of an earlier run instead of resuming it.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    sim = config.simulate
+    check_simulation(config, sim.crystals)
+    per_state, states_per_chunk, n_chunks = training_layout(config)
+    n_patterns = sim.n_samples * per_state
+    chunk_patterns = states_per_chunk * per_state
+    store = ResumableStore(out)
+    store.start(_template(config, n_patterns, chunk_patterns), fresh=fresh)
+    todo = [(f"chunk-{c}", (config, c)) for c in range(n_chunks) if not store.is_done(f"chunk-{c}")]
+    log.info(
+        "simulate: %d strain states x %d patterns in %d chunks (%d to do), crystals %s, thicknesses %s nm",
+        sim.n_samples,
+        per_state,
+        n_chunks,
+        len(todo),
+        sim.crystals,
+        sim.thicknesses_nm,
+    )
+
+    def write(key: str, result: dict) -> None:
+        start = int(key.split("-")[1]) * chunk_patterns
+        region = {"sample": slice(start, start + len(result["inputs"]))}
+        variables = {"inputs": (("sample", "k_y", "k_x"), result["inputs"])}
+        variables["targets"] = (("sample", "k_y", "k_x"), result["targets"])
+        variables.update({name: (dims, result[name]) for name, (dims, *_) in _LABELS.items()})
+        store.write_region(xr.Dataset(variables), region, key)
+
+    sizes = [chunk_patterns] * len(todo)
+    if todo and todo[-1][0] == f"chunk-{n_chunks - 1}":
+        sizes[-1] = n_patterns - (n_chunks - 1) * chunk_patterns
+    run_tasks(simulate_chunk, todo, sim.cluster, write, "simulate", items_per_task=sizes)
+    return store.finalize()

@@ -1,0 +1,323 @@
+"""Real multislice (abTEM) of a strained crystal, recorded in the reference calibration.
+
+A strained crystal is made by deforming a crystal larger than the simulation box with the
+deformation gradient F (about the box centre) and cutting an orthogonal box of side ``L = 1/k_sampling``.
+abTEM propagates the probe through one repeated period (``CrystalPotential``) and returns the exit
+waves at the requested thicknesses (exit planes), so a whole thickness series costs one propagation.
+
+The detector is exact, without interpolation: the exit wave is tapered over a few angstrom at the box
+edges (the cut-out strained crystal is not periodic there), Fourier transformed at three times the
+box's frequency resolution (the discrete transform of the wave zero-padded to 3L) and 3 × 3 fine
+pixels are summed into one detector pixel. The odd factor keeps k = 0 at the centre of pixel
+``pixels // 2``. The transform is a pair of matrix products restricted to the detector's frequencies,
+which is exact and much cheaper than a padded FFT. Precession tilts are de-scanned in the same
+transform by shifting its frequencies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import abtem
+import ase
+import dask
+import numpy as np
+
+from stemstrain.errors import StemstrainInputError
+from stemstrain.simulate.crystals import crystal_unit, get_crystal, projected_cell
+
+__all__ = [
+    "SimulationOptics",
+    "exit_plane_periods",
+    "probe_positions_in_cell",
+    "simulate_patterns",
+    "strained_box",
+    "vacuum_probe",
+]
+
+abtem.config.set({"diagnostics.progress_bar": False})
+
+OVERSAMPLING = 3  # fine pixels per detector pixel along each axis (odd: k = 0 stays at a pixel centre)
+
+
+@dataclass(frozen=True)
+class SimulationOptics:
+    """Everything about the microscope and detector that the multislice needs.
+
+    Attributes
+    ----------
+    energy_eV : float
+        Beam energy [eV].
+    semiangle_mrad : float
+        Probe convergence semiangle [mrad].
+    pixels : int
+        Detector pixels along each axis; k = 0 at index ``pixels // 2``.
+    k_sampling : float
+        Detector pixel size [1/angstrom]; the simulation box side is ``1 / k_sampling``.
+    sampling : float
+        Requested real-space sampling of the potential [angstrom]; the grid is rounded to a fast FFT size.
+    taper : float
+        Width of the cosine taper of the exit wave at the box edges [angstrom].
+    """
+
+    energy_eV: float = 200e3
+    semiangle_mrad: float = 1.5
+    pixels: int = 128
+    k_sampling: float = 0.025
+    sampling: float = 0.1
+    taper: float = 4.0
+
+    @property
+    def box(self) -> float:
+        """Side of the square simulation box [angstrom]."""
+        return 1.0 / self.k_sampling
+
+    @property
+    def gpts(self) -> int:
+        """Grid points along each axis (a product of 2, 3, 5 at least as fine as ``sampling``)."""
+        return _fast_size(int(np.ceil(self.box / self.sampling)))
+
+    @property
+    def wavelength(self) -> float:
+        """Relativistic electron wavelength [angstrom]."""
+        return float(abtem.core.energy.energy2wavelength(self.energy_eV))
+
+    @property
+    def max_simulated_k(self) -> float:
+        """Largest scattering vector that the multislice carries (abTEM's 2/3 antialiasing) [1/angstrom]."""
+        return (2.0 / 3.0) * 0.5 * self.gpts / self.box
+
+    def check(self) -> None:
+        """Raise StemstrainInputError when the detector reaches beyond what the multislice simulates."""
+        detector_k = (self.pixels // 2) * self.k_sampling * np.sqrt(2.0)
+        if detector_k > self.max_simulated_k:
+            raise StemstrainInputError(
+                f"detector corner at {1e3 * detector_k * self.wavelength:.1f} mrad ({detector_k:.3f} 1/angstrom, "
+                f"detector.pixels={self.pixels}, detector.k_sampling={self.k_sampling}) lies beyond the simulated "
+                f"range {self.max_simulated_k:.3f} 1/angstrom of simulate.sampling_angstrom={self.sampling}: "
+                f"expected sampling_angstrom <= {1.0 / (3.0 * detector_k):.4f}"
+            )
+        probe_extent = 2.0 * 0.61 * self.wavelength / (1e-3 * self.semiangle_mrad)
+        if self.box < probe_extent + 2 * self.taper + 10.0:
+            raise StemstrainInputError(
+                f"simulation box 1/k_sampling = {self.box:.1f} angstrom (detector.k_sampling={self.k_sampling}) is too "
+                f"small for a {probe_extent:.1f} angstrom probe and {self.taper} angstrom tapers: expected at least "
+                f"{probe_extent + 2 * self.taper + 10.0:.1f} angstrom"
+            )
+
+
+def _fast_size(n: int) -> int:
+    """Smallest integer >= n whose prime factors are 2, 3 and 5."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def exit_plane_periods(crystal: str, thicknesses_nm) -> np.ndarray:
+    """Number of crystal periods along the zone axis closest to each thickness (at least one)."""
+    period = get_crystal(crystal).period
+    thicknesses = np.asarray(thicknesses_nm, dtype=float)
+    if np.any(~np.isfinite(thicknesses)) or np.any(thicknesses <= 0):
+        raise StemstrainInputError(f"thicknesses must be positive [nm], found {thicknesses.tolist()}")
+    return np.maximum(1, np.rint(10.0 * thicknesses / period)).astype(int)
+
+
+def strained_box(crystal: str, deformation: np.ndarray, box: float) -> ase.Atoms:
+    """Cut an orthogonal box from a crystal deformed by F about the box centre.
+
+    Parameters
+    ----------
+    crystal : str
+        Crystal name.
+    deformation : ndarray (2, 2)
+        In-plane deformation gradient F acting on (x, y) column vectors.
+    box : float
+        Side of the square box [angstrom].
+
+    Returns
+    -------
+    ase.Atoms
+        One period along z; a lattice point of the unstrained crystal sits at the box centre.
+    """
+    unit = crystal_unit(crystal)
+    lengths = unit.cell.lengths()
+    deformation = np.asarray(deformation, dtype=float)
+    half = 0.5 * box + 2.0
+    corners = np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
+    reach = np.abs(corners @ np.linalg.inv(deformation).T).max(axis=0)
+    n_x, n_y = (np.ceil(reach / lengths[:2]).astype(int) + 1).tolist()
+    i, j = np.meshgrid(np.arange(-n_x, n_x + 1), np.arange(-n_y, n_y + 1), indexing="ij")
+    offsets = np.stack([i.ravel() * lengths[0], j.ravel() * lengths[1]], axis=1)
+    xy = (offsets[:, None, :] + unit.positions[None, :, :2]).reshape(-1, 2)
+    xy = xy @ deformation.T + 0.5 * box
+    z = np.tile(unit.positions[:, 2], len(offsets))
+    symbols = np.tile(unit.get_chemical_symbols(), len(offsets))
+    inside = np.all((xy >= 0) & (xy < box), axis=1)
+    positions = np.column_stack([xy[inside], z[inside]])
+    return ase.Atoms(symbols[inside].tolist(), positions=positions, cell=[box, box, lengths[2]], pbc=True)
+
+
+def probe_positions_in_cell(crystal: str, deformation: np.ndarray, fractions: np.ndarray, box: float) -> np.ndarray:
+    """Probe positions at fractional coordinates of the strained projected cell next to the box centre.
+
+    Parameters
+    ----------
+    fractions : ndarray (m, 2)
+        Fractional coordinates in the projected primitive cell.
+
+    Returns
+    -------
+    ndarray (m, 2)
+        Positions (x, y) in box coordinates [angstrom].
+    """
+    cell = np.asarray(deformation, dtype=float) @ projected_cell(crystal)
+    return 0.5 * box + np.asarray(fractions, dtype=float) @ cell.T
+
+
+def _taper_window(optics: SimulationOptics) -> np.ndarray:
+    x = (np.arange(optics.gpts) + 0.5) * optics.box / optics.gpts
+    edge = np.minimum(x, optics.box - x) / optics.taper
+    ramp = np.where(edge >= 1.0, 1.0, np.sin(0.5 * np.pi * np.clip(edge, 0.0, 1.0)) ** 2)
+    return ramp.astype(np.float32)
+
+
+def _detector_matrix(optics: SimulationOptics, k_offset: float = 0.0) -> np.ndarray:
+    """Rows of the Fourier transform at the detector's fine frequencies (3 per pixel) [shape (3 P, gpts)].
+
+    ``k_offset`` [1/angstrom] shifts every frequency (de-scan of a tilted beam).
+    """
+    fine = OVERSAMPLING * (np.arange(optics.pixels) - optics.pixels // 2)
+    fine = (fine[:, None] + np.arange(OVERSAMPLING) - OVERSAMPLING // 2).ravel()
+    k = fine * optics.k_sampling / OVERSAMPLING + k_offset
+    x = np.arange(optics.gpts) * optics.box / optics.gpts
+    return np.exp(-2j * np.pi * np.outer(k, x)).astype(np.complex64)
+
+
+def diffraction_patterns(
+    exit_waves: np.ndarray, optics: SimulationOptics, tilt_k: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
+    """Detector images of exit waves, each pixel integrating its area.
+
+    Parameters
+    ----------
+    exit_waves : ndarray (..., gpts_x, gpts_y) complex
+        Exit waves in abTEM's axis order (x first).
+    optics : SimulationOptics
+        Detector calibration.
+    tilt_k : (float, float)
+        Beam tilt (x, y) [1/angstrom] to de-scan.
+
+    Returns
+    -------
+    ndarray (..., pixels, pixels) float32
+        Intensity (k_y, k_x) as a fraction of the exit-wave intensity.
+    """
+    window = _taper_window(optics)
+    norm = np.sum(np.abs(exit_waves) ** 2, axis=(-2, -1), keepdims=True)
+    waves = exit_waves * (window[:, None] * window[None, :])
+    row_x = _detector_matrix(optics, tilt_k[0])
+    row_y = _detector_matrix(optics, tilt_k[1])
+    # psi[x, y] -> A[k_y, k_x] = sum_y sum_x E_y[k_y, y] psi[x, y] E_x[k_x, x]
+    amplitude = row_y @ np.swapaxes(waves, -1, -2) @ row_x.T
+    fine = np.abs(amplitude) ** 2 / ((OVERSAMPLING * optics.gpts) ** 2 * norm)
+    p, s = optics.pixels, OVERSAMPLING
+    return fine.reshape(*fine.shape[:-2], p, s, p, s).sum(axis=(-3, -1)).astype(np.float32)
+
+
+def _precession_tilts(tilts: int, angle_mrad: float) -> np.ndarray:
+    if tilts <= 0 or angle_mrad <= 0:
+        return np.zeros((1, 2))
+    phi = 2 * np.pi * np.arange(tilts) / tilts
+    return angle_mrad * np.column_stack([np.cos(phi), np.sin(phi)])
+
+
+def simulate_patterns(
+    crystal: str,
+    deformation: np.ndarray,
+    thicknesses_nm,
+    positions: np.ndarray,
+    optics: SimulationOptics,
+    frozen_phonons: int = 0,
+    precession: tuple[int, float] = (0, 0.0),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multislice diffraction patterns of a strained crystal for a thickness series.
+
+    Parameters
+    ----------
+    crystal : str
+        Crystal name.
+    deformation : ndarray (2, 2)
+        Deformation gradient F = R(θ)(I + ε) on (x, y).
+    thicknesses_nm : sequence of float
+        Thicknesses [nm]; each is rounded to a whole number of periods along the zone axis.
+    positions : ndarray (m, 2)
+        Probe positions (x, y) in the box [angstrom].
+    optics : SimulationOptics
+        Optics and detector.
+    frozen_phonons : int
+        Frozen-phonon configurations averaged incoherently; 0 for a static lattice.
+    precession : (int, float)
+        Tilts around the cone and precession semi-angle [mrad]; (0, 0) switches precession off.
+    seed : int
+        Seed of the thermal displacements.
+
+    Returns
+    -------
+    patterns : ndarray (m, n_thickness, pixels, pixels) float32
+        Intensity (k_y, k_x), summing to the fraction of electrons inside the detector.
+    thickness_nm : ndarray (n_thickness,)
+        Simulated thicknesses [nm].
+    """
+    spec = get_crystal(crystal)
+    periods = exit_plane_periods(crystal, thicknesses_nm)
+    atoms = strained_box(crystal, deformation, optics.box)
+    slice_thickness = spec.period / spec.slices_per_period
+    if frozen_phonons > 0:
+        atoms = abtem.FrozenPhonons(
+            atoms, num_configs=min(16, int(periods.max())), sigmas=dict(spec.rms_displacement), seed=seed
+        )
+    unit = abtem.Potential(atoms, gpts=optics.gpts, slice_thickness=slice_thickness, projection="infinite")
+    exit_planes = tuple(int(p) * spec.slices_per_period - 1 for p in np.unique(periods))
+    potential = abtem.CrystalPotential(
+        unit,
+        repetitions=(1, 1, int(periods.max())),
+        exit_planes=exit_planes,
+        num_frozen_phonons=frozen_phonons if frozen_phonons > 0 else None,
+        seeds=tuple(int(s) for s in np.random.default_rng(seed).integers(0, 2**31, frozen_phonons))
+        if frozen_phonons > 0
+        else None,
+        ensemble_mean=False,
+    )
+    positions = np.atleast_2d(np.asarray(positions, dtype=float))
+    total = 0.0
+    tilts = _precession_tilts(*precession)
+    # Nested dask inside a worker task would submit to the cluster; the task itself is the unit of parallelism.
+    with dask.config.set(scheduler="synchronous"):
+        for tilt in tilts:
+            probe = abtem.Probe(
+                energy=optics.energy_eV, semiangle_cutoff=optics.semiangle_mrad, tilt=tuple(tilt), gpts=optics.gpts
+            )
+            probe.grid.match(potential)
+            waves = probe.multislice(potential, scan=abtem.CustomScan(positions), lazy=False).array
+            waves = waves.reshape(-1, len(exit_planes), len(positions), optics.gpts, optics.gpts)
+            tilt_k = tuple(1e-3 * tilt / optics.wavelength)
+            total = total + diffraction_patterns(waves, optics, tilt_k).mean(axis=0)
+    patterns = np.swapaxes(total / len(tilts), 0, 1)
+    plane_of = {p: i for i, p in enumerate(np.unique(periods))}
+    patterns = patterns[:, [plane_of[p] for p in periods]]
+    return patterns.astype(np.float32), periods * spec.period / 10.0
+
+
+def vacuum_probe(optics: SimulationOptics) -> np.ndarray:
+    """Detector image of the probe without specimen, (pixels, pixels) float32 summing to ~1."""
+    probe = abtem.Probe(energy=optics.energy_eV, semiangle_cutoff=optics.semiangle_mrad, gpts=optics.gpts)
+    probe.grid.extent = optics.box
+    with dask.config.set(scheduler="synchronous"):
+        wave = probe.build((0.5 * optics.box, 0.5 * optics.box), lazy=False).array
+    return diffraction_patterns(wave, optics)

@@ -1,0 +1,232 @@
+"""Strained 4D test scans with known truth: the data that evaluation and the demo run on.
+
+A strain field (uniform, gradient, Gaussian bump, or an interface with misfit) is laid over the scan and
+is zero in the reference region. Every scan position is simulated as a crystal under its local uniform
+deformation ``F = R(θ)(I + ε)`` (a good model for a 1.5 mrad nanobeam probe, a few unit cells wide); positions
+sharing one deformation are propagated together through one potential. The probe sits at the position
+``F⁻¹ s`` (modulo the projected cell) of the undeformed lattice for scan position s. Counting noise at the
+scan's dose is drawn per position from ``(seed, y, x)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from stemstrain.config import Config, ScanConfig
+from stemstrain.io import (
+    atomic_output,
+    check_reference_roi,
+    make_4d_dataset,
+    strain_map_dataset,
+    write_strain_map,
+)
+from stemstrain.lattice import reciprocal_vectors
+from stemstrain.simulate.crystals import get_crystal, projected_cell
+from stemstrain.simulate.dataset import check_simulation
+from stemstrain.simulate.executor import run_tasks
+from stemstrain.simulate.multislice import SimulationOptics, simulate_patterns, vacuum_probe
+from stemstrain.simulate.noise import PatternNoise, apply_noise
+from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain
+
+__all__ = ["default_reference_roi", "simulate_scan", "strain_field"]
+
+log = logging.getLogger(__name__)
+
+MAX_POSITIONS_PER_TASK = 16
+# Field shapes: strain components (e_xx, e_yy, e_xy, theta) per unit of the field's amplitude.
+FIELD_COMPONENTS = {
+    "uniform": (1.0, -0.5, 0.3, 0.4),
+    "gradient": (1.0, -0.5, 0.3, 0.4),
+    "bump": (1.0, 1.0, 0.0, 0.2),
+    "interface": (1.0, 0.0, 0.0, 0.0),
+}
+
+
+def default_reference_roi(scan_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Reference region when the config names none: the left quarter of the scan (at least one column)."""
+    n_y, n_x = scan_shape
+    return (0, n_y, 0, max(1, n_x // 4))
+
+
+def strain_field(
+    field: str, scan_shape: tuple[int, int], reference_roi: tuple[int, int, int, int], amplitude: float
+) -> dict[str, np.ndarray]:
+    """Strain and rotation over the scan, exactly zero in the reference region.
+
+    The shapes grow with the distance d (in scan steps, the larger of the y and x distances) from the
+    reference region: ``uniform`` is constant outside it, ``gradient`` rises linearly with d to the amplitude
+    at the farthest position, ``bump`` is a Gaussian (σ a quarter of the strained region's smaller side)
+    centred in the strained region, ``interface`` a step to the amplitude halfway out (a misfitting layer).
+
+    Parameters
+    ----------
+    field : str
+        ``uniform``, ``gradient``, ``bump`` or ``interface``.
+    scan_shape : (int, int)
+        Scan positions (scan_y, scan_x).
+    reference_roi : (int, int, int, int)
+        ``[y0, y1, x0, x1]`` half-open scan indices of the unstrained region.
+    amplitude : float
+        Largest strain [1]; components scale with :data:`FIELD_COMPONENTS`.
+
+    Returns
+    -------
+    dict of ndarray (scan_y, scan_x)
+        ``e_xx``, ``e_yy``, ``e_xy`` [1] and ``theta`` [rad].
+    """
+    n_y, n_x = scan_shape
+    y0, y1, x0, x1 = reference_roi
+    iy, ix = np.mgrid[0:n_y, 0:n_x]
+    distance = np.maximum(np.maximum(y0 - iy, iy - (y1 - 1)), np.maximum(x0 - ix, ix - (x1 - 1)))
+    distance = np.maximum(distance, 0).astype(float)
+    outside = distance > 0
+    farthest = distance.max()
+    if field == "uniform":
+        profile = outside.astype(float)
+    elif field == "gradient":
+        profile = distance / farthest if farthest > 0 else np.zeros(scan_shape)
+    elif field == "interface":
+        profile = (distance > 0.5 * farthest).astype(float)
+    elif field == "bump":
+        if outside.any():
+            cy, cx = iy[outside].mean(), ix[outside].mean()
+            sides = (np.ptp(iy[outside]) + 1, np.ptp(ix[outside]) + 1)
+            sigma = max(1.0, 0.25 * min(sides))
+            profile = np.exp(-0.5 * ((iy - cy) ** 2 + (ix - cx) ** 2) / sigma**2) * outside
+        else:
+            profile = np.zeros(scan_shape)
+    else:
+        raise ValueError(f"unknown strain field {field!r}")
+    return {
+        name: amplitude * weight * profile
+        for name, weight in zip(STRAIN_COMPONENTS, FIELD_COMPONENTS[field], strict=True)
+    }
+
+
+def _probe_positions(crystal: str, deformation: np.ndarray, scan_xy: np.ndarray, box: float) -> np.ndarray:
+    """Probe positions in the box for scan positions (x, y) [angstrom] under a local deformation F."""
+    cell = projected_cell(crystal)
+    fractions = scan_xy @ np.linalg.inv(deformation @ cell).T
+    fractions -= np.floor(fractions)
+    return 0.5 * box + fractions @ (deformation @ cell).T
+
+
+def simulate_positions(
+    crystal: str,
+    strain: np.ndarray,
+    scan_xy: np.ndarray,
+    thickness_nm: float,
+    optics: SimulationOptics,
+    frozen_phonons: int,
+    seed: int,
+) -> np.ndarray:
+    """Clean patterns (m, pixels, pixels) of scan positions (m, 2) (x, y) [angstrom] sharing one strain state."""
+    deformation = deformation_from_strain(*strain)
+    positions = _probe_positions(crystal, deformation, np.asarray(scan_xy, dtype=float), optics.box)
+    patterns, _ = simulate_patterns(
+        crystal, deformation, [thickness_nm], positions, optics, frozen_phonons=frozen_phonons, seed=seed
+    )
+    return patterns[:, 0]
+
+
+def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> tuple[Path, Path]:
+    """Simulate a strained 4D scan and its ground-truth strain map.
+
+    Parameters
+    ----------
+    config : Config
+        Optics, detector, potential sampling and the dask cluster (``simulate.cluster``).
+    scan : ScanConfig
+        Crystal, thickness, dose, strain field and scan geometry.
+    out : Path
+        4D-data store to write (contract of DESIGN.md, with ``probe`` and ``reference_roi``).
+    truth : Path
+        Strain-map store of the imposed field (strain relative to the unstrained crystal).
+
+    Returns
+    -------
+    (Path, Path)
+        ``out`` and ``truth``.
+    """
+    optics = check_simulation(config, [scan.crystal])
+    spec = get_crystal(scan.crystal)
+    shape = tuple(scan.scan_shape)
+    roi = check_reference_roi(
+        scan.reference_roi or default_reference_roi(shape), shape, f"scans[{scan.name}].reference_roi"
+    )
+    field = strain_field(scan.field, shape, roi, scan.amplitude)
+    strain = np.stack([field[name] for name in STRAIN_COMPONENTS], axis=-1)
+    iy, ix = np.mgrid[0 : shape[0], 0 : shape[1]]
+    scan_xy = 10.0 * scan.step_nm * np.stack([ix, iy], axis=-1).astype(float)
+
+    unique, group_of = np.unique(strain.reshape(-1, 4), axis=0, return_inverse=True)
+    tasks, members = [], {}
+    for group, state in enumerate(unique):
+        flat = np.flatnonzero(group_of.ravel() == group)
+        for part, start in enumerate(range(0, len(flat), MAX_POSITIONS_PER_TASK)):
+            indices = flat[start : start + MAX_POSITIONS_PER_TASK]
+            key = f"{group}-{part}"
+            members[key] = indices
+            args = (scan.crystal, state, scan_xy.reshape(-1, 2)[indices], scan.thickness_nm, optics)
+            tasks.append(
+                (key, (*args, scan.frozen_phonons, int(np.random.default_rng([scan.seed, group]).integers(2**31))))
+            )
+    clean = np.zeros((shape[0] * shape[1], optics.pixels, optics.pixels), dtype=np.float32)
+
+    def collect(key: str, patterns: np.ndarray) -> None:
+        clean[members[key]] = patterns
+
+    log.info("simulate-scan %s: %d positions, %d strain states", scan.name, clean.shape[0], len(unique))
+    run_tasks(
+        simulate_positions,
+        tasks,
+        config.simulate.cluster,
+        collect,
+        f"simulate-scan {scan.name}",
+        items_per_task=[len(members[k]) for k, _ in tasks],
+    )
+    counts = np.stack(
+        [
+            apply_noise(pattern, PatternNoise(dose=scan.dose), optics.k_sampling, np.random.default_rng([scan.seed, i]))
+            for i, pattern in enumerate(clean)
+        ]
+    ).reshape(*shape, optics.pixels, optics.pixels)
+    thickness = float(np.rint(10.0 * scan.thickness_nm / spec.period) * spec.period / 10.0)
+    dataset = make_4d_dataset(
+        counts,
+        scan.step_nm,
+        optics.k_sampling,
+        optics.energy_eV,
+        optics.semiangle_mrad,
+        probe=vacuum_probe(optics) * scan.dose,
+        material=scan.crystal,
+        zone_axis=spec.zone_axis,
+        thickness_nm=thickness,
+        dose_e_per_pattern=scan.dose,
+        reference_roi=list(roi),
+        strain_field=scan.field,
+        strain_amplitude=scan.amplitude,
+        frozen_phonons=scan.frozen_phonons,
+        seed=scan.seed,
+    )
+    chunk = {"scan_y": min(shape[0], 16), "scan_x": min(shape[1], 16), "k_y": -1, "k_x": -1}
+    with atomic_output(out) as tmp:
+        dataset.chunk(chunk).to_zarr(tmp, mode="w")
+    reference = reciprocal_vectors(projected_cell(scan.crystal))
+    truth_map = strain_map_dataset(
+        field,
+        dataset["scan_y"].values,
+        dataset["scan_x"].values,
+        method="truth",
+        reference_roi=list(roi),
+        g1=reference[:, 0],
+        g2=reference[:, 1],
+        material=scan.crystal,
+        thickness_nm=thickness,
+        strain_field=scan.field,
+    )
+    write_strain_map(truth_map, truth)
+    return Path(out), Path(truth)
