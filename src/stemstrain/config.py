@@ -88,6 +88,10 @@ class SimulateConfig(_Section):
     seed: int = Field(0, description="Random seed; same seed gives the same store.")
     sampling_angstrom: float = Field(0.1, gt=0, description="Real-space sampling of the potential [angstrom].")
     frozen_phonons: int = Field(0, ge=0, description="Frozen-phonon configurations; 0 for a static lattice.")
+    positions_per_state: int = Field(
+        1, ge=1, description="Probe positions per strain state (random in the unit cell), propagated together."
+    )
+    target_sigma_px: float = Field(1.0, gt=0, description="Gaussian sigma of the target spots [px].")
     noise: Noise = Field(default_factory=Noise)
     precession: Precession = Field(default_factory=Precession)
     cluster: Cluster = Field(default_factory=Cluster)
