@@ -12,9 +12,10 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-# (MSE + eps)^γ - eps^γ equals MSE^γ up to eps, is 0 at a perfect prediction, and keeps the
-# gradient finite at MSE = 0 when γ < 1 (d/dx x^γ diverges at 0).
-_MSE_EPS = 1e-8
+# Below this MSE the term MSE^γ continues linearly (MSE · eps^(γ-1), same value at eps): it is
+# 0 at a perfect prediction and its gradient stays finite at MSE = 0, where d/dx x^γ diverges
+# for γ < 1. Above it the term is exactly MSE^γ.
+_MSE_EPS = 1e-12
 
 
 class SpotLoss(NamedTuple):
@@ -70,5 +71,6 @@ def spot_loss(outputs: torch.Tensor, targets: torch.Tensor, gamma: float) -> Spo
     targets = targets.float().reshape(outputs.shape[0], *outputs.shape[-2:])
     bce = F.binary_cross_entropy_with_logits(outputs[:, 0], (targets > 0).float())
     mse = F.mse_loss(outputs[:, 1], targets)
-    mse_term = mse if gamma == 1 else (mse + _MSE_EPS) ** gamma - _MSE_EPS**gamma
+    safe = mse.clamp_min(_MSE_EPS)
+    mse_term = torch.where(mse > _MSE_EPS, safe**gamma, mse * _MSE_EPS ** (gamma - 1))
     return SpotLoss(bce + mse_term, bce, mse)
