@@ -17,10 +17,12 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/ingest.smk"
 include: "workflow/rules/baselines.smk"
 
 
 rule all:
     input:
         "results/report.md",
+        INGEST_OUTPUTS,
         GRID_OUTPUTS,

@@ -201,6 +201,27 @@ class EvaluateConfig(_Section):
     seed: int = Field(1, description="Random seed of the noise of the grid scans.")
 
 
+class IngestFile(_Section):
+    """A detector file converted by the workflow's ``ingest`` rule into ``results/ingest/{name}.zarr``."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Scan name, used in output paths.")
+    file: str = Field(..., description="Detector file, e.g. raw/scan.mib (ARINA: the _master.h5, EMPAD: the .xml).")
+    format: str | None = Field(None, description="Format name (merlin, arina, ...); default: detected.")
+    scan_shape: tuple[int, int] | None = Field(None, description="Scan positions (scan_y, scan_x) of a flat stack.")
+    energy_eV: float | None = Field(None, gt=0, description="Beam energy [eV]; default: from the file.")
+    semiangle_mrad: float | None = Field(None, gt=0, description="Probe convergence semiangle [mrad].")
+    k_sampling: float | None = Field(None, gt=0, description="Detector pixel size [1/angstrom]; default: file.")
+    scan_step_nm: float | None = Field(None, gt=0, description="Scan step [nm]; default: from the file, else 1.")
+    chunks: tuple[int, int] | None = Field(None, description="Zarr chunk (cy, cx) in scan positions.")
+    centre: Literal["middle", "com"] = Field("middle", description="k = 0 at the detector middle or centre of mass.")
+
+
+class IngestConfig(_Section):
+    """Measured detector files brought into the workflow (``stemstrain ingest``)."""
+
+    files: list[IngestFile] = Field(default_factory=list, description="Detector files to convert; empty: none.")
+
+
 class Config(_Section):
     """The whole stemstrain configuration."""
 
@@ -213,6 +234,7 @@ class Config(_Section):
     scans: list[ScanConfig] = Field(default_factory=list)
     strain: StrainConfig = Field(default_factory=StrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
 
 
 def parse_config(raw: dict, source: str = "config") -> Config:
