@@ -200,7 +200,8 @@ def strain(
         bool,
         typer.Option(
             "--allow-calibration-mismatch",
-            help="Run the network on data whose k-sampling is more than 1.5x from the model's (with a warning).",
+            help="Run the network on data sampled > 1.5x coarser than the model, "
+            "or with a detector reaching < half its k range (with a warning).",
         ),
     ] = False,
     fresh: Annotated[

@@ -64,7 +64,7 @@ __all__ = [
 METHODS = ("unet", "bragg", "cepstrum", "cepstrum-multi", "peaks")
 # Options that only the network uses; the other methods ignore them.
 _NETWORK_OPTIONS = {"batch_size", "precision", "compile", "allow_calibration_mismatch"}
-# A calibration further than this factor from the model's is refused unless overridden.
+# Data sampled this many times coarser than the model's calibration are refused unless overridden.
 CALIBRATION_FACTOR = 1.5
 
 
@@ -369,8 +369,8 @@ class UNetDetector:
         Peak finding in the spot image (:func:`stemstrain.peaks.find_peaks`); peaks are accepted
         only where the mask logit is positive.
     allow_calibration_mismatch : bool
-        Warn instead of failing when the scan's k-sampling is more than a factor
-        ``CALIBRATION_FACTOR`` from the model's.
+        Warn instead of failing when the scan's k-sampling is more than ``CALIBRATION_FACTOR``
+        times coarser than the model's, or its detector reaches less than half the model's k range.
     """
 
     space = "reciprocal"
@@ -419,15 +419,27 @@ class UNetDetector:
 
         k_sampling, (centre_y, centre_x) = k_calibration(scan)
         ratio = k_sampling / self.k_sampling
-        if not (1 / CALIBRATION_FACTOR <= ratio <= CALIBRATION_FACTOR):
-            message = (
-                f"scan k-sampling {k_sampling:.5g} 1/angstrom per pixel is {ratio:.3g} times the model's "
+        n_y, n_x = scan.sizes["k_y"], scan.sizes["k_x"]
+        # Finer data are averaged down without loss; coarser data would be interpolated up, giving
+        # blurred spots the network never saw; a small detector hides most spots.
+        extent = min(centre_y, n_y - 1 - centre_y, centre_x, n_x - 1 - centre_x) * k_sampling
+        model_extent = (self.pixels // 2 - 1) * self.k_sampling
+        problems = []
+        if ratio > CALIBRATION_FACTOR:
+            problems.append(
+                f"scan k-sampling {k_sampling:.5g} 1/angstrom per pixel is {ratio:.3g} times coarser than the model's "
                 f"{self.k_sampling:.5g}; the network never saw such patterns"
             )
+        if extent < 0.5 * model_extent:
+            problems.append(
+                f"the scan's detector reaches |k| = {extent:.3g} 1/angstrom, less than half of the model's "
+                f"{model_extent:.3g}; the network never saw such patterns"
+            )
+        if problems:
+            message = "; ".join(problems)
             if not allow_mismatch:
                 raise StemstrainInputError(message + " (pass --allow-calibration-mismatch to run anyway)")
             warnings.warn(message, stacklevel=3)
-        n_y, n_x = scan.sizes["k_y"], scan.sizes["k_x"]
         half = self.pixels // 2
         same = n_y == n_x == self.pixels and abs(ratio - 1) < 1e-4 and centre_y == half and centre_x == half
         if same:
@@ -443,10 +455,26 @@ class UNetDetector:
         self._intensity_scale = (self.k_sampling / k_sampling) ** 2
         return torch.as_tensor(np.stack([gx, gy], axis=-1)[None], dtype=torch.float32, device=self.device)
 
+    def resample(self, patterns):
+        """Patterns (n, H, W) at the scan's calibration -> tensor (n, 1, pixels, pixels) at the model's.
+
+        Bilinear interpolation from the scan's k coords; intensities are scaled by the pixel-area
+        ratio so that counts per pixel stay comparable. Outside the scan's detector the value is 0.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        batch = torch.as_tensor(patterns, dtype=torch.float32, device=self.device)[:, None]
+        if self._grid is None:
+            return batch
+        grid = self._grid.expand(len(batch), -1, -1, -1)
+        return self._intensity_scale * F.grid_sample(
+            batch, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+
     def predict(self, patterns: np.ndarray) -> np.ndarray:
         """Network output (n, 2, pixels, pixels) float32 at the model calibration: mask logit, spot image."""
         import torch
-        import torch.nn.functional as F
 
         outputs = []
         autocast = torch.autocast(
@@ -458,13 +486,8 @@ class UNetDetector:
             for start in range(0, len(patterns), self.batch_size):
                 batch = torch.as_tensor(
                     np.asarray(patterns[start : start + self.batch_size], dtype=np.float32), device=self.device
-                )[:, None]
-                if self._grid is not None:
-                    grid = self._grid.expand(len(batch), -1, -1, -1)
-                    batch = self._intensity_scale * F.grid_sample(
-                        batch, grid, mode="bilinear", padding_mode="zeros", align_corners=True
-                    )
-                batch = batch.contiguous(memory_format=torch.channels_last)
+                )
+                batch = self.resample(batch).contiguous(memory_format=torch.channels_last)
                 outputs.append(self.network(batch).float().cpu().numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, 2, self.pixels, self.pixels), np.float32)
 

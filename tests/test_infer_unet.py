@@ -1,0 +1,81 @@
+"""The network detector: resampling to the model's calibration, and the full chain on a trained model."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from stemstrain.config import ModelConfig
+from stemstrain.errors import StemstrainInputError
+from stemstrain.infer import UNetDetector, strain_map
+from stemstrain.io import make_4d_dataset
+from stemstrain.model import UNet, export_model
+from stemstrain.peaks import find_peaks
+from stemstrain.simulate.targets import kinematic_spots, spot_weights, target_image
+
+ENERGY = 200e3
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory):
+    """A real (untrained) network with the reference calibration: for geometry, not for accuracy."""
+    model = UNet(ModelConfig(base_channels=4, depth=2, norm="none"))
+    metadata = {"pixels": 128, "k_sampling": 0.025, "energy_eV": ENERGY, "semiangle_mrad": 1.5}
+    metadata |= {"config": {}, "data_hash": "untrained"}
+    return export_model(model, tmp_path_factory.mktemp("model") / "model.pt", metadata)
+
+
+def spots_at(pixels, k_sampling, sigma_px):
+    g_xy, intensity, _ = kinematic_spots("Si_110", np.eye(2), 1.5, ENERGY)
+    return target_image(g_xy / k_sampling + pixels // 2, spot_weights(intensity, g_xy), pixels, sigma_px)
+
+
+def scan_at(pixels, k_sampling, sigma_px):
+    pattern = spots_at(pixels, k_sampling, sigma_px)
+    return make_4d_dataset(np.broadcast_to(pattern, (1, 1, pixels, pixels)), 0.5, k_sampling, ENERGY, 1.5)
+
+
+def test_finer_and_larger_detector_is_resampled_onto_the_model_grid(untrained_model):
+    scan = scan_at(256, 0.0125, 2.0)
+    detector = UNetDetector(untrained_model, scan, device="cpu")
+    resampled = detector.resample(scan["data"].values[0].copy())[:, 0].numpy()
+    assert resampled.shape == (1, 128, 128)
+    found, _ = find_peaks(resampled, threshold_rel=0.05, max_peaks=500)
+    expected, _ = find_peaks(spots_at(128, 0.025, 1.0)[None], threshold_rel=0.05, max_peaks=500)
+    found, expected = found[0][np.isfinite(found[0, :, 0])], expected[0][np.isfinite(expected[0, :, 0])]
+    distance = np.linalg.norm(found[:, None] - expected[None], axis=-1)
+    assert len(found) == len(expected) >= 20
+    assert distance.min(axis=1).max() < 0.05  # [px]
+
+
+def test_calibration_far_from_the_model_is_refused_unless_overridden(untrained_model):
+    scan = scan_at(64, 0.05, 0.5)
+    with pytest.raises(StemstrainInputError, match="allow-calibration-mismatch"):
+        UNetDetector(untrained_model, scan, device="cpu")
+    with pytest.warns(UserWarning, match="never saw"):
+        UNetDetector(untrained_model, scan, device="cpu", allow_calibration_mismatch=True)
+
+
+def test_network_runs_in_fp32_and_bf16_with_the_same_output_shape(untrained_model):
+    scan = scan_at(128, 0.025, 1.0)
+    patterns = np.repeat(scan["data"].values[0], 3, axis=0)
+    fp32 = UNetDetector(untrained_model, scan, device="cpu", batch_size=2).predict(patterns)
+    bf16 = UNetDetector(untrained_model, scan, device="cpu", precision="bf16").predict(patterns)
+    assert fp32.shape == bf16.shape == (3, 2, 128, 128) and fp32.dtype == np.float32
+    scale = np.abs(fp32).max()
+    assert np.abs(fp32 - bf16).max() < 0.05 * scale
+
+
+def test_full_chain_on_the_trained_fixture_model(request, tmp_path):
+    """A tiny trained network (TRAIN's ``tiny_model`` fixture) through strain_map: the contract is written."""
+    try:
+        tiny_model = request.getfixturevalue("tiny_model")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py has no tiny_model fixture yet")
+    from tests.test_infer import REFERENCE, target_scan
+
+    scan = target_scan(tmp_path / "scan.zarr")
+    out = strain_map(scan, tmp_path / "strain.zarr", model=tiny_model, device="cpu", precision="bf16", progress=False)
+    ds = xr.open_zarr(out)
+    assert ds.attrs["method"] == "unet" and len(ds.attrs["model_hash"]) == 16
+    assert ds.attrs["reference_roi"] == REFERENCE
+    assert ds["mask"].values.any()
