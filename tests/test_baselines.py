@@ -1,0 +1,162 @@
+"""Classical baselines on a real abTEM simulation: Si [110], 10 nm, uniform strain of 1 %.
+
+The scan comes from the simulate-scan machinery (3 × 4 positions, the left column unstrained);
+every baseline goes through the shared indexing, lattice fit and strain code of stemstrain.infer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stemstrain.baselines import make_detector
+from stemstrain.baselines.bragg import probe_template
+from stemstrain.config import ScanConfig, parse_config
+from stemstrain.errors import StemstrainInputError
+from stemstrain.evaluate import evaluate_strain
+from stemstrain.infer import fit_patterns, initial_lattice, strain_map
+from stemstrain.io import open_4d, open_strain_map
+from stemstrain.lattice import reciprocal_vectors
+from stemstrain.strain import reference_lattice, strain_from_lattice
+
+TOLERANCE = 2e-3  # acceptance: each component of the 1 % strain recovered within this [1]
+REFERENCE_ROI = (0, 3, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def uniform_scan(tmp_path_factory):
+    """Si [110], 10 nm, uniform field of amplitude 1 % (e_xx 1 %, e_yy -0.5 %, e_xy 0.3 %, θ 4 mrad)."""
+    from stemstrain.simulate import simulate_scan
+
+    config = parse_config({"simulate": {"cluster": {"kind": "none"}}})
+    scan = ScanConfig(
+        name="uniform",
+        crystal="Si_110",
+        thickness_nm=10.0,
+        dose=1e8,
+        field="uniform",
+        amplitude=0.01,
+        scan_shape=(3, 4),
+        reference_roi=REFERENCE_ROI,
+    )
+    root = tmp_path_factory.mktemp("baselines")
+    return simulate_scan(config, scan, root / "scan.zarr", root / "truth.zarr")
+
+
+def _strain_with_detector(scan_path, detector):
+    """The shared fit of stemstrain.infer, applied to the scan's patterns with a given detector."""
+    scan = open_4d(scan_path)
+    data = np.asarray(scan["data"].values, dtype=np.float32)
+    n_y, n_x = data.shape[:2]
+    patterns = data.reshape(n_y * n_x, *data.shape[2:])
+    y0, y1, x0, x1 = REFERENCE_ROI
+    mean = data[y0:y1, x0:x1].mean(axis=(0, 1))
+    positions, weights = detector(mean[None])
+    lattice0, origin0 = initial_lattice(positions[0], weights[0], detector.space)
+    positions, weights = detector(patterns)
+    fit = fit_patterns(positions, weights, lattice0, origin0, fit_origin=detector.space == "reciprocal")
+    lattice = fit["lattice"] if detector.space == "reciprocal" else reciprocal_vectors(fit["lattice"])
+    lattice = lattice.reshape(n_y, n_x, 2, 2)
+    reference = reference_lattice(lattice, REFERENCE_ROI, fit["valid"].reshape(n_y, n_x))
+    return strain_from_lattice(lattice, reference)
+
+
+@pytest.mark.parametrize("method", ["bragg", "cepstrum", "cepstrum-multi"])
+def test_baseline_recovers_uniform_strain(uniform_scan, tmp_path, method):
+    scan_path, truth_path = uniform_scan
+    out = strain_map(scan_path, tmp_path / f"{method}.zarr", method=method, progress=False)
+    prediction, truth = open_strain_map(out), open_strain_map(truth_path)
+    assert prediction.attrs["method"] == method
+    assert bool(prediction["mask"].all()), "every position must give a valid fit"
+    scores = evaluate_strain(prediction, truth)
+    assert scores["n_scored"] == 9
+    for name in ("e_xx", "e_yy", "e_xy", "theta"):
+        assert scores[name]["rmse"] < TOLERANCE, f"{method} {name}: rmse {scores[name]['rmse']:.2e}"
+    strained = prediction["e_xx"].values[:, 1:]
+    assert abs(strained.mean() - 0.01) < TOLERANCE
+
+
+@pytest.mark.parametrize("source", ["probe", "simulated", "mean"])
+def test_bragg_template_sources(uniform_scan, source):
+    scan_path, truth_path = uniform_scan
+    scan = open_4d(scan_path)
+    if source != "probe":
+        scan = scan.drop_vars("probe")
+    detector = make_detector("bragg", scan, template="auto" if source == "simulated" else source)
+    assert detector.template_source == source
+    strain = _strain_with_detector(scan_path, detector)
+    truth = open_strain_map(truth_path)
+    for name in ("e_xx", "e_yy", "e_xy", "theta"):
+        error = strain[name][:, 1:] - truth[name].values[:, 1:]
+        assert np.sqrt(np.mean(error**2)) < TOLERANCE, f"template {source}: {name}"
+
+
+def test_simulated_template_matches_vacuum_probe(uniform_scan):
+    """The aperture disk at the scan's energy and semiangle matches the simulated vacuum probe."""
+    scan = open_4d(uniform_scan[0])
+    probe, _ = probe_template(scan, "probe")
+    disk, _ = probe_template(scan, "simulated")
+    probe = probe / probe.sum()
+    disk = disk / disk.sum()
+    y, x = np.indices(disk.shape)
+    for weights in (probe, disk):
+        assert abs((weights * x).sum() - 64) < 0.05 and abs((weights * y).sum() - 64) < 0.05
+
+    def rms_radius(weights):
+        return np.sqrt((weights * ((x - 64) ** 2 + (y - 64) ** 2)).sum())
+
+    # The simulated probe has fringes inside the disk; its size agrees within 5 %.
+    assert rms_radius(disk) == pytest.approx(rms_radius(probe), rel=0.05)
+
+
+def _by_position(positions, weights):
+    """Peaks of each pattern ordered by position (±r pairs of equal height come in either order)."""
+    key = np.where(np.isfinite(positions[..., 0]), np.round(positions[..., 0], 2) * 1e3 + positions[..., 1], np.inf)
+    order = np.argsort(key, axis=-1)
+    return np.take_along_axis(positions, order[..., None], axis=1), np.take_along_axis(weights, order, axis=1)
+
+
+@pytest.mark.parametrize("method", ["cepstrum", "cepstrum-multi"])
+def test_cepstrum_independent_of_intensity_scale(uniform_scan, method):
+    scan = open_4d(uniform_scan[0])
+    patterns = np.asarray(scan["data"].values, dtype=np.float32).reshape(-1, 128, 128)
+    detector = make_detector(method, scan)
+    positions, weights = _by_position(*detector(patterns))
+    for scale in (1e-3, 37.0):
+        scaled_positions, scaled_weights = _by_position(*detector(patterns * np.float32(scale)))
+        np.testing.assert_array_equal(np.isfinite(scaled_positions), np.isfinite(positions))
+        np.testing.assert_allclose(scaled_positions, positions, atol=1e-4, equal_nan=True)  # [angstrom]
+        np.testing.assert_allclose(scaled_weights, weights, atol=1e-4)
+    assert detector.space == "real"
+    # The primary peaks are the shortest lattice vectors of Si [110]: |a| = 3.33 and 3.84 angstrom.
+    lengths = np.linalg.norm(positions[0][np.isfinite(positions[0, :, 0])], axis=-1)
+    assert lengths.min() == pytest.approx(3.325, abs=0.05)
+
+
+def test_bragg_positions_are_reciprocal_lattice_points(uniform_scan):
+    """Disks of the unstrained reference column sit on the Si [110] reciprocal lattice."""
+    from stemstrain.simulate.crystals import projected_cell
+
+    scan = open_4d(uniform_scan[0])
+    patterns = np.asarray(scan["data"].values[:, 0], dtype=np.float32)
+    detector = make_detector("bragg", scan)
+    assert detector.space == "reciprocal"
+    positions, weights = detector(patterns)
+    lattice = reciprocal_vectors(projected_cell("Si_110"))
+    fractional = np.einsum("ij,nmj->nmi", np.linalg.inv(lattice), positions)
+    found = np.isfinite(fractional[..., 0])
+    assert found.sum(axis=-1).min() >= 9
+    offset = np.abs(fractional - np.round(fractional))[found]
+    assert np.median(offset) < 0.01  # disk centres within 1 % of a cell (≈ 0.13 px) of the lattice points
+
+
+def test_bad_method_and_options(uniform_scan):
+    scan = open_4d(uniform_scan[0])
+    with pytest.raises(StemstrainInputError, match="not a baseline"):
+        make_detector("fourier", scan)
+    with pytest.raises(StemstrainInputError, match="invalid option"):
+        make_detector("cepstrum", scan, colour="red")
+    with pytest.raises(StemstrainInputError, match="hybrid"):
+        make_detector("bragg", scan, hybrid=2.0)
+    with pytest.raises(StemstrainInputError, match="variable 'probe'"):
+        make_detector("bragg", scan.drop_vars("probe"), template="probe")
