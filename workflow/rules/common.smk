@@ -1,4 +1,7 @@
 # Names and input functions shared by the rules.
+import re
+import shlex
+
 RUN = config["name"]
 SCANS = [scan["name"] for scan in config.get("scans", [])]
 METHODS = config.get("strain", {}).get("methods", ["unet"])
@@ -16,3 +19,31 @@ def strain_inputs(wildcards):
     if wildcards.method == "unet":
         inputs["model"] = f"results/train/{RUN}/model.pt"
     return inputs
+
+
+# Measured detector files of config `ingest.files` (rule ingest).
+INGEST = {entry["name"]: entry for entry in config.get("ingest", {}).get("files", [])}
+INGEST_OUTPUTS = [f"results/ingest/{name}.zarr" for name in INGEST]
+INGEST_FLAGS = {
+    "format": "--format",
+    "energy_eV": "--energy-ev",
+    "semiangle_mrad": "--semiangle-mrad",
+    "k_sampling": "--k-sampling",
+    "scan_step_nm": "--scan-step",
+    "scan_shape": "--scan-shape",
+    "chunks": "--chunks",
+    "centre": "--centre",
+}
+
+
+def ingest_options(wildcards):
+    """The `stemstrain ingest` options of one config entry (unset ones left to the file's metadata)."""
+    entry = INGEST[wildcards.name]
+    options = []
+    for key, flag in INGEST_FLAGS.items():
+        value = entry.get(key)
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        options += [flag, *(str(v) for v in values)]
+    return shlex.join(options)

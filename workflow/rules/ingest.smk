@@ -1,35 +1,6 @@
 # Measured detector files listed in config `ingest.files` -> 4D-data stores results/ingest/{name}.zarr.
-# Nothing runs unless the config lists files (rule all then asks for every store).
-import re
-import shlex
-
-INGEST = {entry["name"]: entry for entry in config.get("ingest", {}).get("files", [])}
-INGEST_OUTPUTS = [f"results/ingest/{name}.zarr" for name in INGEST]
-INGEST_FLAGS = {
-    "format": "--format",
-    "energy_eV": "--energy-ev",
-    "semiangle_mrad": "--semiangle-mrad",
-    "k_sampling": "--k-sampling",
-    "scan_step_nm": "--scan-step",
-    "scan_shape": "--scan-shape",
-    "chunks": "--chunks",
-    "centre": "--centre",
-}
-
-
-def ingest_options(wildcards):
-    """The `stemstrain ingest` options of one config entry (unset ones left to the file's metadata)."""
-    entry = INGEST[wildcards.name]
-    options = []
-    for key, flag in INGEST_FLAGS.items():
-        value = entry.get(key)
-        if value is None:
-            continue
-        values = value if isinstance(value, (list, tuple)) else [value]
-        options += [flag, *(str(v) for v in values)]
-    return shlex.join(options)
-
-
+# Nothing runs unless the config lists files (rule all then asks for every store); names and options
+# come from common.smk.
 rule ingest:
     input:
         lambda wildcards: INGEST[wildcards.name]["file"],
