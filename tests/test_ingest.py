@@ -269,3 +269,38 @@ def test_large_file_streams_in_bounded_memory(tmp_path):
     stored = open_4d(out)["data"]
     assert stored.shape == shape
     np.testing.assert_array_equal(stored[63, 127].values, (63 * 7 + np.arange(128)) % 1000 * np.ones((128, 1)))
+
+
+def test_killed_ingest_resumes_from_finished_blocks(tmp_path):
+    """SIGKILL mid-write leaves only <out>.partial; the next run finishes it and equals the file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shape = (16, 16, 64, 64)
+    patterns = np.lib.format.open_memmap(tmp_path / "scan.npy", mode="w+", dtype=np.float32, shape=shape)
+    patterns[:] = np.random.default_rng(2).random(shape, dtype=np.float32)
+    patterns.flush()
+    out = tmp_path / "scan.zarr"
+    markers = tmp_path / "scan.zarr.partial.done"
+    script = (
+        "from stemstrain.ingest import ingest;"
+        f"ingest({str(tmp_path / 'scan.npy')!r}, {str(out)!r}, chunks=(1, 4), block_bytes=1, "
+        "energy_eV=2e5, semiangle_mrad=1.5, k_sampling=0.02)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if markers.is_dir() and len(list(markers.iterdir())) >= 5:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "ingest finished before it could be killed"
+    finished = len(list(markers.iterdir()))
+    assert not out.exists() and 5 <= finished < 64
+    ingest(tmp_path / "scan.npy", out, chunks=(1, 4), block_bytes=1, **OPTICS)
+    assert out.exists() and not markers.exists()
+    np.testing.assert_array_equal(open_4d(out)["data"].values, np.load(tmp_path / "scan.npy"))
