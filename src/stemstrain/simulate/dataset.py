@@ -10,10 +10,12 @@ chunks finish or on interruptions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import dask.array as da
@@ -35,8 +37,14 @@ __all__ = ["check_simulation", "optics_from_config", "simulate_chunk", "simulate
 log = logging.getLogger(__name__)
 
 MATERIAL_DTYPE = "<U16"
-# Fixed-width strings have no Zarr v3 specification yet; xarray and zarr-python read them back.
-warnings.filterwarnings("ignore", message=".*FixedLengthUTF32.*")
+
+
+@contextlib.contextmanager
+def _fixed_width_strings() -> Iterator[None]:
+    """Silence zarr's warning that fixed-width strings lack a Zarr v3 spec (zarr-python reads them back)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*FixedLengthUTF32.*")
+        yield
 
 
 def optics_from_config(config: Config) -> SimulationOptics:
@@ -221,7 +229,8 @@ def simulate_training_set(config: Config, out: Path, fresh: bool = False) -> Pat
     n_patterns = sim.n_samples * per_state
     chunk_patterns = states_per_chunk * per_state
     store = ResumableStore(out)
-    store.start(_template(config, n_patterns, chunk_patterns), fresh=fresh)
+    with _fixed_width_strings():
+        store.start(_template(config, n_patterns, chunk_patterns), fresh=fresh)
     todo = [(f"chunk-{c}", (config, c)) for c in range(n_chunks) if not store.is_done(f"chunk-{c}")]
     log.info(
         "simulate: %d strain states x %d patterns in %d chunks (%d to do), crystals %s, thicknesses %s nm",
@@ -239,7 +248,8 @@ def simulate_training_set(config: Config, out: Path, fresh: bool = False) -> Pat
         variables = {"inputs": (("sample", "k_y", "k_x"), result["inputs"])}
         variables["targets"] = (("sample", "k_y", "k_x"), result["targets"])
         variables.update({name: (dims, result[name]) for name, (dims, *_) in _LABELS.items()})
-        store.write_region(xr.Dataset(variables), region, key)
+        with _fixed_width_strings():
+            store.write_region(xr.Dataset(variables), region, key)
 
     sizes = [chunk_patterns] * len(todo)
     if todo and todo[-1][0] == f"chunk-{n_chunks - 1}":

@@ -35,7 +35,9 @@ __all__ = [
     "vacuum_probe",
 ]
 
-abtem.config.set({"diagnostics.progress_bar": False})
+# FFTW_MEASURE picks plans by timing, so round-off (and a rare Poisson count) would differ between runs;
+# estimated plans are as fast here and make a chunk's result independent of the process that made it.
+abtem.config.set({"diagnostics.progress_bar": False, "fftw.planning_effort": "FFTW_ESTIMATE"})
 
 OVERSAMPLING = 3  # fine pixels per detector pixel along each axis (odd: k = 0 stays at a pixel centre)
 

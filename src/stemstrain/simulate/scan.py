@@ -96,6 +96,7 @@ def strain_field(
             sides = (np.ptp(iy[outside]) + 1, np.ptp(ix[outside]) + 1)
             sigma = max(1.0, 0.25 * min(sides))
             profile = np.exp(-0.5 * ((iy - cy) ** 2 + (ix - cx) ** 2) / sigma**2) * outside
+            profile /= profile.max()
         else:
             profile = np.zeros(scan_shape)
     else:
