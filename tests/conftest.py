@@ -25,3 +25,29 @@ def strain_map_factory(tmp_path):
         return make_strain_map(tmp_path / f"map{next(counter)}.zarr", values, shape, **attrs)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_training_set(tmp_path_factory):
+    """A real abTEM training set (training-set contract of DESIGN.md), made once per session in seconds.
+
+    24 patterns: 12 strain states (|ε|, |θ| ≤ 0.03) of Si [110], SrTiO3 [001] and Au [001] at 3 and 6 nm,
+    noisy inputs (dose 1e4-1e7) and Gaussian spot targets, reference calibration (128², 0.025 1/Å).
+    Returns the store's path.
+    """
+    from stemstrain.config import parse_config
+    from stemstrain.simulate import simulate_training_set
+
+    config = parse_config(
+        {
+            "simulate": {
+                "crystals": ["Si_110", "SrTiO3_001", "Au_001"],
+                "thicknesses_nm": [3.0, 6.0],
+                "n_samples": 12,
+                "chunk_size": 8,
+                "seed": 7,
+                "cluster": {"kind": "none"},
+            }
+        }
+    )
+    return simulate_training_set(config, tmp_path_factory.mktemp("tiny_training_set") / "train.zarr")

@@ -295,3 +295,10 @@ def test_scan_contract_and_truth(tmp_path):
     spots, _, _ = strong_spots("SrTiO3_001", deformation)
     errors = np.linalg.norm(disk_centres(data[0, 3], spots) - spots, axis=1)
     assert np.median(errors) < 0.5
+
+
+def test_tiny_training_set_fixture(tiny_training_set):
+    ds = xr.open_zarr(tiny_training_set)
+    assert ds["inputs"].shape == (24, 128, 128)
+    assert set(ds["material"].values) == {"Si_110", "SrTiO3_001", "Au_001"}
+    assert np.all((ds["targets"].values > 0).sum(axis=(1, 2)) > 50)  # every sample has spots
