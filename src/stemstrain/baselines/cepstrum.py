@@ -190,8 +190,10 @@ class CepstrumDetector:
             radius = torch.hypot((y - half).float(), (x - half).float()).to(self.device) * self.r_sampling
             # The r = 0 region holds the slowly varying part of the log; search only the annulus.
             power = power * ((radius >= self.r_min) & (radius <= self.r_max + 2 * self.r_sampling))
+            # Only candidates that can pass the final selection are refined (the costly part).
+            threshold = self.min_relative_height if self.multi else 0.5 * self.primary_height
             coarse, _ = find_peaks(
-                power.cpu().numpy(), threshold_rel=self.min_relative_height, min_distance=2, max_peaks=self.max_peaks
+                power.cpu().numpy(), threshold_rel=threshold, min_distance=2, max_peaks=self.max_peaks
             )
             coarse = torch.as_tensor(coarse, dtype=torch.float32, device=self.device)
             centres = (torch.round(coarse) - half) * self.r_sampling
