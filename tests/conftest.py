@@ -27,6 +27,47 @@ def strain_map_factory(tmp_path):
     return factory
 
 
+# ---------------------------------------------------------------- training (TRAIN)
+
+TINY_MODEL = {"base_channels": 8, "depth": 3, "norm": "batch"}
+TINY_TRAIN = {"epochs": 6, "batch_size": 8, "lr": 3e-3, "val_fraction": 0.25, "nproc": 1, "precision": "fp32"}
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config(tiny_training_set):
+    """Factory of a small training Config with the calibration of ``tiny_training_set``.
+
+    Keyword arguments override ``train`` options, or ``model`` options by their names.
+    """
+    import zarr
+
+    from stemstrain.config import parse_config
+
+    group = zarr.open_group(str(tiny_training_set), mode="r")
+    attrs = group.attrs
+    detector = {"pixels": int(group["inputs"].shape[-1])}
+    if "k_sampling" in attrs:
+        detector["k_sampling"] = float(attrs["k_sampling"])
+    optics = {key: float(attrs[key]) for key in ("energy_eV", "semiangle_mrad") if key in attrs}
+
+    def factory(**overrides):
+        model = {**TINY_MODEL, **{k: v for k, v in overrides.items() if k in TINY_MODEL}}
+        train = {**TINY_TRAIN, **{k: v for k, v in overrides.items() if k not in TINY_MODEL}}
+        return parse_config({"optics": optics, "detector": detector, "model": model, "train": train}, "tiny")
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_training_set, tiny_train_config, tmp_path_factory):
+    """Path of ``model.pt``: a small U-Net trained a few epochs on ``tiny_training_set`` (metrics beside it)."""
+    from stemstrain.train import train
+
+    ckpt_dir = tmp_path_factory.mktemp("tiny_model")
+    train(tiny_train_config(), tiny_training_set, ckpt_dir, progress=False)
+    return ckpt_dir / "model.pt"
+
+
 @pytest.fixture(scope="session")
 def tiny_training_set(tmp_path_factory):
     """A real abTEM training set (training-set contract of DESIGN.md), made once per session in seconds.

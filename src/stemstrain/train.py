@@ -186,6 +186,18 @@ def check_training_set(path: str | Path, config: Config) -> tuple[int, int]:
         raise StemstrainInputError(
             f"{path}: pattern size {height} px is not a multiple of 2**(model.depth - 1) = {divisor}"
         )
+    expected = {
+        "k_sampling": ("detector.k_sampling", config.detector.k_sampling),
+        "energy_eV": ("optics.energy_eV", config.optics.energy_eV),
+        "semiangle_mrad": ("optics.semiangle_mrad", config.optics.semiangle_mrad),
+    }
+    for attr, (option, value) in expected.items():
+        found = group.attrs.get(attr)
+        if found is not None and not np.isclose(float(found), value, rtol=1e-6):
+            raise StemstrainInputError(
+                f"{path}: attribute '{attr}' is {found}, but the configuration has {option} = {value}; "
+                "the exported model must carry the calibration it was trained at"
+            )
     return n, height
 
 
@@ -637,6 +649,10 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
     checkpoint_path = ckpt_dir / CHECKPOINT
     identity = {"model": config.model.model_dump(), "train": _resumable(train_config), "world_size": world}
     step = 0
+    # Per-epoch sums of (loss, bce, mse, patterns), and the seconds spent on training steps; a
+    # checkpoint inside an epoch carries them (summed over ranks) so the epoch's row is exact.
+    sums = torch.zeros(4, dtype=torch.float64)
+    train_seconds = 0.0
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         _check_resumable(state, identity, checkpoint_path, fingerprint)
@@ -645,6 +661,8 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
+        if rank == 0:
+            sums, train_seconds = state["epoch_sums"].cpu(), state["epoch_seconds"]
     metrics = _read_csv(ckpt_dir / METRICS, step) if rank == 0 and step else []
     step_rows = _read_csv(ckpt_dir / STEPS, step) if rank == 0 and step else []
     if rank == 0:
@@ -658,7 +676,9 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
             f"  {steps_per_epoch} steps per epoch, {total_steps} steps" + (f", resuming at step {step}" if step else "")
         )
 
-    def save_checkpoint():
+    def save_checkpoint(partial_sums: torch.Tensor, partial_seconds: float):
+        partial_sums = partial_sums.clone()
+        dist.all_reduce(partial_sums)  # every rank checkpoints at the same steps
         if rank != 0:
             return
         state = {
@@ -671,6 +691,8 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
             "config": config.model_dump(),
             "identity": identity,
             "data_hash": fingerprint,
+            "epoch_sums": partial_sums,
+            "epoch_seconds": partial_seconds,
         }
         with atomic_output(checkpoint_path) as tmp:
             torch.save(state, tmp)
@@ -698,8 +720,7 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
             num_workers=train_config.num_workers,
             pin_memory=device.type == "cuda",
         )
-        sums = torch.zeros(4, dtype=torch.float64)
-        epoch_started = time.perf_counter()
+        resumed_at = time.perf_counter() - train_seconds
         for inputs, targets in loader:
             generator = _step_generator(train_config.seed, step, rank, device)
             inputs = inputs.to(device, non_blocking=True)
@@ -726,7 +747,7 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
                     bar.update()
                     bar.set_postfix(loss=f"{values[0]:.4f}", bce=f"{values[1]:.4f}", mse=f"{values[2]:.5f}")
             if step % steps_per_epoch == 0:
-                train_seconds = time.perf_counter() - epoch_started
+                train_seconds = time.perf_counter() - resumed_at
                 dist.all_reduce(sums)
                 row = {
                     "epoch": epoch,
@@ -744,11 +765,12 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
                 if rank == 0:
                     summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
                     (bar.write if bar is not None else print)(f"epoch {epoch}: {summary}")
-                save_checkpoint()
+                sums, train_seconds = torch.zeros_like(sums), 0.0
+                save_checkpoint(sums, train_seconds)
                 stopped = step == max_steps
                 break  # a fresh loader for the next epoch
             if step == max_steps or (train_config.checkpoint_every and step % train_config.checkpoint_every == 0):
-                save_checkpoint()
+                save_checkpoint(sums, time.perf_counter() - resumed_at)
             if step == max_steps:
                 stopped = True
                 break

@@ -1,0 +1,188 @@
+"""Training: DDP on CPU (gloo), exact resumption, learning on real simulated patterns, augmentation."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from stemstrain.errors import StemstrainInputError
+from stemstrain.model import load_model
+from stemstrain.train import (
+    CHECKPOINT,
+    augment_batch,
+    match_spots,
+    split_indices,
+    spot_positions,
+    thin_dose,
+    train,
+)
+
+
+def read_metrics(ckpt_dir):
+    with open(ckpt_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def gaussian_image(positions, pixels=64, sigma=1.0):
+    y, x = np.mgrid[0:pixels, 0:pixels].astype(float)
+    image = sum(np.exp(-0.5 * ((x - px) ** 2 + (y - py) ** 2) / sigma**2) for px, py in positions)
+    return torch.tensor(image, dtype=torch.float32)
+
+
+def centroid(image, around, half=3):
+    y, x = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+    window = (np.abs(x - around[0]) <= half) & (np.abs(y - around[1]) <= half)
+    w = image.numpy() * window
+    return np.array([np.sum(w * x), np.sum(w * y)]) / w.sum()
+
+
+# ---------------------------------------------------------------- the training loop
+
+
+def test_tiny_model_loss_falls_and_spot_recall_rises(tiny_model):
+    rows = read_metrics(tiny_model.parent)
+    first, last = rows[0], rows[-1]
+    assert float(last["train_loss"]) < 0.8 * float(first["train_loss"])
+    assert float(last["val_loss"]) < float(first["val_loss"])
+    assert float(last["val_recall"]) > float(first["val_recall"]) + 0.1
+    # matched spots lie within the match radius; the network places them to better than a pixel
+    assert float(last["val_median_error_px"]) < 1.0
+    _, metadata = load_model(tiny_model)
+    assert metadata["validation"]["val_recall"] == pytest.approx(float(last["val_recall"]))
+    assert (tiny_model.parent / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resumed_training_equals_uninterrupted(tiny_training_set, tiny_train_config, tmp_path, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    config = tiny_train_config(epochs=2, deterministic=True, base_channels=4)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(config, tiny_training_set, whole, progress=False)
+    assert train(config, tiny_training_set, parts, max_steps=3, progress=False) is None
+    interrupted = torch.load(parts / CHECKPOINT, weights_only=False)
+    assert interrupted["step"] == 3 and not (parts / "model.pt").exists()
+    train(config, tiny_training_set, parts, resume=True, progress=False)
+
+    reference = torch.load(whole / CHECKPOINT, weights_only=False)
+    resumed = torch.load(parts / CHECKPOINT, weights_only=False)
+    assert resumed["step"] == reference["step"] > 3
+    for name, tensor in reference["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    timing = {"elapsed_s", "samples_per_s"}
+    untimed = [[{k: v for k, v in row.items() if k not in timing} for row in read_metrics(d)] for d in (whole, parts)]
+    assert untimed[0] == untimed[1], "the same losses and validation scores, epoch by epoch"
+
+
+def test_resume_refuses_another_model(tiny_training_set, tiny_train_config, tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    config = tiny_train_config(epochs=1, base_channels=4)
+    train(config, tiny_training_set, tmp_path, max_steps=1, progress=False)
+    other = tiny_train_config(epochs=1, base_channels=6)
+    with pytest.raises(StemstrainInputError, match="another model"):
+        train(other, tiny_training_set, tmp_path, resume=True, progress=False)
+
+
+def test_two_process_ddp_on_cpu_keeps_ranks_identical(tiny_training_set, tiny_train_config, tmp_path):
+    config = tiny_train_config(epochs=1, base_channels=4)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    ckpt = tmp_path / "ckpt"
+    command = [sys.executable, "-m", "stemstrain.cli", "train", str(config_path), str(tiny_training_set), str(ckpt)]
+    result = subprocess.run([*command, "--nproc", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    model, metadata = load_model(ckpt / "model.pt")
+    assert metadata["world_size"] == 2
+    checksums = metadata["rank_parameter_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    state = torch.load(ckpt / CHECKPOINT, weights_only=False)
+    assert state["identity"]["world_size"] == 2 and state["data_hash"] == metadata["data_hash"]
+    # each rank took half of the training patterns per epoch
+    rows = read_metrics(ckpt)
+    per_rank = math.ceil(metadata["train_patterns"] / 2)
+    assert int(rows[-1]["step"]) == math.ceil(per_rank / config.train.batch_size)
+    assert math.isfinite(float(rows[-1]["val_recall"]))
+
+
+def test_cli_names_a_missing_training_set(tmp_path):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text("train: {epochs: 1}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "stemstrain.cli", "train", str(config_path), str(tmp_path / "nope.zarr"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "nope.zarr: training-set store not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_training_set_must_match_the_detector(tiny_training_set, tiny_train_config):
+    from stemstrain.train import check_training_set
+
+    config = tiny_train_config()
+    wrong = config.model_copy(update={"detector": config.detector.model_copy(update={"pixels": 96})})
+    with pytest.raises(StemstrainInputError, match="detector.pixels"):
+        check_training_set(tiny_training_set, wrong)
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def test_split_holds_out_whole_strain_states():
+    strain = np.repeat(np.random.default_rng(0).uniform(-0.03, 0.03, (20, 4)), 3, axis=0)  # 3 thicknesses each
+    train_idx, val_idx = split_indices(strain, len(strain), 0.2, seed=0)
+    assert len(val_idx) == 12 and len(train_idx) == 48
+    train_states = {tuple(s) for s in strain[train_idx]}
+    assert not any(tuple(s) in train_states for s in strain[val_idx])
+    assert np.array_equal(split_indices(strain, len(strain), 0.2, seed=0)[1], val_idx)
+
+
+def test_geometric_augmentation_moves_target_with_pattern():
+    from stemstrain.config import Augment
+
+    spots = [(32.0, 32.0), (44.3, 27.6), (20.7, 40.2)]
+    pattern = (gaussian_image(spots, sigma=2.0) * 1000)[None, None]
+    target = gaussian_image(spots)
+    target = torch.where(target > 0.011, target, 0)[None, None]
+    augment = Augment(shift_px=3.0, ellipticity=0.05, dose_fraction=0.0)
+    generator = torch.Generator().manual_seed(3)
+    moved_pattern, moved_target = augment_batch(pattern, target, augment, generator)
+    for spot in spots[1:]:
+        guess = centroid(moved_target[0, 0], spot, half=5)
+        from_target = centroid(moved_target[0, 0], guess)
+        from_pattern = centroid(moved_pattern[0, 0], guess, half=5)
+        assert np.linalg.norm(from_target - np.array(spot)) > 0.3, "the augmentation moved the spot"
+        assert np.allclose(from_target, from_pattern, atol=0.1), "target and pattern moved together [px]"
+    # the mask stays a set of compact spots, not grown by interpolation
+    assert abs(int((moved_target > 0).sum()) - int((target > 0).sum())) < 0.25 * int((target > 0).sum())
+
+
+def test_dose_thinning_gives_counts_at_a_lower_dose():
+    from stemstrain.config import Augment
+
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.poisson(torch.full((64, 1, 32, 32), 50.0), generator=generator)  # ~51 200 e- each
+    thinned = thin_dose(counts, Augment(dose_fraction=1.0, min_dose=1e3), generator)
+    assert torch.equal(thinned, thinned.round()) and torch.all(thinned <= counts)
+    doses = thinned.sum(dim=(1, 2, 3)).numpy()
+    assert doses.min() > 0.8e3 and doses.max() <= counts.sum(dim=(1, 2, 3)).max().item()
+    # log-uniform between 1e3 and the original dose: median near the geometric mean
+    assert np.median(np.log10(doses)) == pytest.approx(np.log10(np.sqrt(1e3 * 51200)), abs=0.35)
+    untouched = thin_dose(counts, Augment(dose_fraction=0.0), generator)
+    assert torch.equal(untouched, counts)
+
+
+def test_spot_positions_are_subpixel_and_matched():
+    truth = np.array([[10.3, 12.8], [30.6, 20.1], [50.45, 47.7]])
+    image = gaussian_image(truth)[None]
+    found = spot_positions(image, image > 0.05)[0]
+    assert found.shape == (3, 2)
+    errors = match_spots(truth, found, radius=1.5)
+    assert len(errors) == 3 and errors.max() < 0.1
+    assert len(match_spots(truth, found + 2.0, radius=1.5)) == 0
