@@ -16,4 +16,4 @@ rule train:
     conda:
         "../../envs/stemstrain.yaml"
     shell:
-        "stemstrain train {input.config} {input.data} results/train/{wildcards.run} > {log} 2>&1"
+        "stemstrain train {input.config} {input.data} results/train/{wildcards.run} --resume > {log} 2>&1"
