@@ -302,3 +302,18 @@ def test_tiny_training_set_fixture(tiny_training_set):
     assert ds["inputs"].shape == (24, 128, 128)
     assert set(ds["material"].values) == {"Si_110", "SrTiO3_001", "Au_001"}
     assert np.all((ds["targets"].values > 0).sum(axis=(1, 2)) > 50)  # every sample has spots
+
+
+def test_precession_and_mistilt_keep_disks_on_the_target_spots():
+    """abTEM tilts the specimen against the beam: patterns stay de-scanned, disks stay on their spots."""
+    deformation = deformation_from_strain(0.01, 0.0, 0.0, 0.0)
+    position = probe_positions_in_cell("Au_001", deformation, np.array([[0.2, 0.4]]), OPTICS.box)
+    tilted, _ = simulate_patterns("Au_001", deformation, [3.0], position, OPTICS, tilt_mrad=(3.0, -2.0))
+    precessed, _ = simulate_patterns("Au_001", deformation, [3.0], position, OPTICS, precession=(4, 10.0))
+    spots, _, _ = strong_spots("Au_001", deformation)
+    for pattern in (tilted[0, 0], precessed[0, 0]):
+        errors = np.linalg.norm(disk_centres(pattern, spots) - spots, axis=1)
+        assert np.median(errors) < 0.5
+    # A tilt changes the excitation of the reflections: intensities differ from the on-axis pattern.
+    on_axis, _ = simulate_patterns("Au_001", deformation, [3.0], position, OPTICS)
+    assert np.abs(tilted - on_axis).sum() > 0.05 * on_axis.sum()

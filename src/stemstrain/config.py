@@ -92,6 +92,9 @@ class SimulateConfig(_Section):
         1, ge=1, description="Probe positions per strain state (random in the unit cell), propagated together."
     )
     target_sigma_px: float = Field(1.0, gt=0, description="Gaussian sigma of the target spots [px].")
+    tilt_max_mrad: float = Field(
+        0.0, ge=0, description="Largest specimen mistilt per strain state, uniform in a disk [mrad]; 0: on axis."
+    )
     noise: Noise = Field(default_factory=Noise)
     precession: Precession = Field(default_factory=Precession)
     cluster: Cluster = Field(default_factory=Cluster)

@@ -87,6 +87,14 @@ def _draw_strain(rng: np.random.Generator, strain_max: float, rotation_max: floa
     return np.array([*strain, theta])
 
 
+def _draw_tilt(rng: np.random.Generator, tilt_max: float) -> np.ndarray:
+    """Mistilt uniform in a disk of radius ``tilt_max`` [mrad]."""
+    if tilt_max <= 0:
+        return np.zeros(2)
+    radius, angle = tilt_max * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
+    return radius * np.array([np.cos(angle), np.sin(angle)])
+
+
 def simulate_chunk(config: Config, chunk: int) -> dict[str, np.ndarray]:
     """Simulate the strain states of one chunk (a pure function of the config and the chunk index).
 
@@ -103,11 +111,12 @@ def simulate_chunk(config: Config, chunk: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([sim.seed, chunk])
     k_max = (optics.pixels // 2 - 1) * optics.k_sampling
     columns: dict[str, list] = {name: [] for name in ("inputs", "targets", "strain", "thickness_nm", "material")}
-    columns.update({name: [] for name in ("dose", "background", "blur_px", "shift_px", "ellipticity")})
+    columns.update({name: [] for name in ("dose", "background", "blur_px", "shift_px", "ellipticity", "tilt_mrad")})
     for state in states:
         crystal = sim.crystals[state % len(sim.crystals)]
         strain = _draw_strain(rng, sim.strain_max, sim.rotation_max_rad)
         deformation = deformation_from_strain(*strain)
+        tilt = _draw_tilt(rng, sim.tilt_max_mrad)
         positions = probe_positions_in_cell(
             crystal, deformation, rng.uniform(0, 1, (sim.positions_per_state, 2)), optics.box
         )
@@ -120,6 +129,7 @@ def simulate_chunk(config: Config, chunk: int) -> dict[str, np.ndarray]:
             frozen_phonons=sim.frozen_phonons,
             precession=(sim.precession.tilts, sim.precession.angle_mrad),
             seed=int(rng.integers(2**31)),
+            tilt_mrad=tuple(tilt),
         )
         g_xy, intensity, _ = kinematic_spots(crystal, deformation, k_max, optics.energy_eV)
         weights = spot_weights(intensity, g_xy)
@@ -139,6 +149,7 @@ def simulate_chunk(config: Config, chunk: int) -> dict[str, np.ndarray]:
             columns["blur_px"].append(noise.blur_px)
             columns["shift_px"].append(noise.shift_px)
             columns["ellipticity"].append(noise.ellipticity)
+            columns["tilt_mrad"].append(tilt)
     result = {name: np.asarray(values) for name, values in columns.items()}
     result["material"] = result["material"].astype(MATERIAL_DTYPE)
     return result
@@ -153,6 +164,7 @@ _LABELS = {
     "blur_px": (("sample",), "float64", "px", "detector blur sigma"),
     "shift_px": (("sample", "xy"), "float64", "px", "pattern shift (x, y)"),
     "ellipticity": (("sample",), "float64", "1", "elliptical distortion (axis ratio - 1)"),
+    "tilt_mrad": (("sample", "xy"), "float64", "mrad", "specimen mistilt (x, y)"),
 }
 
 

@@ -10,8 +10,9 @@ edges (the cut-out strained crystal is not periodic there), Fourier transformed 
 box's frequency resolution (the discrete transform of the wave zero-padded to 3L) and 3 × 3 fine
 pixels are summed into one detector pixel. The odd factor keeps k = 0 at the centre of pixel
 ``pixels // 2``. The transform is a pair of matrix products restricted to the detector's frequencies,
-which is exact and much cheaper than a padded FFT. Precession tilts are de-scanned in the same
-transform by shifting its frequencies.
+which is exact and much cheaper than a padded FFT. Precession averages patterns over beam tilts
+around a cone; abTEM applies a tilt in the propagator (the specimen tilted against the beam), so the
+undiffracted beam stays at k = 0: the patterns come out de-scanned.
 """
 
 from __future__ import annotations
@@ -188,21 +189,16 @@ def _taper_window(optics: SimulationOptics) -> np.ndarray:
     return ramp.astype(np.float32)
 
 
-def _detector_matrix(optics: SimulationOptics, k_offset: float = 0.0) -> np.ndarray:
-    """Rows of the Fourier transform at the detector's fine frequencies (3 per pixel) [shape (3 P, gpts)].
-
-    ``k_offset`` [1/angstrom] shifts every frequency (de-scan of a tilted beam).
-    """
+def _detector_matrix(optics: SimulationOptics) -> np.ndarray:
+    """Rows of the Fourier transform at the detector's fine frequencies (3 per pixel) [shape (3 P, gpts)]."""
     fine = OVERSAMPLING * (np.arange(optics.pixels) - optics.pixels // 2)
     fine = (fine[:, None] + np.arange(OVERSAMPLING) - OVERSAMPLING // 2).ravel()
-    k = fine * optics.k_sampling / OVERSAMPLING + k_offset
+    k = fine * optics.k_sampling / OVERSAMPLING
     x = np.arange(optics.gpts) * optics.box / optics.gpts
     return np.exp(-2j * np.pi * np.outer(k, x)).astype(np.complex64)
 
 
-def diffraction_patterns(
-    exit_waves: np.ndarray, optics: SimulationOptics, tilt_k: tuple[float, float] = (0.0, 0.0)
-) -> np.ndarray:
+def diffraction_patterns(exit_waves: np.ndarray, optics: SimulationOptics) -> np.ndarray:
     """Detector images of exit waves, each pixel integrating its area.
 
     Parameters
@@ -211,8 +207,6 @@ def diffraction_patterns(
         Exit waves in abTEM's axis order (x first).
     optics : SimulationOptics
         Detector calibration.
-    tilt_k : (float, float)
-        Beam tilt (x, y) [1/angstrom] to de-scan.
 
     Returns
     -------
@@ -222,10 +216,9 @@ def diffraction_patterns(
     window = _taper_window(optics)
     norm = np.sum(np.abs(exit_waves) ** 2, axis=(-2, -1), keepdims=True)
     waves = exit_waves * (window[:, None] * window[None, :])
-    row_x = _detector_matrix(optics, tilt_k[0])
-    row_y = _detector_matrix(optics, tilt_k[1])
-    # psi[x, y] -> A[k_y, k_x] = sum_y sum_x E_y[k_y, y] psi[x, y] E_x[k_x, x]
-    amplitude = row_y @ np.swapaxes(waves, -1, -2) @ row_x.T
+    rows = _detector_matrix(optics)
+    # psi[x, y] -> A[k_y, k_x] = sum_y sum_x E[k_y, y] psi[x, y] E[k_x, x]
+    amplitude = rows @ np.swapaxes(waves, -1, -2) @ rows.T
     fine = np.abs(amplitude) ** 2 / ((OVERSAMPLING * optics.gpts) ** 2 * norm)
     p, s = optics.pixels, OVERSAMPLING
     return fine.reshape(*fine.shape[:-2], p, s, p, s).sum(axis=(-3, -1)).astype(np.float32)
@@ -247,6 +240,7 @@ def simulate_patterns(
     frozen_phonons: int = 0,
     precession: tuple[int, float] = (0, 0.0),
     seed: int = 0,
+    tilt_mrad: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Multislice diffraction patterns of a strained crystal for a thickness series.
 
@@ -268,6 +262,8 @@ def simulate_patterns(
         Tilts around the cone and precession semi-angle [mrad]; (0, 0) switches precession off.
     seed : int
         Seed of the thermal displacements.
+    tilt_mrad : (float, float)
+        Specimen mistilt (x, y) against the beam [mrad]; the precession cone is centred on it.
 
     Returns
     -------
@@ -298,7 +294,7 @@ def simulate_patterns(
     )
     positions = np.atleast_2d(np.asarray(positions, dtype=float))
     total = 0.0
-    tilts = _precession_tilts(*precession)
+    tilts = _precession_tilts(*precession) + np.asarray(tilt_mrad, dtype=float)
     # Nested dask inside a worker task would submit to the cluster; the task itself is the unit of parallelism.
     with dask.config.set(scheduler="synchronous"):
         for tilt in tilts:
@@ -308,8 +304,7 @@ def simulate_patterns(
             probe.grid.match(potential)
             waves = probe.multislice(potential, scan=abtem.CustomScan(positions), lazy=False).array
             waves = waves.reshape(-1, len(exit_planes), len(positions), optics.gpts, optics.gpts)
-            tilt_k = tuple(1e-3 * tilt / optics.wavelength)
-            total = total + diffraction_patterns(waves, optics, tilt_k).mean(axis=0)
+            total = total + diffraction_patterns(waves, optics).mean(axis=0)
     patterns = np.swapaxes(total / len(tilts), 0, 1)
     plane_of = {p: i for i, p in enumerate(np.unique(periods))}
     patterns = patterns[:, [plane_of[p] for p in periods]]
