@@ -30,7 +30,7 @@ def strain_map_factory(tmp_path):
 # ---------------------------------------------------------------- training (TRAIN)
 
 TINY_MODEL = {"base_channels": 8, "depth": 3, "norm": "batch"}
-TINY_TRAIN = {"epochs": 6, "batch_size": 8, "lr": 3e-3, "val_fraction": 0.25, "nproc": 1, "precision": "fp32"}
+TINY_TRAIN = {"epochs": 12, "batch_size": 4, "lr": 3e-3, "val_fraction": 0.25, "nproc": 1, "precision": "fp32"}
 
 
 @pytest.fixture(scope="session")

@@ -79,13 +79,16 @@ def test_resumed_training_equals_uninterrupted(tiny_training_set, tiny_train_con
     assert untimed[0] == untimed[1], "the same losses and validation scores, epoch by epoch"
 
 
-def test_resume_refuses_another_model(tiny_training_set, tiny_train_config, tmp_path, monkeypatch):
+def test_resume_after_a_config_change_trains_from_the_start(
+    tiny_training_set, tiny_train_config, tmp_path, monkeypatch
+):
     monkeypatch.delenv("RANK", raising=False)
-    config = tiny_train_config(epochs=1, base_channels=4)
-    train(config, tiny_training_set, tmp_path, max_steps=1, progress=False)
+    train(tiny_train_config(epochs=1, base_channels=4), tiny_training_set, tmp_path, max_steps=2, progress=False)
     other = tiny_train_config(epochs=1, base_channels=6)
-    with pytest.raises(StemstrainInputError, match="another model"):
-        train(other, tiny_training_set, tmp_path, resume=True, progress=False)
+    train(other, tiny_training_set, tmp_path, resume=True, max_steps=1, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert state["step"] == 1 and state["identity"]["model"]["base_channels"] == 6
+    assert [row["step"] for row in read_metrics(tmp_path)] == []
 
 
 def test_two_process_ddp_on_cpu_keeps_ranks_identical(tiny_training_set, tiny_train_config, tmp_path):

@@ -589,7 +589,8 @@ def train(
     ckpt_dir : path
         Output directory: checkpoint.pt, metrics.csv, steps.csv, curves.png, model.pt.
     resume : bool
-        Continue from ``ckpt_dir/checkpoint.pt`` if it exists (same model, train config and data).
+        Continue from ``ckpt_dir/checkpoint.pt`` if it exists and was made with the same model,
+        train config, number of processes and training set; otherwise train from the start.
     max_steps : int, optional
         Stop after this global step with a checkpoint, as if interrupted (tests, benchmarks).
     progress : bool
@@ -604,8 +605,7 @@ def train(
     Raises
     ------
     StemstrainInputError
-        If the training set does not fit the config, or a checkpoint to resume from was made with
-        another model, train config or training set.
+        If the training set does not fit the config (pattern size, calibration).
     """
     rank, world, local_rank, local_world = _environment()
     device = _setup(rank, world, local_rank, local_world)
@@ -653,9 +653,17 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
     # checkpoint inside an epoch carries them (summed over ranks) so the epoch's row is exact.
     sums = torch.zeros(4, dtype=torch.float64)
     train_seconds = 0.0
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        _check_resumable(state, identity, checkpoint_path, fingerprint)
+    state = (
+        torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if resume and checkpoint_path.is_file()
+        else None
+    )
+    if state is not None and (reason := _why_not_resumable(state, identity, fingerprint)):
+        # The workflow always asks to resume; after a change of config or data it must retrain.
+        if rank == 0:
+            print(f"stemstrain train: not resuming {checkpoint_path}: {reason}; training from the start")
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -809,12 +817,10 @@ def _resumable(train: TrainConfig) -> dict:
     return train.model_dump(exclude={"num_workers", "cache_mb", "checkpoint_every"})
 
 
-def _check_resumable(state: dict, identity: dict, path: Path, fingerprint: str) -> None:
+def _why_not_resumable(state: dict, identity: dict, fingerprint: str) -> str | None:
     for key, value in identity.items():
         if state["identity"].get(key) != value:
-            raise StemstrainInputError(
-                f"{path}: checkpoint was made with another {key} ({state['identity'].get(key)}, now {value}); "
-                "remove it or train without --resume"
-            )
+            return f"it was made with another {key} ({state['identity'].get(key)}, now {value})"
     if state["data_hash"] != fingerprint:
-        raise StemstrainInputError(f"{path}: checkpoint was made on another training set (data hash differs)")
+        return "it was made on another training set (data hash differs)"
+    return None
