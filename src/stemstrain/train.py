@@ -92,7 +92,6 @@ class TrainingSet(torch.utils.data.Dataset):
         group = self._open()
         self.shape = tuple(group["inputs"].shape)
         self.chunk = int(group["inputs"].chunks[0])
-        self.attrs = dict(group.attrs)
 
     def _open(self):
         if self._group is None:
@@ -233,14 +232,6 @@ def split_indices(strain: np.ndarray | None, n: int, val_fraction: float, seed: 
     held = np.random.default_rng(seed).permutation(n_groups)[:n_val]
     is_val = np.isin(groups, held)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-
-
-class _Subset(torch.utils.data.Dataset):
-    def __init__(self, indices: np.ndarray):
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 # ---------------------------------------------------------------- augmentation
@@ -638,9 +629,7 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
     model = model.to(device).to(memory_format=torch.channels_last)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
-    sampler = DistributedSampler(
-        _Subset(train_indices), num_replicas=world, rank=rank, shuffle=True, seed=train_config.seed
-    )
+    sampler = DistributedSampler(train_indices, num_replicas=world, rank=rank, shuffle=True, seed=train_config.seed)
     steps_per_epoch = math.ceil(len(sampler) / train_config.batch_size)
     total_steps = steps_per_epoch * train_config.epochs
     scheduler = _scheduler(optimizer, train_config, total_steps)
@@ -766,8 +755,13 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
                     "train_mse": (sums[2] / sums[3]).item(),
                     "samples_per_s": sums[3].item() / train_seconds,
                 }
+                # Each rank's BatchNorm statistics saw its own last batch; rank 0's are the model's.
+                # Validation runs the bare module: a DDP forward is a collective, and the ranks'
+                # validation shares may differ in their number of batches.
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
                 if len(val_indices):
-                    row |= _validate(ddp, dataset, val_indices, train_config, autocast_dtype, device, rank, world)
+                    row |= _validate(model, dataset, val_indices, train_config, autocast_dtype, device, rank, world)
                 row["elapsed_s"] = time.perf_counter() - started
                 metrics.append(row)
                 if rank == 0:
