@@ -217,11 +217,12 @@ def diffraction_patterns(exit_waves: np.ndarray, optics: SimulationOptics) -> np
     norm = np.sum(np.abs(exit_waves) ** 2, axis=(-2, -1), keepdims=True)
     waves = exit_waves * (window[:, None] * window[None, :])
     rows = _detector_matrix(optics)
-    # psi[x, y] -> A[k_y, k_x] = sum_y sum_x E[k_y, y] psi[x, y] E[k_x, x]
-    amplitude = rows @ np.swapaxes(waves, -1, -2) @ rows.T
+    # psi[x, y] -> A[k_x, k_y] = sum_x E[k_x, x] sum_y psi[x, y] E[k_y, y]; contiguous operands keep BLAS in use.
+    amplitude = rows @ (np.ascontiguousarray(waves, dtype=np.complex64) @ rows.T)
     fine = np.abs(amplitude) ** 2 / ((OVERSAMPLING * optics.gpts) ** 2 * norm)
     p, s = optics.pixels, OVERSAMPLING
-    return fine.reshape(*fine.shape[:-2], p, s, p, s).sum(axis=(-3, -1)).astype(np.float32)
+    binned = fine.reshape(*fine.shape[:-2], p, s, p, s).sum(axis=(-3, -1))
+    return np.ascontiguousarray(np.swapaxes(binned, -1, -2), dtype=np.float32)
 
 
 def _precession_tilts(tilts: int, angle_mrad: float) -> np.ndarray:
