@@ -8,6 +8,7 @@ The tests share one workspace and run in file order (the later ones need the fin
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 
@@ -24,7 +25,6 @@ STRAIN = f"results/strain/cepstrum/{SCAN}.zarr"
 # `all` (the report) does not need the network for the cepstrum method: ask for the model too.
 TARGETS = ["all", f"results/train/{RUN}/model.pt"]
 ALL_RULES = {"resolved_config", "simulate", "simulate_scan", "train", "strain", "evaluate", "plot", "report"}
-DOWNSTREAM_OF_STRAIN = {"strain", "evaluate", "plot", "report"}
 
 
 def rules_of(output: str) -> dict[str, str]:
@@ -113,11 +113,13 @@ def wait_for_state(slurm_id: str, states: set[str], timeout_s: float) -> str:
 def test_resume_after_scancel_of_a_running_job(workflow):
     work, _ = workflow
     started = time.perf_counter()
+    # Back to a half-done workflow: everything up to the strain map exists. (With the report still
+    # there, Snakemake would not rebuild a missing intermediate for `all`: ask for the map itself.)
+    shutil.rmtree(work / "results/strain")
     # Snakemake in the background; its strain job is cancelled while running.
     log = (work / "cancelled.log").open("w")
     snakemake = subprocess.Popen(
-        ["timeout", "-s", "INT", "-k", "30", "240", "snakemake", "--profile", "slurm", "--forcerun", "strain"]
-        + TARGETS,
+        ["timeout", "-s", "INT", "-k", "30", "240", "snakemake", "--profile", "slurm", STRAIN],
         cwd=work,
         env=environment(),
         stdout=log,
@@ -142,10 +144,11 @@ def test_resume_after_scancel_of_a_running_job(workflow):
     output = (work / "cancelled.log").read_text()
     assert "CANCELLED" in output, output[-3000:]
     assert wait_for_state(strain_id, {"CANCELLED"}, timeout_s=30) == "CANCELLED"
-    # The cancelled job's output is gone or marked incomplete; nothing else was touched.
+    # Only the strain job had started; its half-written output is not left as if finished.
     assert set(rules_of(output).values()) == {"strain"}
+    assert not (work / STRAIN).exists()
 
-    # Resume with the whole workflow as one head job (slurm/workflow.sbatch): it submits only what is missing.
+    # Resume with the workflow as one head job (slurm/workflow.sbatch): it submits only what is missing.
     result = run(
         [
             "sbatch",
@@ -154,7 +157,7 @@ def test_resume_after_scancel_of_a_running_job(workflow):
             "--time=15",
             "--output=logs/slurm/workflow-%j.log",
             "slurm/workflow.sbatch",
-            *TARGETS,
+            STRAIN,
         ],
         work,
         timeout_s=300,
@@ -162,9 +165,8 @@ def test_resume_after_scancel_of_a_running_job(workflow):
     head_id = result.stdout.strip().splitlines()[-1].split(";")[0]
     head_log = (work / f"logs/slurm/workflow-{head_id}.log").read_text()
     print(f"scancel + resume through workflow.sbatch: {time.perf_counter() - started:.0f} s")
-    assert "Nothing to be done" not in head_log
     resumed = rules_of(head_log)
-    assert set(resumed.values()) == DOWNSTREAM_OF_STRAIN, head_log[-3000:]
+    assert list(resumed.values()) == ["strain"], head_log[-3000:]
     assert head_id not in resumed and strain_id not in resumed
     assert {info["state"] for info in slurm_jobs(list(resumed) + [head_id]).values()} == {"COMPLETED"}
     strain = xr.open_zarr(work / STRAIN)
