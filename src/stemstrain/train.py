@@ -446,6 +446,13 @@ def _init_mask_prior(model: UNet, dataset: TrainingSet, indices: np.ndarray, n: 
         model.head.bias[0] = math.log(fraction / (1 - fraction))
 
 
+def _summed(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum of a small CPU tensor over all ranks (NCCL reduces only GPU tensors)."""
+    values = values.to(device, copy=True)
+    dist.all_reduce(values)
+    return values.cpu()
+
+
 def _parameter_checksum(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
@@ -543,8 +550,7 @@ def _validate(model, dataset, indices, train: TrainConfig, autocast_dtype, devic
             errors += matched
     counts = torch.tensor([n_true, n_predicted, len(errors)], dtype=torch.float64)
     gathered: list[list[float]] = [[] for _ in range(world)]
-    dist.all_reduce(sums)
-    dist.all_reduce(counts)
+    sums, counts = _summed(sums, device), _summed(counts, device)
     dist.all_gather_object(gathered, errors)
     all_errors = [e for part in gathered for e in part]
     model.train()
@@ -674,8 +680,7 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
         )
 
     def save_checkpoint(partial_sums: torch.Tensor, partial_seconds: float):
-        partial_sums = partial_sums.clone()
-        dist.all_reduce(partial_sums)  # every rank checkpoints at the same steps
+        partial_sums = _summed(partial_sums, device)  # every rank checkpoints at the same steps
         if rank != 0:
             return
         state = {
@@ -745,7 +750,7 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
                     bar.set_postfix(loss=f"{values[0]:.4f}", bce=f"{values[1]:.4f}", mse=f"{values[2]:.5f}")
             if step % steps_per_epoch == 0:
                 train_seconds = time.perf_counter() - resumed_at
-                dist.all_reduce(sums)
+                sums = _summed(sums, device)
                 row = {
                     "epoch": epoch,
                     "step": step,
