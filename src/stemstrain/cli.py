@@ -125,9 +125,10 @@ def train(
     """Train the network with DDP; writes CKPT_DIR/model.pt (the exported model).
 
     With more than one process and outside torchrun, the command relaunches itself through
-    `python -m torch.distributed.run --standalone`; under torchrun or srun (RANK, WORLD_SIZE set)
-    every process trains its share. CKPT_DIR also gets checkpoint.pt, metrics.csv, steps.csv and
-    curves.png.
+    `python -m torch.distributed.run --standalone`; under torchrun (RANK and WORLD_SIZE set, e.g.
+    by slurm/train-ddp.sbatch across nodes) every process trains its share. CKPT_DIR also gets
+    checkpoint.pt, metrics.csv (per epoch: losses, validation spot recall/precision, median
+    spot-position error [px], samples/s), steps.csv and curves.png.
     """
     import os
     import subprocess
