@@ -87,6 +87,10 @@ def run_tasks(
 ) -> float:
     """Run ``function(*args)`` for each ``(key, args)`` and pass each result to ``on_result(key, result)``.
 
+    A LocalCluster starts its workers by spawning Python processes that import the caller's main
+    module, so a script that calls this (directly or through ``simulate_training_set``) must do so
+    under ``if __name__ == "__main__":``; the ``stemstrain`` command and pytest already are.
+
     Parameters
     ----------
     function : callable

@@ -27,7 +27,7 @@ from stemstrain.lattice import reciprocal_vectors
 from stemstrain.simulate.crystals import get_crystal, projected_cell
 from stemstrain.simulate.dataset import check_simulation
 from stemstrain.simulate.executor import run_tasks
-from stemstrain.simulate.multislice import SimulationOptics, simulate_patterns, vacuum_probe
+from stemstrain.simulate.multislice import SimulationOptics, exit_plane_periods, simulate_patterns, vacuum_probe
 from stemstrain.simulate.noise import PatternNoise, apply_noise
 from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain
 
@@ -195,7 +195,7 @@ def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> t
             for i, pattern in enumerate(clean)
         ]
     ).reshape(*shape, optics.pixels, optics.pixels)
-    thickness = float(np.rint(10.0 * scan.thickness_nm / spec.period) * spec.period / 10.0)
+    thickness = float(exit_plane_periods(scan.crystal, [scan.thickness_nm])[0] * spec.period / 10.0)
     dataset = make_4d_dataset(
         counts,
         scan.step_nm,
