@@ -83,3 +83,15 @@ def test_chain_recovers_uniform_one_percent_strain_from_target_images(crystal):
         assert measured == pytest.approx(case, abs=1e-6)
     # the descan shift shows up in the origin, not in the lattice
     assert fit["origin"][1] == pytest.approx(np.array([0.3, -0.2]) * K_SAMPLING, abs=1e-6)
+
+
+def test_mirror_spots_between_pixels_are_each_found_once():
+    # Equal spots centred between pixels, mirrored across the image: equal values at four pixels
+    # of two spots interleave in the peak order; each spot must come back once, exactly located.
+    yy, xx = np.mgrid[0:64, 0:64].astype(float)
+    centres = [(20.5, 30.0), (43.5, 30.0), (12.0, 50.5), (40.0, 50.5)]
+    image = sum(np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 2.0) for cx, cy in centres)
+    positions, weights = find_peaks(image, threshold_rel=0.5)
+    assert np.isfinite(positions[:, 0]).sum() == 4
+    found = sorted(map(tuple, np.round(positions[np.isfinite(positions[:, 0])], 6)))
+    np.testing.assert_allclose(found, sorted(centres), atol=1e-6)

@@ -175,11 +175,19 @@ def strain(
             "default: the scan's reference_roi attribute, else the whole scan."
         ),
     ] = None,
-    batch: Annotated[int, typer.Option(help="Patterns per network batch.", min=1)] = 128,
+    batch: Annotated[
+        int | None, typer.Option(help="Patterns per network batch; default 128 on CPU, 1024 on CUDA.", min=1)
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (cuda when available); per worker on a cluster.")] = (
         "auto"
     ),
-    precision: Annotated[str, typer.Option(help="Network precision: fp32 or bf16 (autocast).")] = "fp32",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Network precision: fp32, bf16 (autocast) or auto (bf16 on CUDA and on CPUs with native "
+            "AVX-512-BF16/AMX, fp32 elsewhere: emulated bf16 is several times slower)."
+        ),
+    ] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on long runs).")] = (
         False
     ),
@@ -205,6 +213,18 @@ def strain(
             "or with a detector reaching < half its k range (with a warning).",
         ),
     ] = False,
+    detector_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--detector-option",
+            "-o",
+            help="Detector option KEY=VALUE, repeatable; values typed (int, float, true/false, none, else text). "
+            "unet/peaks: threshold_rel, min_distance, max_peaks. bragg: template (auto, probe, simulated, mean), "
+            "hybrid, max_peaks, min_relative_height, upsample, batch_size. cepstrum, cepstrum-multi: offset, "
+            "r_min, r_max, primary_height, max_peaks, min_relative_height, upsample, lattice_tolerance, "
+            "mask_radius_px, batch_size. Example: -o template=probe -o upsample=32.",
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Discard OUT.partial of an interrupted run; default: resume.")
     ] = (False),
@@ -217,7 +237,7 @@ def strain(
     chunks it finished. The result follows the strain-map contract (e_xx, e_yy, e_xy, theta,
     fit_error, n_peaks, mask, plus the fitted lattice per position).
     """
-    from stemstrain.infer import strain_map
+    from stemstrain.infer import parse_detector_options, strain_map
 
     cluster_options = {"job_extra_directives": [f"--gpus={gpus_per_worker}"]} if gpus_per_worker else {}
     strain_map(
@@ -234,6 +254,7 @@ def strain(
         workers=workers,
         cluster_options=cluster_options,
         unit_patterns=unit_patterns,
+        detector_options=parse_detector_options(detector_option),
         allow_calibration_mismatch=allow_calibration_mismatch,
         fresh=fresh,
         progress=progress,

@@ -17,6 +17,8 @@ from scipy import ndimage
 
 __all__ = ["find_peaks", "refine_peaks"]
 
+_TIE_LAGS = 8  # equal-valued peaks compared when dropping duplicates (a plateau, and its mirror images)
+
 _OFFSETS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=float)  # (9, 2) window order
 # Least-squares solution of f = c0 + c1 x + c2 y + c3 x² + c4 xy + c5 y² on the 3×3 window.
 _QUADRATIC = np.linalg.pinv(
@@ -128,11 +130,11 @@ def find_peaks(
     image_index, row, col = np.nonzero(candidates)
     values = images[image_index, row, col]
     order = np.lexsort((-values, image_index))
-    image_index, row, col = image_index[order], row[order], col[order]
+    image_index, row, col, values = image_index[order], row[order], col[order], values[order]
     counts = np.bincount(image_index, minlength=n)
     rank = np.arange(image_index.size) - (np.cumsum(counts) - counts)[image_index]
     keep = rank < max_peaks
-    image_index, row, col, rank = image_index[keep], row[keep], col[keep], rank[keep]
+    image_index, row, col, values = image_index[keep], row[keep], col[keep], values[keep]
 
     windows = images[
         image_index[:, None, None],
@@ -140,32 +142,26 @@ def find_peaks(
         col[:, None, None] + np.arange(-1, 2)[None, None, :],
     ]
     offsets, amplitude = refine_peaks(windows)
+    x, y = col + offsets[:, 0], row + offsets[:, 1]
 
-    m = max(1, int(min(max_peaks, counts.max(initial=0))))
+    # Equal neighbouring pixels (a spot centred between pixels) are both local maxima and refine
+    # to the same position: keep the first. Such pixels have equal values, so they lie close together
+    # in the (image, -value) order (other spots of exactly the same value may sit between them in a
+    # symmetric image): comparing each peak with its few predecessors replaces an all-pairs search.
+    duplicate = np.zeros(image_index.size, dtype=bool)
+    for lag in range(1, _TIE_LAGS + 1):
+        same = (image_index[lag:] == image_index[:-lag]) & (values[lag:] == values[:-lag])
+        duplicate[lag:] |= same & (np.hypot(x[lag:] - x[:-lag], y[lag:] - y[:-lag]) < 0.5)
+    image_index, x, y, amplitude = image_index[~duplicate], x[~duplicate], y[~duplicate], amplitude[~duplicate]
+    counts = np.bincount(image_index, minlength=n)
+    rank = np.arange(image_index.size) - (np.cumsum(counts) - counts)[image_index]
+
+    m = max(1, int(counts.max(initial=0)))
     positions = np.full((n, m, 2), np.nan)
     weights = np.zeros((n, m))
-    positions[image_index, rank, 0] = col + offsets[:, 0]
-    positions[image_index, rank, 1] = row + offsets[:, 1]
+    positions[image_index, rank, 0] = x
+    positions[image_index, rank, 1] = y
     weights[image_index, rank] = amplitude
-    positions, weights = _drop_duplicates(positions, weights)
     if single:
         return positions[0], weights[0]
     return positions, weights
-
-
-def _drop_duplicates(positions: np.ndarray, weights: np.ndarray, radius: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Remove the later of two peaks closer than ``radius`` [px].
-
-    Equal neighbouring pixels (a spot centred between pixels) are both local maxima; both refine
-    to the same position, so one is kept.
-    """
-    distance = np.linalg.norm(positions[:, :, None, :] - positions[:, None, :, :], axis=-1)
-    earlier = np.tril(np.ones(distance.shape[-2:], dtype=bool), k=-1)
-    duplicate = np.any((distance < radius) & earlier, axis=-1)
-    if not duplicate.any():
-        return positions, weights
-    positions = np.where(duplicate[..., None], np.nan, positions)
-    weights = np.where(duplicate, 0.0, weights)
-    # Keep valid peaks first so that the padding stays at the end.
-    order = np.argsort(duplicate | ~np.isfinite(positions[..., 0]), axis=-1, kind="stable")
-    return np.take_along_axis(positions, order[..., None], axis=1), np.take_along_axis(weights, order, axis=1)
