@@ -189,3 +189,27 @@ def test_spot_positions_are_subpixel_and_matched():
     errors = match_spots(truth, found, radius=1.5)
     assert len(errors) == 3 and errors.max() < 0.1
     assert len(match_spots(truth, found + 2.0, radius=1.5)) == 0
+
+
+def test_training_set_streams_batches_within_its_cache(tiny_training_set):
+    import pickle
+
+    import zarr
+
+    from stemstrain.train import TrainingSet
+
+    group = zarr.open_group(str(tiny_training_set), mode="r")
+    chunk_bytes = int(np.prod(group["inputs"].chunks)) * 4
+    dataset = TrainingSet(tiny_training_set, cache_mb=1.5 * chunk_bytes / 2**20)
+    order = np.random.default_rng(0).permutation(len(dataset))
+    for start in range(0, len(order), 5):
+        inputs, targets = dataset[order[start : start + 5]]
+        assert dataset._cached_bytes <= 1.5 * chunk_bytes, "at most the cache budget is held in memory"
+    assert inputs.shape == (len(order[start:]), 1, *group["inputs"].shape[1:]) and inputs.dtype == torch.float32
+    expected = np.stack([group["inputs"][int(i)] for i in order[start:]])
+    assert np.array_equal(inputs[:, 0].numpy(), expected), "patterns in the order asked for"
+    # DataLoader workers get a copy without the open store or the cache, and read the same batches
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert clone._cached_bytes == 0 and torch.equal(clone[order[:3]][1], dataset[order[:3]][1])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=[order[:4], order[4:8]], num_workers=1)
+    assert all(torch.equal(a, dataset[idx][0]) for (a, _), idx in zip(loader, [order[:4], order[4:8]], strict=True))
