@@ -158,6 +158,57 @@ def open_store(path: str | Path, what: str = "Zarr store") -> xr.Dataset:
         raise StemstrainInputError(f"{path}: cannot be read as a Zarr {what} ({type(err).__name__}: {err})") from None
 
 
+def read_values(array: xr.DataArray, source: str, where: str = "") -> np.ndarray:
+    """Load a (lazy) variable, naming the file and variable when a Zarr chunk cannot be decoded.
+
+    Parameters
+    ----------
+    array : xr.DataArray
+        Variable of a store opened with :func:`open_store` (or a selection of it).
+    source : str
+        The store path, for the message.
+    where : str
+        Where the selection lies, e.g. ``" at scan_y 0:4, scan_x 0:4"``.
+    """
+    try:
+        return np.asarray(array.values)
+    except Exception as err:  # codecs raise RuntimeError, ValueError, OSError ... for damaged chunks
+        raise StemstrainInputError(
+            f"{source}: variable '{array.name}' cannot be read{where}: damaged or truncated Zarr chunk "
+            f"({type(err).__name__}: {err})"
+        ) from None
+
+
+def check_counts(patterns: np.ndarray, source: str, variable: str = "data", where: str = "") -> None:
+    """Refuse NaN or inf values and patterns of negative total intensity in a block of patterns.
+
+    Single negative pixels are allowed (dark-subtracted detectors give them); a whole pattern
+    summing below zero is no measurement of electrons.
+
+    Parameters
+    ----------
+    patterns : ndarray (..., k_y, k_x)
+        Intensities [counts].
+    source, variable, where : str
+        File, variable and location named in the message.
+    """
+    if np.issubdtype(patterns.dtype, np.floating):
+        bad = ~np.isfinite(patterns)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise StemstrainInputError(
+                f"{source}: variable '{variable}' holds {int(bad.sum())} NaN or inf value(s){where} "
+                f"(first at block index {first}); a lost Zarr chunk of float data reads as NaN"
+            )
+    totals = patterns.sum(axis=(-2, -1), dtype=np.float64)
+    if np.any(totals < 0):
+        first = tuple(int(i) for i in np.argwhere(totals < 0)[0])
+        raise StemstrainInputError(
+            f"{source}: variable '{variable}' holds {int((totals < 0).sum())} pattern(s) of negative total "
+            f"intensity{where} (first at block index {first}); expected counts >= 0"
+        )
+
+
 def _require_units(ds: xr.Dataset, names: tuple[str, ...], expected: str, source: str) -> None:
     for name in names:
         if name not in ds.coords:
@@ -381,6 +432,16 @@ def validate_strain_map(ds: xr.Dataset, source: str = "strain map", require_vali
             )
         if ds[name].dims != SCAN_DIMS:
             raise StemstrainInputError(f"{source}: variable '{name}' has dims {ds[name].dims}, expected {SCAN_DIMS}")
+        if not np.issubdtype(ds[name].dtype, np.number):
+            raise StemstrainInputError(f"{source}: variable '{name}' has dtype {ds[name].dtype}, expected float64")
+        units, expected = ds[name].attrs.get("units"), STRAIN_VARIABLES[name][0]
+        # a theta in degrees read as radians would be silently wrong by a factor 57
+        if units is not None and units != expected:
+            raise StemstrainInputError(f"{source}: variable '{name}' has units {units!r}, expected {expected!r}")
+    _require_units(ds, SCAN_DIMS, "nm", source)
+    roi = ds.attrs.get("reference_roi")
+    if roi is not None:
+        check_reference_roi(roi, tuple(ds.sizes[d] for d in SCAN_DIMS), f"{source}: attribute 'reference_roi'")
     if require_valid:
         finite = np.all([np.isfinite(ds[name].values) for name in STRAIN_COMPONENTS], axis=0)
         if "mask" in ds:
@@ -392,4 +453,6 @@ def validate_strain_map(ds: xr.Dataset, source: str = "strain map", require_vali
 
 def open_strain_map(path: str | Path, require_valid: bool = True) -> xr.Dataset:
     """Open and validate a strain-map store (loaded into memory: maps are small)."""
-    return validate_strain_map(open_store(path, "strain-map store").load(), str(path), require_valid)
+    ds = open_store(path, "strain-map store")
+    loaded = {name: (ds[name].dims, read_values(ds[name], str(path)), ds[name].attrs) for name in ds.data_vars}
+    return validate_strain_map(ds.assign(loaded).load(), str(path), require_valid)
