@@ -178,11 +178,20 @@ class TrainConfig(_Section):
 class StrainConfig(_Section):
     """Inference and strain fitting."""
 
-    batch_size: int = Field(128, ge=1, description="Patterns per network batch.")
-    precision: Literal["fp32", "bf16"] = Field("bf16", description="Inference precision.")
+    batch_size: int = Field(128, ge=1, description="Patterns per network batch (1024 or more on a GPU).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Inference precision; auto: bf16 on CUDA and CPUs with native bf16, else fp32."
+    )
     methods: list[Literal["unet", "bragg", "cepstrum", "cepstrum-multi"]] = Field(
         ["unet"], min_length=1, description="Methods run by the workflow."
     )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the network runs.")
+    compile: bool = Field(False, description="torch.compile the network (no gain measured on CPU).")
+    scheduler: Literal["none", "local", "slurm"] = Field(
+        "none", description="none: one process; local: dask LocalCluster; slurm: dask-jobqueue SLURMCluster."
+    )
+    workers: int | None = Field(None, ge=1, description="Dask workers for scheduler local/slurm (default 2 / 1).")
+    unit_patterns: int = Field(1024, ge=1, description="Patterns per work unit (whole input chunks); bounds memory.")
 
 
 class EvaluateConfig(_Section):
