@@ -25,7 +25,8 @@ app = typer.Typer(
 
 
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"stemstrain: error: {message}", err=True)
+    # one line whatever the message holds (YAML and zarr errors span several)
+    typer.echo(f"stemstrain: error: {' '.join(str(message).split())}", err=True)
     raise typer.Exit(code)
 
 
@@ -40,6 +41,9 @@ def handles_input_errors(command):
             _fail(str(err))
         except FileNotFoundError as err:
             _fail(f"{err.filename}: file not found")
+        except (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError) as err:
+            # an output path under a file, or a folder the user cannot write
+            _fail(f"{err.filename}: cannot write the output there ({err.strerror})")
 
     return wrapper
 
@@ -67,10 +71,12 @@ def simulate(
     import logging
 
     from stemstrain.config import load_config
+
+    settings = load_config(config)  # before importing abTEM (seconds), so that a bad config fails at once
     from stemstrain.simulate import simulate_training_set
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    typer.echo(f"wrote {simulate_training_set(load_config(config), out, fresh=fresh)}")
+    typer.echo(f"wrote {simulate_training_set(settings, out, fresh=fresh)}")
 
 
 @app.command("simulate-scan")
@@ -92,7 +98,6 @@ def simulate_scan(
     import logging
 
     from stemstrain.config import load_config
-    from stemstrain.simulate import simulate_scan as run_scan
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = load_config(config)
@@ -102,6 +107,8 @@ def simulate_scan(
     if scan is not None and scan not in names:
         raise StemstrainInputError(f"{config}: scan {scan!r} not found in option 'scans' (found {names})")
     chosen = settings.scans[names.index(scan) if scan is not None else 0]
+    from stemstrain.simulate import simulate_scan as run_scan
+
     data, truth_map = run_scan(settings, chosen, out, truth)
     typer.echo(f"wrote {data} and {truth_map}")
 
