@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from stemstrain.errors import StemstrainInputError
 
@@ -21,7 +21,8 @@ SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and NaN pass gt/lt bounds; a NaN strain amplitude or an infinite k-sampling hung or crashed a run
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Optics(_Section):
@@ -115,8 +116,8 @@ class ScanConfig(_Section):
     thickness_nm: float = Field(30.0, gt=0, description="Specimen thickness [nm].")
     dose: float = Field(1e6, gt=0, description="Electrons per pattern [e-].")
     field: Literal["uniform", "gradient", "bump", "interface"] = Field("gradient", description="Strain field.")
-    amplitude: float = Field(0.01, description="Largest strain of the field [1].")
-    scan_shape: tuple[int, int] = Field((16, 16), description="Scan positions (scan_y, scan_x).")
+    amplitude: float = Field(0.01, gt=-0.2, lt=0.2, description="Largest strain of the field [1].")
+    scan_shape: tuple[PositiveInt, PositiveInt] = Field((16, 16), description="Scan positions (scan_y, scan_x).")
     step_nm: float = Field(0.5, gt=0, description="Scan step [nm].")
     reference_roi: tuple[int, int, int, int] | None = Field(
         None, description="[y0, y1, x0, x1] half-open scan indices of the unstrained reference region."
@@ -198,11 +199,11 @@ class EvaluateConfig(_Section):
     """Evaluation grid of test scans over thickness and dose (all methods)."""
 
     crystal: str = Field("Si_110", description="Crystal of the grid scans.")
-    thicknesses_nm: list[float] = Field([], description="Thicknesses of the grid [nm]; empty: no grid.")
-    doses: list[float] = Field([], description="Doses of the grid [e- per pattern].")
+    thicknesses_nm: list[PositiveFloat] = Field([], description="Thicknesses of the grid [nm]; empty: no grid.")
+    doses: list[PositiveFloat] = Field([], description="Doses of the grid [e- per pattern].")
     field: Literal["uniform", "gradient", "bump", "interface"] = Field("gradient", description="Strain field.")
-    amplitude: float = Field(0.01, description="Largest strain of the field [1].")
-    scan_shape: tuple[int, int] = Field((12, 12), description="Scan positions of each grid scan.")
+    amplitude: float = Field(0.01, gt=-0.2, lt=0.2, description="Largest strain of the field [1].")
+    scan_shape: tuple[PositiveInt, PositiveInt] = Field((12, 12), description="Scan positions of each grid scan.")
     step_nm: float = Field(0.5, gt=0, description="Scan step [nm].")
     reference_roi: tuple[int, int, int, int] | None = Field(
         None, description="[y0, y1, x0, x1] reference region of each grid scan; default: the left quarter of columns."
@@ -219,12 +220,14 @@ class IngestFile(_Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Scan name, used in output paths.")
     file: str = Field(..., description="Detector file, e.g. raw/scan.mib (ARINA: the _master.h5, EMPAD: the .xml).")
     format: str | None = Field(None, description="Format name (merlin, arina, ...); default: detected.")
-    scan_shape: tuple[int, int] | None = Field(None, description="Scan positions (scan_y, scan_x) of a flat stack.")
+    scan_shape: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="Scan positions (scan_y, scan_x) of a flat stack."
+    )
     energy_eV: float | None = Field(None, gt=0, description="Beam energy [eV]; default: from the file.")
     semiangle_mrad: float | None = Field(None, gt=0, description="Probe convergence semiangle [mrad].")
     k_sampling: float | None = Field(None, gt=0, description="Detector pixel size [1/angstrom]; default: file.")
     scan_step_nm: float | None = Field(None, gt=0, description="Scan step [nm]; default: from the file, else 1.")
-    chunks: tuple[int, int] | None = Field(None, description="Zarr chunk (cy, cx) in scan positions.")
+    chunks: tuple[PositiveInt, PositiveInt] | None = Field(None, description="Zarr chunk (cy, cx) in scan positions.")
     centre: Literal["middle", "com"] = Field("middle", description="k = 0 at the detector middle or centre of mass.")
 
 
