@@ -42,6 +42,14 @@ def workflow(tmp_path_factory):
     return work, result.stdout
 
 
+def tres_per_job(slurm_id: str) -> str:
+    """Generic resources a job asked for (e.g. ``gres:gpu:1``), from ``scontrol show job``."""
+    command = ["scontrol", "--oneliner", "show", "job", slurm_id]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30)
+    fields = dict(item.split("=", 1) for item in out.stdout.split() if "=" in item)
+    return fields.get("TresPerJob", "")
+
+
 def test_every_job_is_a_slurm_job_with_its_own_id(workflow):
     work, output = workflow
     jobs = submitted_jobs(output)
@@ -55,6 +63,11 @@ def test_every_job_is_a_slurm_job_with_its_own_id(workflow):
     assert {info["state"] for info in known.values()} == {"COMPLETED"}
     assert {info["name"] for info in known.values()} == {run_id}
     assert sorted(rule_of(info["comment"]) for info in known.values()) == sorted(ALL_RULES)
+
+    # The profile's per-rule resources reached Slurm: the network rules asked for a GPU, the others not.
+    gpus = {rule_of(info["comment"]): tres_per_job(slurm_id) for slurm_id, info in known.items()}
+    assert gpus["train"] == gpus["strain"] == "gres:gpu:1"
+    assert gpus["simulate"] == gpus["simulate_scan"] == gpus["report"] == ""
 
     # One Slurm log per job, under logs/slurm/<rule>/..., written by the job itself on the node.
     for job in jobs:
