@@ -29,7 +29,7 @@ def in_process_set(tmp_path_factory):
     work = tmp_path_factory.mktemp("reference")
     config = work / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config()))
-    run(["stemstrain", "simulate", str(config), str(work / "train.zarr")], REPO, timeout_s=180)
+    run(["stemstrain", "simulate", str(config), str(work / "train.zarr")], work, timeout_s=180)
     return config, work / "train.zarr"
 
 
@@ -47,7 +47,8 @@ def test_simulate_on_a_dask_jobqueue_slurm_cluster(in_process_set, tmp_path):
     config.write_text(yaml.safe_dump(settings))
     before = all_job_ids()
 
-    result = run(["stemstrain", "simulate", str(config), str(tmp_path / "train.zarr")], REPO, timeout_s=240)
+    # From tmp_path: the worker jobs write their logs (slurm-<jobid>.out) into the submit directory.
+    result = run(["stemstrain", "simulate", str(config), str(tmp_path / "train.zarr")], tmp_path, timeout_s=240)
     print(f"simulate on a SLURMCluster (2 worker jobs): {result.elapsed_s:.0f} s")
 
     # The workers were Slurm jobs of their own, submitted by dask-jobqueue and gone when it finished.
@@ -56,6 +57,8 @@ def test_simulate_on_a_dask_jobqueue_slurm_cluster(in_process_set, tmp_path):
     }
     assert len(workers) == 2, (workers, result.stdout[-2000:])
     assert {info["state"] for info in workers.values()} <= {"COMPLETED", "CANCELLED", "COMPLETING"}
+    for slurm_id in workers:
+        assert "Start worker at" in (tmp_path / f"slurm-{slurm_id}.out").read_text()
 
     # Same seed, same store, wherever the tasks ran.
     ours, reference = xr.open_zarr(tmp_path / "train.zarr"), xr.open_zarr(in_process_set[1])
