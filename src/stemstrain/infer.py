@@ -40,9 +40,11 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.io import (
     SCAN_DIMS,
     ResumableStore,
+    check_counts,
     check_reference_roi,
     k_calibration,
     open_4d,
+    read_values,
     strain_map_dataset,
 )
 from stemstrain.lattice import fit_lattice_robust, index_peaks, reciprocal_vectors
@@ -339,11 +341,18 @@ def _device(device: str) -> str:
     return device
 
 
-def parse_detector_options(items: list[str] | tuple[str, ...] | None) -> dict:
+def parse_detector_options(items: list[str] | tuple[str, ...] | None, flag: str = "--detector-option") -> dict:
     """Detector options from ``KEY=VALUE`` strings (the CLI's repeated ``--detector-option``).
 
     Values are typed: ``true``/``false`` -> bool, ``none`` -> None, integers -> int, other numbers
     -> float, anything else stays a string (e.g. ``template=probe``).
+
+    Parameters
+    ----------
+    items : list of str
+        ``KEY=VALUE`` strings; dashes in keys become underscores.
+    flag : str
+        Option named in error messages.
 
     Raises
     ------
@@ -355,9 +364,9 @@ def parse_detector_options(items: list[str] | tuple[str, ...] | None) -> dict:
         key, sep, text = str(item).partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise StemstrainInputError(f"--detector-option: expected KEY=VALUE (e.g. upsample=32), found {item!r}")
+            raise StemstrainInputError(f"{flag}: expected KEY=VALUE (e.g. upsample=32), found {item!r}")
         if key in options:
-            raise StemstrainInputError(f"--detector-option: {key} given twice")
+            raise StemstrainInputError(f"{flag}: {key} given twice")
         options[key] = _typed(text.strip())
     return options
 
@@ -774,7 +783,15 @@ def _template(scan: xr.Dataset, unit_shape: tuple[int, int], attrs: dict, fit_un
 
 
 def _read(scan: xr.Dataset, unit: WorkUnit) -> np.ndarray:
-    block = scan["data"].isel(scan_y=slice(unit.y0, unit.y1), scan_x=slice(unit.x0, unit.x1)).values
+    """Patterns of a unit (n, k_y, k_x); a damaged chunk, NaN/inf or negative patterns are bad input."""
+    source, where = (
+        scan.encoding.get("source", "4D data"),
+        f" at scan_y {unit.y0}:{unit.y1}, scan_x {unit.x0}:{unit.x1}",
+    )
+    block = read_values(
+        scan["data"].isel(scan_y=slice(unit.y0, unit.y1), scan_x=slice(unit.x0, unit.x1)), source, where
+    )
+    check_counts(block, source, "data", where)
     return block.reshape((-1,) + block.shape[2:])
 
 
@@ -854,9 +871,18 @@ def dask_client(scheduler: str, workers: int | None = None, **cluster_options) -
     if scheduler == "local":
         cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=None)
     elif scheduler == "slurm":
+        import dask
         from dask_jobqueue import SLURMCluster
 
-        options = {"cores": 1, "memory": "8GB", "walltime": "01:00:00", **cluster_options}
+        # cores and memory of a site's ~/.config/dask/jobqueue.yaml win over these fallbacks (dask's own
+        # walltime default, 30 min, is too short for a long scan); explicit options win over both.
+        options = {"walltime": "01:00:00"}
+        options |= {
+            k: v
+            for k, v in {"cores": 1, "memory": "8GB"}.items()
+            if dask.config.get(f"jobqueue.slurm.{k}", None) is None
+        }
+        options |= cluster_options
         cluster = SLURMCluster(**options)
         cluster.scale(jobs=workers or 1)
     else:
@@ -885,7 +911,10 @@ def _reference_mean(scan: xr.Dataset, roi, max_patterns: int = 4096) -> np.ndarr
     y0, y1, x0, x1 = roi
     stride = max(1, int(math.ceil(math.sqrt((y1 - y0) * (x1 - x0) / max_patterns))))
     block = scan["data"].isel(scan_y=slice(y0, y1, stride), scan_x=slice(x0, x1, stride))
-    return block.astype(np.float64).mean(dim=("scan_y", "scan_x")).values.astype(np.float32)
+    source, where = scan.encoding.get("source", "4D data"), f" in the reference region {list(roi)}"
+    mean = read_values(block.astype(np.float64).mean(dim=("scan_y", "scan_x")), source, where)
+    check_counts(mean[None], source, "data", where)
+    return mean.astype(np.float32)
 
 
 def strain_map(
@@ -978,6 +1007,11 @@ def strain_map(
         reference_roi = (0, scan_shape[0], 0, scan_shape[1])
         warnings.warn(f"{scan_path}: no reference region given; the whole scan is the reference", stacklevel=2)
     reference_roi = check_reference_roi(reference_roi, scan_shape, "--ref-roi")
+    if scheduler not in ("none", "local", "slurm"):
+        raise StemstrainInputError(f"--scheduler: expected none, local or slurm, found {scheduler!r}")
+    distributed = client is not None or scheduler in ("local", "slurm")
+    if distributed and model is not None and not isinstance(model, (str, Path)):
+        raise StemstrainInputError("model: a distributed run needs the model as a checkpoint path")
 
     # Network settings go to the network only: a baseline gets the device and its own options.
     options: dict = {"device": device} if method != "peaks" else {}
@@ -1027,40 +1061,46 @@ def strain_map(
     fit_units = "1/angstrom" if space == "reciprocal" else "angstrom"
     store.start(_template(scan, unit_shape, {k: v for k, v in settings.items() if v is not None}, fit_units), fresh)
 
-    todo = [unit for unit in units if not store.is_done(unit.key)]
-    if stop_after is not None:
-        todo = todo[:stop_after]
-    total = sum(unit.size for unit in units)
-    bar = _progress(total, total - sum(u.size for u in units if not store.is_done(u.key)), progress)
     try:
-        if client is not None or scheduler in ("local", "slurm"):
-            job = _Job(
-                str(scan_path.resolve()),
-                str(out.resolve()),
-                method,
-                str(Path(model).resolve()) if model is not None else None,
-                tuple(sorted(options.items())),
-                tuple(map(tuple, lattice0)),
-                tuple(origin0),
-                fit_options,
-            )
-            if model is not None and not isinstance(model, (str, Path)):
-                raise StemstrainInputError("model: a distributed run needs the model as a checkpoint path")
-            with contextlib.ExitStack() as stack:
-                if client is None:
-                    client = stack.enter_context(dask_client(scheduler, workers, **(cluster_options or {})))
-                _run_distributed(client, todo, job, bar)
-        else:
-            _run_local(scan, todo, store, detector, lattice0, origin0, fit_options, stage, bar)
-    finally:
-        bar.close()
-    if stop_after is not None and any(not store.is_done(unit.key) for unit in units):
-        return out
+        todo = [unit for unit in units if not store.is_done(unit.key)]
+        if stop_after is not None:
+            todo = todo[:stop_after]
+        total = sum(unit.size for unit in units)
+        bar = _progress(total, total - sum(u.size for u in units if not store.is_done(u.key)), progress)
+        try:
+            if distributed:
+                job = _Job(
+                    str(scan_path.resolve()),
+                    str(out.resolve()),
+                    method,
+                    str(Path(model).resolve()) if model is not None else None,
+                    tuple(sorted(options.items())),
+                    tuple(map(tuple, lattice0)),
+                    tuple(origin0),
+                    fit_options,
+                )
+                with contextlib.ExitStack() as stack:
+                    if client is None:
+                        client = stack.enter_context(dask_client(scheduler, workers, **(cluster_options or {})))
+                    _run_distributed(client, todo, job, bar)
+            else:
+                _run_local(scan, todo, store, detector, lattice0, origin0, fit_options, stage, bar)
+        finally:
+            bar.close()
+        if stop_after is not None and any(not store.is_done(unit.key) for unit in units):
+            return out
 
-    with stage.measure("write"):
-        reference = _write_strain(store, units, reference_roi)
-        _finish_attrs(store.partial, reference)
-        store.finalize()
+        with stage.measure("write"):
+            try:
+                reference = _write_strain(store, units, reference_roi)
+            except StemstrainInputError as err:
+                raise StemstrainInputError(f"{scan_path} (--method {method}): {err}") from None
+            _finish_attrs(store.partial, reference)
+            store.finalize()
+    except StemstrainInputError:
+        # the input is bad (a damaged chunk, NaN, no reference lattice): a resume would fail the same way
+        store.discard()
+        raise
     stage["total"] = time.perf_counter() - start_time
     stage["patterns"] = total
     if timings is not None and timings is not stage:
