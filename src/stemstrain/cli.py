@@ -209,6 +209,15 @@ def strain(
     gpus_per_worker: Annotated[
         int, typer.Option(help="GPUs requested per Slurm worker job (--scheduler slurm).", min=0)
     ] = 0,
+    cluster_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cluster-option",
+            help="SLURMCluster option KEY=VALUE for --scheduler slurm, repeatable (typed like --detector-option): "
+            "queue, account, cores, memory (e.g. 16GB), walltime (HH:MM:SS), processes, job_cpu. "
+            "Defaults: walltime=01:00:00; cores=1, memory=8GB unless set in dask's jobqueue.yaml.",
+        ),
+    ] = None,
     unit_patterns: Annotated[
         int, typer.Option(help="Patterns per work unit (whole input chunks); bounds the memory.", min=1)
     ] = 1024,
@@ -246,7 +255,9 @@ def strain(
     """
     from stemstrain.infer import parse_detector_options, strain_map
 
-    cluster_options = {"job_extra_directives": [f"--gpus={gpus_per_worker}"]} if gpus_per_worker else {}
+    cluster_options = parse_detector_options(cluster_option, "--cluster-option")
+    if gpus_per_worker:
+        cluster_options["job_extra_directives"] = [f"--gpus={gpus_per_worker}"]
     strain_map(
         scan,
         out,
