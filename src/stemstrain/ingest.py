@@ -56,7 +56,7 @@ import numpy as np
 import xarray as xr
 
 from stemstrain.errors import StemstrainInputError
-from stemstrain.io import ResumableStore, make_4d_dataset, validate_4d
+from stemstrain.io import ResumableStore, check_counts, make_4d_dataset, validate_4d
 
 BLOCK_BYTES = 64 * 2**20
 """Largest block of patterns read and written at once [bytes]: the memory bound of ingest."""
@@ -718,6 +718,11 @@ def ingest(
                 f"{raw}: calibration missing from the {scan.format} file; pass " + ", ".join(missing)
             )
         data = scan.data
+        if data.dtype.kind not in "buif":
+            # complex values lost their imaginary part and text was parsed as numbers, silently
+            raise StemstrainInputError(
+                f"{raw}: patterns have dtype {data.dtype}, expected real detector counts (integer or float)"
+            )
         dtype = storage_dtype(data.dtype)
         if chunks is None:
             chunks = default_chunks(data.shape, dtype.itemsize)
@@ -781,7 +786,10 @@ def ingest(
                 key = f"{rows.start}_{cols.start}"
                 if store.is_done(key):
                     continue
-                values = _read_block(data, (rows, cols), raw).astype(dtype, copy=False)
+                values = _read_block(data, (rows, cols), raw)
+                where = f" at scan rows {rows.start}-{rows.stop - 1}, columns {cols.start}-{cols.stop - 1}"
+                check_counts(values, str(raw), "patterns", where)
+                values = values.astype(dtype, copy=False)
                 block = xr.Dataset({"data": (template["data"].dims, values)})
                 store.write_region(block, {"scan_y": rows, "scan_x": cols}, key)
         except StemstrainInputError:
