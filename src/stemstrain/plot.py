@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from stemstrain.errors import StemstrainInputError  # noqa: E402
 from stemstrain.io import atomic_output  # noqa: E402
 from stemstrain.strain import STRAIN_COMPONENTS  # noqa: E402
 
@@ -58,6 +59,12 @@ def plot_strain(strain: xr.Dataset, out: str | Path, truth: xr.Dataset | None = 
     Path
         ``out``.
     """
+    if truth is not None:
+        shape, truth_shape = ((ds.sizes["scan_y"], ds.sizes["scan_x"]) for ds in (strain, truth))
+        if shape != truth_shape:
+            raise StemstrainInputError(
+                f"--truth: truth scan shape {truth_shape} differs from the map's scan shape {shape}"
+            )
     rows = [("prediction", strain)] if truth is None else [("prediction", strain), ("truth", truth), ("error", None)]
     extent = [float(strain.scan_x[0]), float(strain.scan_x[-1]), float(strain.scan_y[-1]), float(strain.scan_y[0])]
     fig, axes = plt.subplots(len(rows), 4, figsize=(16, 3.6 * len(rows)), squeeze=False, constrained_layout=True)
