@@ -140,6 +140,14 @@ def evaluate_grid(
             "evaluate.thicknesses_nm and evaluate.doses: the evaluation grid is empty (give at least one of each)"
         )
     methods = list(methods or config.evaluate.methods)
+    from stemstrain.infer import METHODS
+
+    # checked before any scan is simulated: an unknown method used to fail only after the first simulation
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise StemstrainInputError(f"--method: expected one of {METHODS}, found {unknown}")
+    if model is not None and not Path(model).is_file():
+        raise StemstrainInputError(f"--model {model}: model file not found")
     if "unet" in methods and model is None:
         methods.remove("unet")
         if not methods:
