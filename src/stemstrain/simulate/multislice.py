@@ -23,6 +23,7 @@ import abtem
 import ase
 import dask
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from stemstrain.errors import StemstrainInputError
 from stemstrain.simulate.crystals import crystal_unit, get_crystal, projected_cell
@@ -218,7 +219,9 @@ def diffraction_patterns(exit_waves: np.ndarray, optics: SimulationOptics) -> np
     waves = exit_waves * (window[:, None] * window[None, :])
     rows = _detector_matrix(optics)
     # psi[x, y] -> A[k_x, k_y] = sum_x E[k_x, x] sum_y psi[x, y] E[k_y, y]; contiguous operands keep BLAS in use.
-    amplitude = rows @ (np.ascontiguousarray(waves, dtype=np.complex64) @ rows.T)
+    # One BLAS thread: the round-off (and so a rare Poisson count) must not depend on the process's thread count.
+    with threadpool_limits(limits=1, user_api="blas"):
+        amplitude = rows @ (np.ascontiguousarray(waves, dtype=np.complex64) @ rows.T)
     fine = np.abs(amplitude) ** 2 / ((OVERSAMPLING * optics.gpts) ** 2 * norm)
     p, s = optics.pixels, OVERSAMPLING
     binned = fine.reshape(*fine.shape[:-2], p, s, p, s).sum(axis=(-3, -1))
