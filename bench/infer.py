@@ -1,18 +1,21 @@
 """Throughput of the strain step per stage (read, network, peaks, fit, write) and end to end.
 
 Builds a uint16 scan of target-image patterns (SIM's kinematic spots, Poisson noise) and runs
-``stemstrain.infer.strain_map`` with the unet method in fp32 and bf16 (and torch.compile with
-``--compile``). The network is the default U-Net of config.yaml (untrained weights run at the
-same speed) unless ``--model`` names a trained one; with an untrained network the fit stages see
-no spots, so ``--model`` is needed for meaningful peak and fit figures. Results:
-``bench/results/infer.json``.
+``stemstrain.infer.strain_map`` with the unet method in fp32, bf16 and fp32 + torch.compile, after
+timing the network alone (NCHW, channels_last, folded BatchNorm, bf16 autocast, compile, its FLOPs
+and the CPU's fp32 GEMM rate). The network is the default U-Net of config.yaml with random
+weights and a pass-through channel (:func:`default_model`: every layer costs what it costs in a
+trained network, and the peaks and fits see real spots) unless ``--model`` names a trained one.
+On a shared machine compare the ratios of one run; the load average is recorded next to each
+figure. Results: ``bench/results/infer.json``.
 
-    python bench/infer.py --patterns 1024 --model results/train/demo/model.pt
+    python bench/infer.py --patterns 512
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -46,9 +49,37 @@ def make_scan(path: Path, n_patterns: int, dose: float = 1e5, chunk: tuple[int, 
     return path
 
 
-def default_model(path: Path) -> Path:
+def default_model(path: Path, passthrough: bool = True) -> Path:
+    """The default U-Net of config.yaml, random weights, exported with the reference calibration.
+
+    With ``passthrough`` one channel of every level-0 convolution and the head copy the network's
+    normalised input through the top of the U: the spot image is ``log1p(pattern / mean)`` and
+    the mask logit is positive on the spots, so that peaks and lattice fits see real spots while
+    every layer still costs what it costs in a trained network (same shapes, dense weights).
+    """
+    import torch
+
+    torch.manual_seed(0)
+    network = UNet(ModelConfig()).eval()
+    if passthrough:
+        with torch.no_grad():
+            width = network.config.base_channels
+
+            def copy_channel(conv, source):
+                conv.weight[0] = 0.0
+                conv.weight[0, source, 1, 1] = 1.0
+
+            copy_channel(network.encoders[0][0], 0)
+            copy_channel(network.encoders[0][3], 0)
+            copy_channel(network.decoders[-1][0], width)  # the skip's channel 0 after the upsampled ones
+            copy_channel(network.decoders[-1][3], 0)
+            network.head.weight.zero_()
+            network.head.weight[:, 0] = 1.0
+            network.head.bias.copy_(torch.tensor([-0.5, 0.0]))  # mask where pattern > 0.65 x its mean
     metadata = {"pixels": PIXELS, "k_sampling": K_SAMPLING, "energy_eV": ENERGY, "semiangle_mrad": 1.5}
-    return export_model(UNet(ModelConfig()), path, {**metadata, "config": {}, "data_hash": "untrained"})
+    return export_model(
+        network, path, {**metadata, "config": {}, "data_hash": "passthrough" if passthrough else "random"}
+    )
 
 
 def rates(timings: dict) -> dict:
@@ -56,40 +87,122 @@ def rates(timings: dict) -> dict:
     return {stage: round(n / seconds, 1) for stage, seconds in timings.items() if stage != "patterns" and seconds > 0}
 
 
+def network_alone(model_path: Path, batch: int, rounds: int) -> dict:
+    """Patterns/s of the network by itself: layouts, BatchNorm folding, bf16 autocast, torch.compile.
+
+    Variants are interleaved round by round so that a change of the machine's load hits all of
+    them alike; the figure is the median over rounds. Also the model's FLOPs per pattern and the
+    fp32 GEMM rate of this CPU (the FLOP limit).
+    """
+    import copy
+    import statistics
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stemstrain.infer import fold_batchnorm
+    from stemstrain.model import load_model
+
+    network, _ = load_model(model_path)
+    x = torch.poisson(torch.full((batch, 1, PIXELS, PIXELS), 6.0))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    folded = fold_batchnorm(network).to(memory_format=torch.channels_last)
+    variants = {
+        "fp32 NCHW": (network, x, False),
+        "fp32 channels_last": (copy.deepcopy(network).to(memory_format=torch.channels_last), x_cl, False),
+        "fp32 channels_last + folded BN (default)": (folded, x_cl, False),
+    }
+
+    def once(model, inp, autocast):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            start = time.perf_counter()
+            model(inp)
+            return batch / (time.perf_counter() - start)
+
+    for model, inp, autocast in variants.values():
+        once(model, inp, autocast)  # warm-up (oneDNN primitive creation)
+    samples: dict = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (model, inp, autocast) in variants.items():
+            samples[name].append(once(model, inp, autocast))
+    result = {name: round(statistics.median(values), 1) for name, values in samples.items()}
+    # bf16 and compile: one timed call each, between two of the default, to keep the run short.
+    start = time.perf_counter()
+    compiled = torch.compile(folded)
+    once(compiled, x_cl, False)
+    result["compile_seconds"] = round(time.perf_counter() - start, 1)
+    others = {
+        "bf16 autocast (folded, channels_last)": (folded, True),
+        "fp32 torch.compile (folded, channels_last)": (compiled, False),
+    }
+    for name, (model, autocast) in others.items():
+        before = once(folded, x_cl, False)
+        once(model, x_cl, autocast)
+        value = once(model, x_cl, autocast)
+        after = once(folded, x_cl, False)
+        result[name] = round(value, 1)
+        result[name + " / default in the same minute"] = round(value / statistics.mean([before, after]), 2)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        network(x[:1])
+    result["gflop_per_pattern"] = round(counter.get_total_flops() / 1e9, 3)
+    a = torch.randn(2048, 2048)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    result["fp32_gemm_gflops"] = round(5 * 2 * 2048**3 / (time.perf_counter() - start) / 1e9, 1)
+    default = result["fp32 channels_last + folded BN (default)"]
+    result["flop_limit_patterns_per_s"] = round(result["fp32_gemm_gflops"] / result["gflop_per_pattern"], 1)
+    result["default_fraction_of_flop_limit"] = round(default / result["flop_limit_patterns_per_s"], 2)
+    result["samples"] = {name: [round(v, 1) for v in values] for name, values in samples.items()}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patterns", type=int, default=1024)
-    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--patterns", type=int, default=512)
+    parser.add_argument("--model", type=Path, default=None, help="trained model (default: pass-through default U-Net)")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile (bf16)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the network-alone timing")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the (slow on AVX2) bf16 end-to-end run")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as work:
         work = Path(work)
         scan = make_scan(work / "scan.zarr", args.patterns)
         model = args.model or default_model(work / "model.pt")
-        results = {"patterns": args.patterns, "batch_size": args.batch, "model": str(args.model or "untrained default")}
-        variants = [("fp32", False), ("bf16", False)] + ([("bf16", True)] if args.compile else [])
+        results = {
+            "patterns": args.patterns,
+            "batch_size": args.batch,
+            "model": str(args.model or "passthrough default U-Net (base 16, depth 4), random weights"),
+            "load_avg_start": [round(v, 1) for v in os.getloadavg()],
+        }
+        results["network_alone_patterns_per_s"] = network_alone(model, 64, args.rounds)
+        print("network alone", results["network_alone_patterns_per_s"], flush=True)
+        variants = [("fp32", False)] + ([] if args.no_bf16 else [("bf16", False)]) + [("fp32", True)]
         for precision, compiled in variants:
             name = precision + ("+compile" if compiled else "")
             timings: dict = {}
             start = time.perf_counter()
-            try:
-                strain_map(
-                    scan,
-                    work / f"{name}.zarr",
-                    model=model,
-                    device="cpu",
-                    precision=precision,
-                    compile=compiled,
-                    batch_size=args.batch,
-                    progress=False,
-                    timings=timings,
-                )
-                results[name] = {"patterns_per_s": rates(timings), "wall_s": round(time.perf_counter() - start, 2)}
-            except Exception as err:  # an untrained network finds no lattice: report the stages it reached
-                results[name] = {"error": f"{type(err).__name__}: {err}"}
+            strain_map(
+                scan,
+                work / f"{name}.zarr",
+                model=model,
+                device="cpu",
+                precision=precision,
+                compile=compiled,
+                batch_size=args.batch,
+                progress=False,
+                timings=timings,
+            )
+            results[name] = {
+                "patterns_per_s": rates(timings),
+                "network_share_of_total": round(timings.get("network", 0) / timings["total"], 3),
+                "wall_s": round(time.perf_counter() - start, 2),
+                "load_avg": [round(v, 1) for v in os.getloadavg()],
+            }
             print(name, results[name], flush=True)
+        results["load_avg_end"] = [round(v, 1) for v in os.getloadavg()]
         print(write_result("infer", results))
 
 

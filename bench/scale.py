@@ -6,12 +6,17 @@ in a subprocess and samples the resident memory of the whole process tree every 
 must stay flat as the size grows; time should grow linearly. Results:
 ``bench/results/scale.json`` and ``bench/results/scale.png``.
 
-    python bench/scale.py --sizes-gb 0.5 2 8 --method unet --model M.pt --fast-method peaks --fast-above-gb 4
+    python bench/scale.py --sizes-gb 0.5 2 8 --method peaks --unet-sizes-gb 0.0625 0.25
+
+The network runs are the default U-Net of config.yaml (``--model`` for a trained one; by default
+the pass-through network of ``bench/infer.py``: random weights at full cost, spots passed through
+so that the fits succeed). Rows are written to the JSON as they finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -41,13 +46,15 @@ def make_store(path: Path, size_gb: float, chunk: tuple[int, int] = (16, 64)) ->
     pattern = pattern / pattern.sum() * 1e5
     n_x = 256
     n_y = max(chunk[0], int(round(size_gb * 1e9 / PATTERN_BYTES / n_x / chunk[0])) * chunk[0])
+    # A few noisy realisations drawn once and picked per position: Poisson noise per pattern would
+    # cost minutes per GB, and the strain step's cost does not depend on which noise it sees.
+    templates = np.random.default_rng(0).poisson(np.broadcast_to(pattern, (64, PIXELS, PIXELS))).astype(np.uint16)
 
     def block(block_info=None):
-        # Poisson noise per chunk, seeded by its position: reproducible, generated lazily.
         location = block_info[None]["chunk-location"]
         shape = block_info[None]["chunk-shape"]
         rng = np.random.default_rng(location[0] * 1000 + location[1])
-        return rng.poisson(np.broadcast_to(pattern, shape)).astype(np.uint16)
+        return templates[rng.integers(0, len(templates), size=shape[:2])]
 
     chunks = (chunk[0], chunk[1], PIXELS, PIXELS)
     data = da.map_blocks(block, dtype=np.uint16, chunks=da.core.normalize_chunks(chunks, (n_y, n_x, PIXELS, PIXELS)))
@@ -60,13 +67,15 @@ def run_strain(scan: Path, out: Path, method: str, model: Path | None, extra: li
     command = [sys.executable, "-m", "stemstrain.cli", "strain", str(scan), str(out), "--method", method]
     command += (["--model", str(model)] if model else []) + ["--no-progress", "--fresh", *extra]
     start = time.perf_counter()
-    process = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, peak_rss_tree(process))
-        time.sleep(0.2)
+    log = out.with_suffix(".log")
+    with open(log, "w") as handle:  # a file, not a pipe: a full pipe would stall the child
+        process = psutil.Popen(command, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, peak_rss_tree(process))
+            time.sleep(0.2)
     wall = time.perf_counter() - start
-    output = process.stdout.read()
+    output = log.read_text()
     if process.returncode != 0:
         raise RuntimeError(f"strain failed ({process.returncode}): {output[-2000:]}")
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1)}
@@ -93,40 +102,52 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes-gb", type=float, nargs="+", default=[0.5, 2.0, 8.0])
-    parser.add_argument("--method", default="unet")
-    parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--fast-method", default="peaks", help="method for sizes above --fast-above-gb")
-    parser.add_argument("--fast-above-gb", type=float, default=4.0)
+    parser.add_argument("--sizes-gb", type=float, nargs="+", default=[0.5, 2.0, 8.0], help="sizes run with --method")
+    parser.add_argument("--method", default="peaks", help="method for --sizes-gb")
+    parser.add_argument(
+        "--unet-sizes-gb", type=float, nargs="*", default=[0.0625, 0.25], help="sizes also run with the network"
+    )
+    parser.add_argument("--model", type=Path, default=None, help="network for unet (default: pass-through)")
     parser.add_argument("--work", type=Path, default=None, help="directory for the stores (default: a temp dir)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further `stemstrain strain` options")
     args = parser.parse_args()
 
+    from infer import default_model
+
     work = args.work or Path(tempfile.mkdtemp(prefix="scale-", dir=Path(__file__).parent))
     work.mkdir(parents=True, exist_ok=True)
+    model = args.model or default_model(work / "model.pt")
+    plan = [(size, args.method) for size in args.sizes_gb] + [(size, "unet") for size in args.unet_sizes_gb]
     rows = []
+    payload = {
+        "sizes_gb": args.sizes_gb,
+        "unet_sizes_gb": args.unet_sizes_gb,
+        "model": str(args.model or "passthrough"),
+    }
     try:
-        for size in args.sizes_gb:
+        for size, method in plan:
             scan = work / f"scan_{size:g}GB.zarr"
             start = time.perf_counter()
             n_y, n_x = make_store(scan, size)
             create_s = time.perf_counter() - start
-            methods = [args.method] if size <= args.fast_above_gb else [args.fast_method]
-            if size <= args.fast_above_gb and args.fast_method != args.method:
-                methods.append(args.fast_method)
-            for method in methods:
-                model = args.model if method == "unet" else None
-                result = run_strain(scan, work / f"strain_{size:g}GB_{method}.zarr", method, model, args.extra)
-                row = {"size_gb": size, "patterns": n_y * n_x, "method": method, "create_s": round(create_s, 1)}
-                row |= result | {"patterns_per_s": round(n_y * n_x / result["wall_s"], 1)}
-                rows.append(row)
-                print(row, flush=True)
+            load = os.getloadavg()
+            result = run_strain(
+                scan, work / f"strain_{size:g}GB_{method}.zarr", method, model if method == "unet" else None, args.extra
+            )
+            row = {"size_gb": size, "patterns": n_y * n_x, "data_gb": round(n_y * n_x * PATTERN_BYTES / 1e9, 3)}
+            row |= {"method": method, "create_s": round(create_s, 1)}
+            row |= result | {"patterns_per_s": round(n_y * n_x / result["wall_s"], 1)}
+            row["load_avg_1min_before_after"] = [round(load[0], 1), round(os.getloadavg()[0], 1)]
+            rows.append(row)
+            print(row, flush=True)
             shutil.rmtree(scan, ignore_errors=True)
+            shutil.rmtree(work / f"strain_{size:g}GB_{method}.zarr", ignore_errors=True)
+            write_result("scale", {**payload, "rows": rows})
+            plot(rows, RESULTS / "scale.png")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    plot(rows, RESULTS / "scale.png")
-    print(write_result("scale", {"rows": rows, "sizes_gb": args.sizes_gb}))
+    print(RESULTS / "scale.json")
 
 
 if __name__ == "__main__":
