@@ -12,11 +12,43 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+import typer.core
+from typer.core import TyperGroup
 
 from stemstrain.errors import StemstrainInputError
 
+
+class _OneLineUsageErrors(TyperGroup):
+    """Usage errors (a missing argument, ``--batch 0``) as one line and exit 2, like bad input in the package.
+
+    Typer prints them as a usage line, a hint and a framed box: five lines a log or a Snakemake
+    rule can hardly quote.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # typer >= 0.16 raises the exceptions of its vendored copy of click
+        exceptions = getattr(typer.core, "_click", click).exceptions
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except exceptions.NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except exceptions.ClickException as err:
+            where = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) is not None else ""
+            typer.echo(f"stemstrain: error: {' '.join(f'{where}{err.format_message()}'.split())}", err=True)
+            sys.exit(err.exit_code)
+        except (typer.Abort, click.Abort):
+            typer.echo("stemstrain: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     help="Nanoscale strain maps from 4D-STEM data with a supervised neural network.",
     no_args_is_help=True,
     add_completion=False,
