@@ -72,7 +72,7 @@ def kill_when(process: subprocess.Popen, ready: Callable[[], bool], log: Path, t
 def leftovers(path: Path) -> list[str]:
     """The output path and its temporary or partial siblings, where they exist."""
     path = Path(path)
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         return []
     return sorted(
         p.name

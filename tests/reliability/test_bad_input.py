@@ -131,7 +131,8 @@ def train_case(change=None, fragments=(), damage=None, **changes):
         if damage is not None:
             damage(data)
         settings = config(tmp, **changes) if changes else a.config
-        return Case(["train", settings, data, tmp / "ckpt"], ("data.zarr", *fragments), (tmp / "ckpt",))
+        named = ("data.zarr",) if change is not None or damage is not None else ()
+        return Case(["train", settings, data, tmp / "ckpt"], (*named, *fragments), (tmp / "ckpt",))
 
     return build
 
@@ -250,8 +251,21 @@ CASES["strain/zero-reference"] = strain_case(
 )
 CASES["strain/unknown-method"] = strain_case(None, ("--method", "'hough'"), "--method", "hough")
 CASES["strain/unet-without-model"] = strain_case(None, ("--model",), "--method", "unet")
-CASES["strain/bad-precision"] = strain_case(None, ("--precision",), "--precision", "fp64", "--method", "peaks")
-CASES["strain/bad-device"] = strain_case(None, ("--device",), "--device", "tpu", "--method", "peaks")
+
+
+def unet_case(fragments, *options):
+    """`strain --method unet` with the trained tiny model and a bad network option."""
+
+    def build(a: Artifacts, tmp: Path) -> Case:
+        out = tmp / "s.zarr"
+        args = ["strain", a.scan, out, "--method", "unet", "--model", a.ckpt_dir / "model.pt", "--no-progress"]
+        return Case([*args, *options], fragments, (out,))
+
+    return build
+
+
+CASES["strain/bad-precision"] = unet_case(("--precision",), "--precision", "fp64")
+CASES["strain/bad-device"] = unet_case(("--device",), "--device", "tpu")
 CASES["strain/bad-scheduler"] = strain_case(None, ("--scheduler",), "--scheduler", "k8s")
 CASES["strain/zero-batch"] = strain_case(None, ("--batch",), "--batch", "0")
 
