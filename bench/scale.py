@@ -102,7 +102,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes-gb", type=float, nargs="+", default=[0.5, 2.0, 8.0], help="sizes run with --method")
+    parser.add_argument("--sizes-gb", type=float, nargs="*", default=[0.5, 2.0, 8.0], help="sizes run with --method")
     parser.add_argument("--method", default="peaks", help="method for --sizes-gb")
     parser.add_argument(
         "--unet-sizes-gb", type=float, nargs="*", default=[0.0625, 0.25], help="sizes also run with the network"
