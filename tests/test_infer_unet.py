@@ -71,7 +71,7 @@ def test_full_chain_on_the_trained_fixture_model(request, tmp_path):
         tiny_model = request.getfixturevalue("tiny_model")
     except pytest.FixtureLookupError:
         pytest.skip("tests/conftest.py has no tiny_model fixture yet")
-    from tests.test_infer import REFERENCE, target_scan
+    from test_infer import REFERENCE, target_scan
 
     scan = target_scan(tmp_path / "scan.zarr")
     out = strain_map(scan, tmp_path / "strain.zarr", model=tiny_model, device="cpu", precision="bf16", progress=False)
