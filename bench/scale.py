@@ -83,6 +83,7 @@ def run_strain(scan: Path, out: Path, method: str, model: Path | None, extra: li
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -90,11 +91,15 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     for method in sorted({row["method"] for row in rows}):
         sub = [row for row in rows if row["method"] == method]
-        sizes = [row["size_gb"] for row in sub]
+        sizes = [row.get("data_gb", row["size_gb"]) for row in sub]
         left.plot(sizes, [row["peak_rss_mb"] for row in sub], "o-", label=method)
         right.plot(sizes, [row["wall_s"] for row in sub], "o-", label=method)
     left.set(xlabel="scan size [GB]", ylabel="peak RSS of process tree [MB]", ylim=(0, None), xscale="log")
     right.set(xlabel="scan size [GB]", ylabel="wall time [s]", xscale="log", yscale="log")
+    sizes = sorted({row.get("data_gb", row["size_gb"]) for row in rows})
+    for axis in (left, right):
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.set_xticks(sizes, [f"{size:.2g}" for size in sizes])
     left.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
