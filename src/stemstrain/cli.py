@@ -456,7 +456,8 @@ def evaluate_grid(
     table = run_grid(load_config(config), work_dir, out_dir, model=model, methods=method, progress=progress)
     typer.echo((out_dir / "table.md").read_text())
     typer.echo(
-        f"wrote {out_dir / 'table.csv'} ({len(table)} rows), {out_dir / 'table.md'}, {out_dir / 'rmse_vs_thickness.png'}"
+        f"wrote {out_dir / 'table.csv'} ({len(table)} rows), {out_dir / 'table.md'}, "
+        f"{out_dir / 'rmse_vs_thickness.png'}"
     )
 
 

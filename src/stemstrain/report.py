@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from stemstrain.io import atomic_output
@@ -36,7 +37,9 @@ def write_report(score_files: list[str], figure_files: list[str], out: str | Pat
     lines += ["", "## Figures", ""]
     out = Path(out)
     for figure in map(Path, figure_files):
-        lines.append(f"![{figure.parent.name} {figure.stem}]({Path('..') / figure if out.parent.name else figure})")
+        # links relative to the report, so they work wherever results/ is copied
+        link = os.path.relpath(figure, out.parent)
+        lines.append(f"![{figure.parent.name} {figure.stem}]({link})")
     with atomic_output(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return out
