@@ -13,6 +13,12 @@ from stemstrain.errors import StemstrainInputError
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_cluster_config_is_valid():
+    config = load_config(ROOT / "config" / "paper.yaml")
+    assert config.simulate.frozen_phonons > 0 and config.simulate.cluster.kind == "slurm"
+    assert {scan.thickness_nm for scan in config.scans} >= {37, 75}
+
+
 def test_default_config_is_valid():
     config = load_config(ROOT / "config.yaml")
     assert config.detector.pixels == 128 and config.detector.k_sampling == 0.025
