@@ -172,12 +172,7 @@ class CepstrumDetector:
         weights : ndarray, shape (n, m)
             Peak heights relative to the strongest of the pattern (0 for padding).
         """
-        patterns = np.asarray(patterns, dtype=np.float32)
-        if patterns.ndim != 3 or patterns.shape[1:] != self.shape:
-            raise StemstrainInputError(
-                f"patterns must have shape (n, {self.shape[0]}, {self.shape[1]}), found {patterns.shape}"
-            )
-        return in_batches(self._detect, patterns, self.batch_size)
+        return in_batches(self._detect, patterns, self.batch_size, self.shape)
 
     def _detect(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from stemstrain.peaks import find_peaks

@@ -13,6 +13,8 @@ import math
 import numpy as np
 import torch
 
+from stemstrain.errors import StemstrainInputError
+
 __all__ = ["in_batches", "local_fourier_sum", "refine_peaks"]
 
 
@@ -98,12 +100,20 @@ def refine_peaks(surface: torch.Tensor, centres: torch.Tensor, step: float) -> t
     return centres + offset, heights
 
 
-def in_batches(detect, patterns: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``detect`` on batches of patterns and join the NaN-padded results.
+def in_batches(detect, patterns: np.ndarray, batch_size: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Check the pattern shape, run ``detect`` on batches of patterns and join the NaN-padded results.
 
     The local Fourier sums hold (batch × peaks × grid × pixels) complex numbers, so bounded
     batches bound the memory whatever the caller's chunk size.
+
+    Raises
+    ------
+    StemstrainInputError
+        If ``patterns`` is not (n, *shape).
     """
+    patterns = np.asarray(patterns, dtype=np.float32)
+    if patterns.ndim != 3 or patterns.shape[1:] != tuple(shape):
+        raise StemstrainInputError(f"patterns must have shape (n, {shape[0]}, {shape[1]}), found {patterns.shape}")
     results = [detect(patterns[start : start + batch_size]) for start in range(0, len(patterns), batch_size)]
     m = max(1, *(positions.shape[1] for positions, _ in results))
     positions = np.full((len(patterns), m, 2), np.nan)
