@@ -1,0 +1,21 @@
+"""The workflow report: one row per method and scan, figure links relative to the report."""
+
+import json
+
+from stemstrain.report import write_report
+
+
+def test_report_table_and_links(tmp_path):
+    scores = {
+        name: {"rmse": value, "median_abs_error": value / 2}
+        for name, value in [("e_xx", 4.1e-4), ("e_yy", 4.4e-4), ("e_xy", 3.0e-4), ("theta", 4.4e-4)]
+    }
+    score = tmp_path / "results" / "evaluation" / "unet" / "scan_a.json"
+    score.parent.mkdir(parents=True)
+    score.write_text(json.dumps(scores))
+    figure = tmp_path / "results" / "figures" / "unet" / "scan_a.png"
+    config = {"name": "demo", "scans": [{"name": "scan_a", "crystal": "Si_110", "thickness_nm": 30, "dose": 1e6}]}
+    out = write_report([str(score)], [str(figure)], tmp_path / "results" / "report.md", config)
+    text = out.read_text()
+    assert "| unet | scan_a | Si_110 | 30 | 1000000.0 | 4.10e-04 | 4.40e-04 | 3.00e-04 | 4.40e-04 |" in text
+    assert "](figures/unet/scan_a.png)" in text
