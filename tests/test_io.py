@@ -5,7 +5,14 @@ import pytest
 import xarray as xr
 
 from stemstrain.errors import StemstrainInputError
-from stemstrain.io import ResumableStore, atomic_output, make_4d_dataset, open_4d, validate_4d
+from stemstrain.io import (
+    ResumableStore,
+    atomic_output,
+    discard_temporaries,
+    make_4d_dataset,
+    open_4d,
+    validate_4d,
+)
 
 
 def test_strain_map_reopens_with_plain_xarray(strain_map_factory):
@@ -39,6 +46,19 @@ def test_atomic_output_keeps_previous_file_on_failure(tmp_path):
 def scan(n_y=4, n_x=5, pixels=16):
     data = np.random.default_rng(0).poisson(5.0, size=(n_y, n_x, pixels, pixels)).astype(np.float32)
     return make_4d_dataset(data, 0.5, 0.025, 200e3, 1.5, material="Si", reference_roi=(0, 2, 0, 2))
+
+
+def test_discard_temporaries_removes_only_the_files_own_leftovers(tmp_path):
+    target = tmp_path / "steps.csv"
+    target.write_text("step\n1\n")
+    (tmp_path / ".steps.csv.tmp-0badf00d").write_text("step\n")  # a writer killed mid-rename
+    (tmp_path / ".metrics.csv.tmp-0badf00d").write_text("x")  # another file's: not ours to touch
+    (tmp_path / ".steps.csv.tmp-1badf00d").mkdir()
+    removed = discard_temporaries(target)
+    assert sorted(path.name for path in removed) == [".steps.csv.tmp-0badf00d", ".steps.csv.tmp-1badf00d"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".metrics.csv.tmp-0badf00d", "steps.csv"]
+    assert target.read_text() == "step\n1\n"
+    assert discard_temporaries(tmp_path / "missing-dir" / "x.csv") == []
 
 
 def test_4d_contract_round_trip(tmp_path):

@@ -59,6 +59,24 @@ def _replace(source: Path, target: Path) -> None:
         os.replace(source, target)
 
 
+def discard_temporaries(path: str | Path) -> list[Path]:
+    """Remove temporaries of ``path`` left by a killed writer (``.NAME.tmp-*`` beside it).
+
+    Call it where a single writer owns ``path`` and starts or resumes (e.g. rank 0 of training),
+    never while another process may be writing the same file.
+
+    Returns
+    -------
+    list of Path
+        The temporaries removed.
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.tmp-*")) if path.parent.is_dir() else []
+    for tmp in stale:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` when the block succeeds.

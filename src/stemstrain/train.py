@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from stemstrain.config import Augment, Config, TrainConfig
 from stemstrain.errors import StemstrainInputError
-from stemstrain.io import atomic_output, check_counts
+from stemstrain.io import atomic_output, check_counts, discard_temporaries
 from stemstrain.model import UNet, export_model, normalise_target, spot_loss
 
 CHECKPOINT = "checkpoint.pt"
@@ -693,6 +693,8 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
     step_rows = _read_csv(ckpt_dir / STEPS, step) if rank == 0 and step else []
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for name in (CHECKPOINT, METRICS, STEPS, CURVES, MODEL):
+            discard_temporaries(ckpt_dir / name)  # a killed run's half-written files
         print(f"stemstrain train: {world} process(es) on {device.type}, precision {autocast_dtype or 'fp32'}")
         print(
             f"  data {data}: {n_patterns} patterns of {pixels}² px, {len(train_indices)} train / {len(val_indices)} val"
@@ -719,10 +721,12 @@ def _train(config, data, ckpt_dir, resume, max_steps, progress, device, rank, wo
             "epoch_sums": partial_sums,
             "epoch_seconds": partial_seconds,
         }
-        with atomic_output(checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        # The logs first: a run killed between the two resumes from the previous checkpoint and
+        # keeps only the rows up to it, so the logs never miss a step of the checkpoint.
         _rewrite_csv(ckpt_dir / METRICS, METRIC_FIELDS, metrics)
         _rewrite_csv(ckpt_dir / STEPS, STEP_FIELDS, step_rows)
+        with atomic_output(checkpoint_path) as tmp:
+            torch.save(state, tmp)
 
     bar = None
     if rank == 0 and progress:
