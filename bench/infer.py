@@ -158,6 +158,43 @@ def network_alone(model_path: Path, batch: int, rounds: int) -> dict:
     return result
 
 
+SIZES = [(4, 4), (8, 3), (8, 4), (12, 4), (16, 4), (24, 4)]
+
+
+def network_sizes(batch: int, rounds: int) -> dict:
+    """Network-alone patterns/s and GFLOP per pattern of U-Nets of other widths and depths.
+
+    fp32, channels_last, folded BatchNorm (what ``stemstrain strain`` runs), random weights: the
+    cost of a layer does not depend on its weights. The median over ``rounds`` calls.
+    """
+    import statistics
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stemstrain.infer import fold_batchnorm
+
+    x = torch.poisson(torch.full((batch, 1, PIXELS, PIXELS), 6.0)).contiguous(memory_format=torch.channels_last)
+    result = {}
+    for base, depth in SIZES:
+        network = UNet(ModelConfig(base_channels=base, depth=depth)).eval()
+        network = fold_batchnorm(network).to(memory_format=torch.channels_last)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            network(x[:1])
+        samples = []
+        with torch.inference_mode():
+            network(x)  # warm-up
+            for _ in range(rounds):
+                start = time.perf_counter()
+                network(x)
+                samples.append(batch / (time.perf_counter() - start))
+        result[f"base {base} depth {depth}"] = {
+            "gflop_per_pattern": round(counter.get_total_flops() / 1e9, 3),
+            "patterns_per_s": round(statistics.median(samples), 1),
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patterns", type=int, default=512)
@@ -174,11 +211,13 @@ def main() -> None:
         results = {
             "patterns": args.patterns,
             "batch_size": args.batch,
-            "model": str(args.model or "passthrough default U-Net (base 16, depth 4), random weights"),
+            "model": str(args.model or f"passthrough default U-Net ({ModelConfig()}), random weights"),
             "load_avg_start": [round(v, 1) for v in os.getloadavg()],
         }
         results["network_alone_patterns_per_s"] = network_alone(model, 64, args.rounds)
         print("network alone", results["network_alone_patterns_per_s"], flush=True)
+        results["network_sizes"] = network_sizes(64, args.rounds)
+        print("network sizes", results["network_sizes"], flush=True)
         variants = [("fp32", False)] + ([] if args.no_bf16 else [("bf16", False)]) + [("fp32", True)]
         for precision, compiled in variants:
             name = precision + ("+compile" if compiled else "")

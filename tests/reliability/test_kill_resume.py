@@ -1,4 +1,4 @@
-"""kill -9 in the middle of `simulate`, `train` and `strain`, then the same command again.
+"""kill -9 in the middle of `simulate`, `simulate-scan`, `train` and `strain`, then the same command again.
 
 Each run is a real subprocess, killed (SIGKILL to its process group) as soon as its first chunk
 marker or checkpoint is on disk; the re-run must finish from there and give exactly what an
@@ -33,6 +33,22 @@ def test_killed_simulate_resumes_to_the_uninterrupted_store(artifacts, tmp_path)
     assert "(2 to do)" in result.stderr or "(1 to do)" in result.stderr  # resumed, not restarted
     assert _names(tmp_path) == ["simulate.log", "train.zarr"]
     arrays_equal(artifacts.training_set, out)
+
+
+def test_killed_simulate_scan_resumes_to_the_uninterrupted_scan(artifacts, tmp_path):
+    out, truth = tmp_path / "scan.zarr", tmp_path / "truth.zarr"
+    tasks = tmp_path / "scan.zarr.partial.tasks"  # 2 multislice tasks: reference region and the rest
+    log = tmp_path / "simulate-scan.log"
+    process = start_cli("simulate-scan", artifacts.config, out, truth, log=log)
+    kill_when(process, lambda: tasks.is_dir() and any(tasks.glob("*.npy")), log)
+    assert not out.exists() and not truth.exists()
+
+    result = run_cli("simulate-scan", artifacts.config, out, truth)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 tasks (1 to do)" in result.stderr  # resumed, not restarted
+    assert _names(tmp_path) == ["scan.zarr", "simulate-scan.log", "truth.zarr"]
+    arrays_equal(artifacts.scan, out)
+    arrays_equal(artifacts.truth, truth)
 
 
 def _state(path):

@@ -6,11 +6,17 @@ deformation ``F = R(θ)(I + ε)`` (a good model for a 1.5 mrad nanobeam probe, a
 sharing one deformation are propagated together through one potential. The probe sits at the position
 ``F⁻¹ s`` (modulo the projected cell) of the undeformed lattice for scan position s. Counting noise at the
 scan's dose is drawn per position from ``(seed, y, x)``.
+
+Resumable: each finished multislice task is kept in ``<out>.partial.tasks/`` (with a fingerprint
+of the scan and optics), so that a killed run re-run simulates only the missing tasks; the folder
+is removed once both stores are written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +139,19 @@ def simulate_positions(
     return patterns[:, 0]
 
 
+def _task_cache(out: Path, fingerprint: str) -> Path:
+    """The folder of finished tasks of ``out``, emptied when it holds another scan's tasks."""
+    cache = Path(out).with_name(Path(out).name + ".partial.tasks")
+    stamp = cache / "fingerprint"
+    if cache.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
+        shutil.rmtree(cache)
+    if not cache.exists():
+        with atomic_output(cache) as tmp:
+            tmp.mkdir()
+            (tmp / "fingerprint").write_text(fingerprint)
+    return cache
+
+
 def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> tuple[Path, Path]:
     """Simulate a strained 4D scan and its ground-truth strain map.
 
@@ -176,11 +195,25 @@ def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> t
                 (key, (*args, scan.frozen_phonons, int(np.random.default_rng([scan.seed, group]).integers(2**31))))
             )
     clean = np.zeros((shape[0] * shape[1], optics.pixels, optics.pixels), dtype=np.float32)
+    cache = _task_cache(out, hashlib.sha256(repr((scan.model_dump(mode="json"), optics)).encode()).hexdigest())
+    finished = [key for key, _ in tasks if (cache / f"{key}.npy").is_file()]
+    for key in finished:
+        clean[members[key]] = np.load(cache / f"{key}.npy")
+    tasks = [task for task in tasks if task[0] not in finished]
 
     def collect(key: str, patterns: np.ndarray) -> None:
         clean[members[key]] = patterns
+        with atomic_output(cache / f"{key}.npy") as tmp, tmp.open("wb") as handle:
+            np.save(handle, patterns)
 
-    log.info("simulate-scan %s: %d positions, %d strain states", scan.name, clean.shape[0], len(unique))
+    log.info(
+        "simulate-scan %s: %d positions, %d strain states, %d tasks (%d to do)",
+        scan.name,
+        clean.shape[0],
+        len(unique),
+        len(finished) + len(tasks),
+        len(tasks),
+    )
     run_tasks(
         simulate_positions,
         tasks,
@@ -230,4 +263,5 @@ def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> t
         strain_field=scan.field,
     )
     write_strain_map(truth_map, truth)
+    shutil.rmtree(cache, ignore_errors=True)
     return Path(out), Path(truth)
