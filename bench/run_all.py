@@ -43,8 +43,59 @@ def figures(node, path: str = ""):
             yield path, node
 
 
+def _get(data: dict, *keys):
+    """``data[k0][k1]...`` through dicts and lists, None where a key or index is missing."""
+    for key in keys:
+        try:
+            data = data[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else (f"{value:.{digits}g}" if isinstance(value, float) else str(value))
+
+
+def headline(results: dict) -> list[str]:
+    """The figures a reader looks for first: end-to-end rates, the peer ratio, errors."""
+    infer, peer = results.get("infer", {}), results.get("py4dstem", {})
+    rows = [
+        ("strain end to end, unet, fp32 [patterns/s]", _get(infer, "fp32", "patterns_per_s", "total")),
+        (
+            "network alone, default U-Net [patterns/s]",
+            _get(infer, "network_alone_patterns_per_s", "fp32 channels_last + folded BN (default)"),
+        ),
+        (
+            "network FLOP limit of this CPU [patterns/s]",
+            _get(infer, "network_alone_patterns_per_s", "flop_limit_patterns_per_s"),
+        ),
+        ("py4DSTEM disk detection + strain [patterns/s]", _get(peer, "py4dstem", "patterns_per_s_end_to_end")),
+        ("stemstrain unet / py4DSTEM, speed", _get(peer, "speed_ratio_unet_vs_py4dstem")),
+        ("stemstrain bragg / py4DSTEM, speed", _get(peer, "speed_ratio_bragg_vs_py4dstem")),
+    ]
+    for label in ("py4dstem", "stemstrain_unet", "stemstrain_bragg"):
+        scores = _get(peer, label, "scores")
+        if isinstance(scores, dict):
+            worst = max(scores[c]["rmse"] for c in ("e_xx", "e_yy", "e_xy"))
+            rows.append((f"{label} strain RMSE, worst component [1]", worst))
+    rows.append(("training, 2 processes [samples/s]", _get(results, "train", "runs", 1, "samples_per_s")))
+    scan = _get(peer, "scan") or {}
+    lines = ["| headline | value |", "|---|---|"]
+    lines += [f"| {label} | {_fmt(value)} |" for label, value in rows]
+    if scan:
+        lines += [
+            "",
+            f"py4DSTEM comparison scan: {scan.get('crystal')} {scan.get('thickness_nm')} nm, "
+            f"{scan.get('dose'):.0e} e-/pattern, {scan.get('patterns')} patterns.",
+        ]
+    return lines
+
+
 def write_summary() -> Path:
-    lines = ["# Benchmark summary", "", "| benchmark | figure | value |", "|---|---|---|"]
+    results = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))}
+    lines = ["# Benchmark summary", "", *headline(results), "", "## Every figure", ""]
+    lines += ["| benchmark | figure | value |", "|---|---|---|"]
     machine = None
     for result in sorted(RESULTS.glob("*.json")):
         data = json.loads(result.read_text())

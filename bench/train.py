@@ -5,7 +5,7 @@ logs per epoch (time of the training steps only; validation and start-up exclude
 epoch warms up allocators and caches, so the last epoch is reported. Writes
 ``bench/results/train.json``.
 
-    python bench/train.py [--data TRAIN.zarr] [--epochs 2] [--base-channels 16] [--depth 4]
+    python bench/train.py [--data TRAIN.zarr] [--epochs 2] [--base-channels B] [--depth D] (default: the default U-Net)
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
+
+from stemstrain.config import ModelConfig  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "work" / "train"
 
@@ -76,8 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="Training-set store; default: simulate a small one.")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--base-channels", type=int, default=16)
-    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--base-channels", type=int, default=ModelConfig().base_channels)
+    parser.add_argument("--depth", type=int, default=ModelConfig().depth)
     parser.add_argument("--batch-size", type=int, default=16, help="Patterns per step and per process.")
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()

@@ -160,3 +160,20 @@ def test_bad_method_and_options(uniform_scan):
         make_detector("bragg", scan, hybrid=2.0)
     with pytest.raises(StemstrainInputError, match="variable 'probe'"):
         make_detector("bragg", scan.drop_vars("probe"), template="probe")
+
+
+def test_multi_peak_cepstrum_skips_patterns_without_two_lattice_directions():
+    """A pattern whose primary peaks are collinear has no basis: its peaks are dropped, no error."""
+    from stemstrain.baselines.cepstrum import _on_lattice
+
+    nan = np.nan
+    positions = np.array(
+        [
+            [[3.0, 0.0], [-3.0, 0.0], [6.0, 0.0], [nan, nan]],  # one direction only (thick, low dose)
+            [[3.0, 0.0], [0.0, 4.0], [3.0, 4.0], [1.4, 2.1]],  # a lattice plus an off-lattice peak
+        ]
+    )
+    primary = np.array([[True, True, True, False], [True, True, False, False]])
+    near = _on_lattice(positions, primary, tolerance=0.1)
+    assert not near[0].any()
+    np.testing.assert_array_equal(near[1], [True, True, True, False])

@@ -8,6 +8,8 @@ vectors, so ``G[..., :, 0]`` is g1 and ``G[..., :, 1]`` is g2. Reciprocal vector
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = [
@@ -193,7 +195,9 @@ def fit_lattice_robust(
     inliers = np.all(np.isfinite(positions), axis=-1) & (np.asarray(weights) > 0)
     for _ in range(n_iterations + 1):
         lattice, origin, residual = fit_lattice(positions, hk, np.where(inliers, weights, 0.0), fit_origin)
-        spread = np.maximum(1.4826 * np.nanmedian(np.where(inliers, residual, np.nan), axis=-1), floor)
+        with warnings.catch_warnings():  # a pattern without inliers has a NaN spread, and no fit
+            warnings.simplefilter("ignore", RuntimeWarning)
+            spread = np.maximum(1.4826 * np.nanmedian(np.where(inliers, residual, np.nan), axis=-1), floor)
         keep = inliers & (residual <= rejection * spread[..., None])
         if np.array_equal(keep, inliers):
             break

@@ -241,10 +241,13 @@ def _on_lattice(positions: np.ndarray, primary: np.ndarray, tolerance: float) ->
     a1 = np.take_along_axis(positions, first[:, None, None], axis=1)[:, 0]
     cross = a1[:, None, 0] * positions[..., 1] - a1[:, None, 1] * positions[..., 0]
     sine = np.abs(cross) / np.maximum(length * np.linalg.norm(a1, axis=-1)[:, None], 1e-12)
-    second = np.argmin(np.where(sine > 0.3, length, np.inf), axis=-1)
+    candidates = np.where(sine > 0.3, length, np.inf)  # primary peaks not collinear with a1
+    second = np.argmin(candidates, axis=-1)
     a2 = np.take_along_axis(positions, second[:, None, None], axis=1)[:, 0]
     basis = np.stack([a1, a2], axis=-1)  # (n, 2, 2) columns
-    found = np.isfinite(np.take_along_axis(length, second[:, None], axis=1)[:, 0]) & np.isfinite(basis).all((1, 2))
+    # A pattern whose primary peaks are all collinear (or that has none) has no basis.
+    found = np.isfinite(np.take_along_axis(candidates, second[:, None], axis=1)[:, 0]) & np.isfinite(basis).all((1, 2))
+    found &= np.abs(np.linalg.det(np.where(found[:, None, None], basis, np.eye(2)))) > 1e-12
     safe = np.where(found[:, None, None], basis, np.eye(2))
     fractional = np.einsum("nij,nmj->nmi", np.linalg.inv(safe), np.nan_to_num(positions))
     near = np.max(np.abs(fractional - np.round(fractional)), axis=-1) <= tolerance
