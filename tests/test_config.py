@@ -19,6 +19,13 @@ def test_cluster_config_is_valid():
     assert {scan.thickness_nm for scan in config.scans} >= {37, 75}
 
 
+def test_thermal_config_adds_frozen_phonons_to_the_demo():
+    demo, thermal = load_config(ROOT / "config.yaml"), load_config(ROOT / "config" / "thermal.yaml")
+    assert demo.simulate.frozen_phonons == 0 and thermal.simulate.frozen_phonons > 0
+    assert max(thermal.simulate.thicknesses_nm) >= 75 > max(demo.simulate.thicknesses_nm)
+    assert thermal.detector == demo.detector and thermal.optics == demo.optics
+
+
 def test_default_config_is_valid():
     config = load_config(ROOT / "config.yaml")
     assert config.detector.pixels == 128 and config.detector.k_sampling == 0.025
