@@ -9,7 +9,7 @@ trained network, and the peaks and fits see real spots) unless ``--model`` names
 On a shared machine compare the ratios of one run; the load average is recorded next to each
 figure. Results: ``bench/results/infer.json``.
 
-    python bench/infer.py --patterns 512
+    python bench/infer.py [--patterns 4096] [--no-bf16]
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def network_sizes(batch: int, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patterns", type=int, default=512)
+    parser.add_argument("--patterns", type=int, default=4096, help="scan size; 512 is mostly warm-up")
     parser.add_argument("--model", type=Path, default=None, help="trained model (default: pass-through default U-Net)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the network-alone timing")
