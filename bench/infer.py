@@ -87,6 +87,26 @@ def rates(timings: dict) -> dict:
     return {stage: round(n / seconds, 1) for stage, seconds in timings.items() if stage != "patterns" and seconds > 0}
 
 
+def patterns_per_s(network, inputs, autocast: bool = False) -> float:
+    """Patterns/s of one inference call of ``network`` on the batch ``inputs`` (bf16 autocast optional)."""
+    import torch
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        start = time.perf_counter()
+        network(inputs)
+        return len(inputs) / (time.perf_counter() - start)
+
+
+def gflop_per_pattern(network) -> float:
+    """FLOPs of one 128² pattern through ``network`` [GFLOP] (2 per multiply-add)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        network(torch.ones(1, 1, PIXELS, PIXELS))
+    return round(counter.get_total_flops() / 1e9, 3)
+
+
 def network_alone(model_path: Path, batch: int, rounds: int) -> dict:
     """Patterns/s of the network by itself: layouts, BatchNorm folding, bf16 autocast, torch.compile.
 
@@ -98,7 +118,6 @@ def network_alone(model_path: Path, batch: int, rounds: int) -> dict:
     import statistics
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from stemstrain.infer import fold_batchnorm
     from stemstrain.model import load_model
@@ -113,38 +132,30 @@ def network_alone(model_path: Path, batch: int, rounds: int) -> dict:
         "fp32 channels_last + folded BN (default)": (folded, x_cl, False),
     }
 
-    def once(model, inp, autocast):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            start = time.perf_counter()
-            model(inp)
-            return batch / (time.perf_counter() - start)
-
     for model, inp, autocast in variants.values():
-        once(model, inp, autocast)  # warm-up (oneDNN primitive creation)
+        patterns_per_s(model, inp, autocast)  # warm-up (oneDNN primitive creation)
     samples: dict = {name: [] for name in variants}
     for _ in range(rounds):
         for name, (model, inp, autocast) in variants.items():
-            samples[name].append(once(model, inp, autocast))
+            samples[name].append(patterns_per_s(model, inp, autocast))
     result = {name: round(statistics.median(values), 1) for name, values in samples.items()}
     # bf16 and compile: one timed call each, between two of the default, to keep the run short.
     start = time.perf_counter()
     compiled = torch.compile(folded)
-    once(compiled, x_cl, False)
+    patterns_per_s(compiled, x_cl, False)
     result["compile_seconds"] = round(time.perf_counter() - start, 1)
     others = {
         "bf16 autocast (folded, channels_last)": (folded, True),
         "fp32 torch.compile (folded, channels_last)": (compiled, False),
     }
     for name, (model, autocast) in others.items():
-        before = once(folded, x_cl, False)
-        once(model, x_cl, autocast)
-        value = once(model, x_cl, autocast)
-        after = once(folded, x_cl, False)
+        before = patterns_per_s(folded, x_cl, False)
+        patterns_per_s(model, x_cl, autocast)
+        value = patterns_per_s(model, x_cl, autocast)
+        after = patterns_per_s(folded, x_cl, False)
         result[name] = round(value, 1)
         result[name + " / default in the same minute"] = round(value / statistics.mean([before, after]), 2)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        network(x[:1])
-    result["gflop_per_pattern"] = round(counter.get_total_flops() / 1e9, 3)
+    result["gflop_per_pattern"] = gflop_per_pattern(network)
     a = torch.randn(2048, 2048)
     a @ a
     start = time.perf_counter()
@@ -170,7 +181,6 @@ def network_sizes(batch: int, rounds: int) -> dict:
     import statistics
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from stemstrain.infer import fold_batchnorm
 
@@ -179,17 +189,10 @@ def network_sizes(batch: int, rounds: int) -> dict:
     for base, depth in SIZES:
         network = UNet(ModelConfig(base_channels=base, depth=depth)).eval()
         network = fold_batchnorm(network).to(memory_format=torch.channels_last)
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            network(x[:1])
-        samples = []
-        with torch.inference_mode():
-            network(x)  # warm-up
-            for _ in range(rounds):
-                start = time.perf_counter()
-                network(x)
-                samples.append(batch / (time.perf_counter() - start))
+        patterns_per_s(network, x)  # warm-up
+        samples = [patterns_per_s(network, x) for _ in range(rounds)]
         result[f"base {base} depth {depth}"] = {
-            "gflop_per_pattern": round(counter.get_total_flops() / 1e9, 3),
+            "gflop_per_pattern": gflop_per_pattern(network),
             "patterns_per_s": round(statistics.median(samples), 1),
         }
     return result

@@ -97,11 +97,10 @@ def write_summary() -> Path:
     lines = ["# Benchmark summary", "", *headline(results), "", "## Every figure", ""]
     lines += ["| benchmark | figure | value |", "|---|---|---|"]
     machine = None
-    for result in sorted(RESULTS.glob("*.json")):
-        data = json.loads(result.read_text())
+    for name, data in results.items():
         machine = machine or data.get("machine")
         for path, value in figures(data):
-            lines.append(f"| {result.stem} | {path} | {value:.4g} |")
+            lines.append(f"| {name} | {path} | {value:.4g} |")
     if machine:
         lines += [
             "",
