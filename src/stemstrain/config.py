@@ -96,6 +96,30 @@ class SimulateConfig(_Section):
     tilt_max_mrad: float = Field(
         0.0, ge=0, description="Largest specimen mistilt per strain state, uniform in a disk [mrad]; 0: on axis."
     )
+    orientation: Literal["fixed", "random"] = Field(
+        "fixed",
+        description="In-plane orientation of the crystal: fixed (cell x along k_x) or random (each strain state "
+        "turns it about the zone axis by an angle uniform in [0, 2 pi); mirror images come from training's "
+        "detector symmetries).",
+    )
+    thickness_jitter: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Each strain state scales thicknesses_nm by a factor log-uniform in [1/(1+j), 1+j] [1]; "
+        "0: the listed thicknesses.",
+    )
+    frozen_phonon_fraction: float = Field(
+        1.0, ge=0, le=1, description="Fraction of strain states with frozen_phonons configurations; the rest static."
+    )
+    energies_eV: list[PositiveFloat] | None = Field(
+        None, description="Beam energies drawn uniformly per strain state [eV]; default: optics.energy_eV."
+    )
+    semiangle_range_mrad: tuple[PositiveFloat, PositiveFloat] | None = Field(
+        None,
+        description="Convergence semiangles drawn log-uniform per strain state [mrad], capped so that neighbouring "
+        "disks do not overlap and the probe fits the simulation box; default: optics.semiangle_mrad.",
+    )
     noise: Noise = Field(default_factory=Noise)
     precession: Precession = Field(default_factory=Precession)
     cluster: Cluster = Field(default_factory=Cluster)
@@ -105,6 +129,8 @@ class SimulateConfig(_Section):
         bad = [t for t in self.thicknesses_nm if t <= 0]
         if bad:
             raise ValueError(f"thicknesses_nm must be positive, found {bad}")
+        if self.semiangle_range_mrad is not None and self.semiangle_range_mrad[0] > self.semiangle_range_mrad[1]:
+            raise ValueError(f"semiangle_range_mrad must be (low, high), found {list(self.semiangle_range_mrad)}")
         return self
 
 

@@ -1,16 +1,20 @@
 """Training set: strained crystals through real multislice, with noisy inputs and kinematic spot targets.
 
-Layout of the store (the training-set contract of DESIGN.md): ``inputs`` and ``targets`` (sample, k_y, k_x)
-float32, labels ``strain`` (sample, component = e_xx, e_yy, e_xy, theta), ``thickness_nm``, ``material``,
-``dose`` and the other noise parameters per sample. Sample order: strain state, then probe position, then
-thickness. Each chunk holds whole strain states and is simulated by one task with a random generator
-seeded by ``(seed, chunk index)``, so the store does not depend on the executor, on the order in which
+Layout of the store (the training-set contract of DESIGN.md): ``inputs`` and ``targets`` (sample, k_y,
+k_x) float32, labels ``strain`` (sample, component = e_xx, e_yy, e_xy, theta), ``thickness_nm``,
+``material``, ``orientation_rad`` (the in-plane orientation of the unstrained crystal), the optics,
+``dose`` and the other noise parameters per sample, and the target spots themselves (``spots``
+(sample, spot, xy) [px] and ``spot_amplitudes``), so that training can move them exactly with any
+geometric augmentation. Sample order: strain state, then probe position, then thickness. Each chunk
+holds whole strain states and is simulated by one task with a random generator seeded by
+``(seed, chunk index)``, so the store does not depend on the executor, on the order in which
 chunks finish or on interruptions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -25,18 +29,26 @@ import xarray as xr
 from stemstrain import __version__
 from stemstrain.config import Config
 from stemstrain.io import ResumableStore, reference_k
-from stemstrain.simulate.crystals import get_crystal
+from stemstrain.lattice import reciprocal_vectors
+from stemstrain.simulate.crystals import get_crystal, projected_cell
 from stemstrain.simulate.executor import run_tasks
-from stemstrain.simulate.multislice import SimulationOptics, probe_positions_in_cell, simulate_patterns
+from stemstrain.simulate.multislice import (
+    BOX_SCALES,
+    PROBE_MARGIN,
+    SimulationOptics,
+    probe_positions_in_cell,
+    simulate_patterns,
+)
 from stemstrain.simulate.noise import apply_noise, distort_points, sample_noise
 from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image
-from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain
+from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix
 
 __all__ = ["check_simulation", "optics_from_config", "simulate_chunk", "simulate_training_set", "training_layout"]
 
 log = logging.getLogger(__name__)
 
 MATERIAL_DTYPE = "<U16"
+MAX_SPOTS = 256  # target spots stored per pattern, the strongest first (rutile [001] has ~200 in the detector)
 
 
 @contextlib.contextmanager
@@ -81,6 +93,42 @@ def training_layout(config: Config) -> tuple[int, int, int]:
     return per_state, states_per_chunk, math.ceil(sim.n_samples / states_per_chunk)
 
 
+@dataclasses.dataclass(frozen=True)
+class StrainState:
+    """Everything drawn for one strain state: the crystal, its deformation and the microscope.
+
+    Attributes
+    ----------
+    crystal : str
+        Crystal name.
+    strain : ndarray (4,)
+        e_xx, e_yy, e_xy [1] and rotation theta [rad] relative to the crystal at ``orientation``.
+    orientation : float
+        In-plane orientation of the unstrained crystal, counter-clockwise from the cell's x axis [rad].
+    tilt_mrad : ndarray (2,)
+        Specimen mistilt (x, y) [mrad].
+    optics : SimulationOptics
+        Beam energy, convergence semiangle and the simulation box that holds the probe.
+    thicknesses_nm : ndarray
+        Exit-plane thicknesses [nm].
+    frozen_phonons : int
+        Frozen-phonon configurations (0: static lattice).
+    """
+
+    crystal: str
+    strain: np.ndarray
+    orientation: float
+    tilt_mrad: np.ndarray
+    optics: SimulationOptics
+    thicknesses_nm: np.ndarray
+    frozen_phonons: int
+
+    @property
+    def deformation(self) -> np.ndarray:
+        """F = R(θ)(I + ε) R(orientation): the strained crystal at its orientation, on (x, y) [1]."""
+        return deformation_from_strain(*self.strain) @ rotation_matrix(self.orientation)
+
+
 def _draw_strain(rng: np.random.Generator, strain_max: float, rotation_max: float) -> np.ndarray:
     strain = rng.uniform(-strain_max, strain_max, 3) if strain_max > 0 else np.zeros(3)
     theta = rng.uniform(-rotation_max, rotation_max) if rotation_max > 0 else 0.0
@@ -95,77 +143,148 @@ def _draw_tilt(rng: np.random.Generator, tilt_max: float) -> np.ndarray:
     return radius * np.array([np.cos(angle), np.sin(angle)])
 
 
+def _draw_optics(rng: np.random.Generator, config: Config, crystal: str) -> SimulationOptics:
+    """Beam energy and convergence semiangle of a strain state, in the smallest box that holds the probe.
+
+    The semiangle is log-uniform in ``simulate.semiangle_range_mrad``, capped so that disks stay apart
+    (diameter at most 0.8 of the shortest reciprocal lattice vector) and raised so that the probe fits
+    the largest box; with neither option the configuration's optics are used.
+    """
+    sim, optics = config.simulate, optics_from_config(config)
+    energy = float(rng.choice(sim.energies_eV)) if sim.energies_eV else optics.energy_eV
+    optics = dataclasses.replace(optics, energy_eV=energy)
+    if sim.semiangle_range_mrad is not None:
+        low, high = sim.semiangle_range_mrad
+        g_min = np.min(np.linalg.norm(reciprocal_vectors(projected_cell(crystal)), axis=0))
+        high = min(high, 1e3 * 0.4 * g_min * optics.wavelength)
+        widest = dataclasses.replace(optics, box_scale=BOX_SCALES[-1])
+        low = max(low, 1e3 * 1.22 * optics.wavelength * PROBE_MARGIN / (widest.box - 2 * optics.taper - 4.0))
+        semiangle = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low < high else high
+        optics = dataclasses.replace(optics, semiangle_mrad=semiangle)
+    return optics.fitted()
+
+
+def draw_state(rng: np.random.Generator, config: Config, state: int) -> StrainState:
+    """Draw strain state ``state`` of the training set (crystals in turn).
+
+    Options left at their defaults draw nothing, so a configuration without them gives the same
+    store as before they existed.
+    """
+    sim = config.simulate
+    crystal = sim.crystals[state % len(sim.crystals)]
+    strain = _draw_strain(rng, sim.strain_max, sim.rotation_max_rad)
+    tilt = _draw_tilt(rng, sim.tilt_max_mrad)
+    orientation = float(rng.uniform(0, 2 * np.pi)) if sim.orientation == "random" else 0.0
+    scale = float(np.exp(rng.uniform(-1, 1) * np.log1p(sim.thickness_jitter))) if sim.thickness_jitter else 1.0
+    frozen = sim.frozen_phonons
+    if frozen and sim.frozen_phonon_fraction < 1:
+        frozen = frozen if rng.uniform() < sim.frozen_phonon_fraction else 0
+    optics = _draw_optics(rng, config, crystal) if sim.energies_eV or sim.semiangle_range_mrad else None
+    return StrainState(
+        crystal=crystal,
+        strain=strain,
+        orientation=orientation,
+        tilt_mrad=tilt,
+        optics=optics or optics_from_config(config),
+        thicknesses_nm=scale * np.asarray(sim.thicknesses_nm, dtype=float),
+        frozen_phonons=frozen,
+    )
+
+
 def simulate_chunk(config: Config, chunk: int) -> dict[str, np.ndarray]:
     """Simulate the strain states of one chunk (a pure function of the config and the chunk index).
 
     Returns
     -------
     dict of ndarray
-        ``inputs``, ``targets`` (n, pixels, pixels) float32 and the per-sample labels.
+        ``inputs``, ``targets`` (n, pixels, pixels) float32, ``spots`` (n, MAX_SPOTS, 2) and
+        ``spot_amplitudes`` (n, MAX_SPOTS), and the per-sample labels.
     """
     sim = config.simulate
-    optics = optics_from_config(config)
     _, states_per_chunk, _ = training_layout(config)
     first = chunk * states_per_chunk
     states = range(first, min(first + states_per_chunk, sim.n_samples))
     rng = np.random.default_rng([sim.seed, chunk])
-    k_max = (optics.pixels // 2 - 1) * optics.k_sampling
-    columns: dict[str, list] = {name: [] for name in ("inputs", "targets", "strain", "thickness_nm", "material")}
-    columns.update({name: [] for name in ("dose", "background", "blur_px", "shift_px", "ellipticity", "tilt_mrad")})
-    for state in states:
-        crystal = sim.crystals[state % len(sim.crystals)]
-        strain = _draw_strain(rng, sim.strain_max, sim.rotation_max_rad)
-        deformation = deformation_from_strain(*strain)
-        tilt = _draw_tilt(rng, sim.tilt_max_mrad)
+    columns: dict[str, list] = {name: [] for name in ("inputs", "targets", "spots", "spot_amplitudes", *_LABELS)}
+    for index in states:
+        state = draw_state(rng, config, index)
+        optics = state.optics
+        k_max = (optics.pixels // 2 - 1) * optics.k_sampling
         positions = probe_positions_in_cell(
-            crystal, deformation, rng.uniform(0, 1, (sim.positions_per_state, 2)), optics.box
+            state.crystal, state.deformation, rng.uniform(0, 1, (sim.positions_per_state, 2)), optics.box
         )
         patterns, thickness = simulate_patterns(
-            crystal,
-            deformation,
-            sim.thicknesses_nm,
+            state.crystal,
+            state.deformation,
+            state.thicknesses_nm,
             positions,
             optics,
-            frozen_phonons=sim.frozen_phonons,
+            frozen_phonons=state.frozen_phonons,
             precession=(sim.precession.tilts, sim.precession.angle_mrad),
             seed=int(rng.integers(2**31)),
-            tilt_mrad=tuple(tilt),
+            tilt_mrad=tuple(state.tilt_mrad),
         )
-        g_xy, intensity, _ = kinematic_spots(crystal, deformation, k_max, optics.energy_eV)
+        g_xy, intensity, _ = kinematic_spots(state.crystal, state.deformation, k_max, optics.energy_eV)
         weights = spot_weights(intensity, g_xy)
-        spots_px = pixels_from_k(g_xy[weights > 0], optics.pixels, optics.k_sampling)
+        order = np.argsort(-weights)[: min(MAX_SPOTS, int((weights > 0).sum()))]
+        spots_px, amplitudes = pixels_from_k(g_xy[order], optics.pixels, optics.k_sampling), weights[order]
         for pattern, t in zip(
             patterns.reshape(-1, optics.pixels, optics.pixels), np.tile(thickness, len(positions)), strict=True
         ):
             noise = sample_noise(rng, sim.noise)
             columns["inputs"].append(apply_noise(pattern, noise, optics.k_sampling, rng))
             moved = distort_points(spots_px, noise, optics.pixels)
-            columns["targets"].append(target_image(moved, weights[weights > 0], optics.pixels, sim.target_sigma_px))
-            columns["strain"].append(strain)
-            columns["thickness_nm"].append(t)
-            columns["material"].append(crystal)
-            columns["dose"].append(noise.dose)
-            columns["background"].append(noise.background)
-            columns["blur_px"].append(noise.blur_px)
-            columns["shift_px"].append(noise.shift_px)
-            columns["ellipticity"].append(noise.ellipticity)
-            columns["tilt_mrad"].append(tilt)
+            columns["targets"].append(target_image(moved, amplitudes, optics.pixels, sim.target_sigma_px))
+            columns["spots"].append(_padded(moved, (MAX_SPOTS, 2)))
+            columns["spot_amplitudes"].append(_padded(amplitudes, (MAX_SPOTS,), fill=0.0))
+            labels = {
+                "strain": state.strain,
+                "thickness_nm": t,
+                "material": state.crystal,
+                "orientation_rad": state.orientation,
+                "energy_eV": optics.energy_eV,
+                "semiangle_mrad": optics.semiangle_mrad,
+                "frozen_phonons": state.frozen_phonons,
+                "dose": noise.dose,
+                "background": noise.background,
+                "blur_px": noise.blur_px,
+                "shift_px": noise.shift_px,
+                "ellipticity": noise.ellipticity,
+                "tilt_mrad": state.tilt_mrad,
+            }
+            for name, value in labels.items():
+                columns[name].append(value)
     result = {name: np.asarray(values) for name, values in columns.items()}
     result["material"] = result["material"].astype(MATERIAL_DTYPE)
+    for name in ("spots", "spot_amplitudes"):
+        result[name] = result[name].astype(np.float32)
     return result
+
+
+def _padded(values: np.ndarray, shape: tuple[int, ...], fill: float = np.nan) -> np.ndarray:
+    out = np.full(shape, fill, dtype=np.float32)
+    out[: len(values)] = values
+    return out
 
 
 _LABELS = {
     "strain": (("sample", "component"), "float64", "1", "strain e_xx, e_yy, e_xy [1] and rotation theta [rad]"),
     "thickness_nm": (("sample",), "float64", "nm", "specimen thickness"),
     "material": (("sample",), MATERIAL_DTYPE, "", "crystal name"),
+    "orientation_rad": (("sample",), "float64", "rad", "in-plane orientation of the unstrained crystal"),
+    "energy_eV": (("sample",), "float64", "eV", "beam energy"),
+    "semiangle_mrad": (("sample",), "float64", "mrad", "probe convergence semiangle"),
+    "frozen_phonons": (("sample",), "int64", "1", "frozen-phonon configurations (0: static lattice)"),
     "dose": (("sample",), "float64", "e-", "incident electrons per pattern"),
     "background": (("sample",), "float64", "1", "diffuse background fraction"),
     "blur_px": (("sample",), "float64", "px", "detector blur sigma"),
     "shift_px": (("sample", "xy"), "float64", "px", "pattern shift (x, y)"),
     "ellipticity": (("sample",), "float64", "1", "elliptical distortion (axis ratio - 1)"),
     "tilt_mrad": (("sample", "xy"), "float64", "mrad", "specimen mistilt (x, y)"),
+    "spots": (("sample", "spot", "xy"), "float32", "px", "target spot centres (x, y), strongest first, NaN-padded"),
+    "spot_amplitudes": (("sample", "spot"), "float32", "1", "target spot amplitudes, 0 for padding"),
 }
+_LABEL_SIZES = {"component": len(STRAIN_COMPONENTS), "spot": MAX_SPOTS, "xy": 2}
 
 
 def _template(config: Config, n_patterns: int, chunk_patterns: int) -> xr.Dataset:
@@ -185,9 +304,9 @@ def _template(config: Config, n_patterns: int, chunk_patterns: int) -> xr.Datase
         ),
     }
     for name, (dims, dtype, units, long_name) in _LABELS.items():
-        shape = (n_patterns, *([4] if "component" in dims else []), *([2] if "xy" in dims else []))
+        shape = (n_patterns, *(_LABEL_SIZES[dim] for dim in dims[1:]))
         chunks = (chunk_patterns, *shape[1:])
-        fill = "" if dtype == MATERIAL_DTYPE else 0
+        fill = "" if dtype == MATERIAL_DTYPE else np.nan if name == "spots" else 0
         variables[name] = (
             dims,
             da.full(shape, fill, dtype=dtype, chunks=chunks),
@@ -202,10 +321,10 @@ def _template(config: Config, n_patterns: int, chunk_patterns: int) -> xr.Datase
             "k_x": ("k_x", k, {"units": "1/angstrom", "long_name": "scattering vector x"}),
             "component": ("component", list(STRAIN_COMPONENTS)),
             "xy": ("xy", ["x", "y"]),
+            "spot": ("spot", np.arange(MAX_SPOTS)),
         },
         attrs={
-            "energy_eV": config.optics.energy_eV,
-            "semiangle_mrad": config.optics.semiangle_mrad,
+            **_optics_attrs(config),
             "k_sampling": k_sampling,
             "pixels": pixels,
             "crystals": list(sim.crystals),
@@ -216,6 +335,16 @@ def _template(config: Config, n_patterns: int, chunk_patterns: int) -> xr.Datase
             "software_version": __version__,
         },
     )
+
+
+def _optics_attrs(config: Config) -> dict:
+    """Beam energy and semiangle of the set: one value each, or the ranges drawn per strain state."""
+    sim = config.simulate
+    if not (sim.energies_eV or sim.semiangle_range_mrad):
+        return {"energy_eV": config.optics.energy_eV, "semiangle_mrad": config.optics.semiangle_mrad}
+    energies = sim.energies_eV or [config.optics.energy_eV]
+    semiangles = sim.semiangle_range_mrad or (config.optics.semiangle_mrad,) * 2
+    return {"energy_eV_range": [min(energies), max(energies)], "semiangle_mrad_range": list(semiangles)}
 
 
 def simulate_training_set(config: Config, out: Path, fresh: bool = False) -> Path:

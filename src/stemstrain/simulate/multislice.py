@@ -1,14 +1,16 @@
 """Real multislice (abTEM) of a strained crystal, recorded in the reference calibration.
 
 A strained crystal is made by deforming a crystal larger than the simulation box with the
-deformation gradient F (about the box centre) and cutting an orthogonal box of side ``L = 1/k_sampling``.
+deformation gradient F (about the box centre) and cutting an orthogonal box of side ``L = 1/k_sampling``
+(1.5 or 2 times that for the wide probes of small convergence angles, :meth:`SimulationOptics.fitted`).
 abTEM propagates the probe through one repeated period (``CrystalPotential``) and returns the exit
 waves at the requested thicknesses (exit planes), so a whole thickness series costs one propagation.
 
 The detector is exact, without interpolation: the exit wave is tapered over a few angstrom at the box
-edges (the cut-out strained crystal is not periodic there), Fourier transformed at three times the
-box's frequency resolution (the discrete transform of the wave zero-padded to 3L) and 3 × 3 fine
-pixels are summed into one detector pixel. The odd factor keeps k = 0 at the centre of pixel
+edges (the cut-out strained crystal is not periodic there), Fourier transformed at s fine frequencies
+per detector pixel (s = 3 for L = 1/k_sampling: the discrete transform of the wave zero-padded to 3L;
+s = 5 for the larger boxes) and s × s fine pixels are summed into one detector pixel. The odd s keeps
+k = 0 at the centre of pixel
 ``pixels // 2``. The transform is a pair of matrix products restricted to the detector's frequencies,
 which is exact and much cheaper than a padded FFT. Precession averages patterns over beam tilts
 around a cone; abTEM applies a tilt in the propagator (the specimen tilted against the beam), so the
@@ -17,6 +19,7 @@ undiffracted beam stays at k = 0: the patterns come out de-scanned.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import abtem
@@ -41,7 +44,12 @@ __all__ = [
 # estimated plans are as fast here and make a chunk's result independent of the process that made it.
 abtem.config.set({"diagnostics.progress_bar": False, "fftw.planning_effort": "FFTW_ESTIMATE"})
 
-OVERSAMPLING = 3  # fine pixels per detector pixel along each axis (odd: k = 0 stays at a pixel centre)
+# Box sides in units of 1/k_sampling: the smallest that holds the probe is used (wider probes of small
+# convergence angles need more than 1/k_sampling).
+BOX_SCALES = (1.0, 1.5, 2.0)
+# The box holds this many Airy-disk diameters of the probe: the tails beyond the first zero carry ~16 % of
+# the intensity, and where the taper cuts them the pattern grows a cross of streaks through each disk.
+PROBE_MARGIN = 1.3
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,10 @@ class SimulationOptics:
     pixels : int
         Detector pixels along each axis; k = 0 at index ``pixels // 2``.
     k_sampling : float
-        Detector pixel size [1/angstrom]; the simulation box side is ``1 / k_sampling``.
+        Detector pixel size [1/angstrom].
+    box_scale : float
+        Side of the simulation box in units of ``1 / k_sampling`` (1: the box of the reference
+        calibration, 40 angstrom; 1.5 or 2 for the wide probes of small convergence angles).
     sampling : float
         Requested real-space sampling of the potential [angstrom]; the grid is rounded to a fast FFT size.
     taper : float
@@ -68,13 +79,28 @@ class SimulationOptics:
     semiangle_mrad: float = 1.5
     pixels: int = 128
     k_sampling: float = 0.025
+    box_scale: float = 1.0
     sampling: float = 0.1
     taper: float = 4.0
 
     @property
     def box(self) -> float:
         """Side of the square simulation box [angstrom]."""
-        return 1.0 / self.k_sampling
+        return self.box_scale / self.k_sampling
+
+    @property
+    def oversampling(self) -> int:
+        """Fine frequencies per detector pixel along each axis (odd: k = 0 stays at a pixel centre).
+
+        The intensity of a wave confined to the box varies on the scale 1 / (2 box) in k; the fine
+        frequencies sample it at least that finely, 3 per pixel for the 1 / k_sampling box.
+        """
+        return 2 * int(np.ceil(self.box_scale - 1e-9)) + 1
+
+    @property
+    def probe_diameter(self) -> float:
+        """Diameter of the probe to the first zero of its Airy disk, 1.22 λ / α [angstrom]."""
+        return 1.22 * self.wavelength / (1e-3 * self.semiangle_mrad)
 
     @property
     def gpts(self) -> int:
@@ -101,13 +127,26 @@ class SimulationOptics:
                 f"range {self.max_simulated_k:.3f} 1/angstrom of simulate.sampling_angstrom={self.sampling}: "
                 f"expected sampling_angstrom <= {1.0 / (3.0 * detector_k):.4f}"
             )
-        probe_extent = 2.0 * 0.61 * self.wavelength / (1e-3 * self.semiangle_mrad)
-        if self.box < probe_extent + 2 * self.taper + 10.0:
+        if not self.holds_probe():
+            needed = PROBE_MARGIN * self.probe_diameter + 2 * self.taper + 4.0
             raise StemstrainInputError(
-                f"simulation box 1/k_sampling = {self.box:.1f} angstrom (detector.k_sampling={self.k_sampling}) is too "
-                f"small for a {probe_extent:.1f} angstrom probe and {self.taper} angstrom tapers: expected at least "
-                f"{probe_extent + 2 * self.taper + 10.0:.1f} angstrom"
+                f"simulation box {self.box_scale:g}/k_sampling = {self.box:.1f} angstrom (detector.k_sampling="
+                f"{self.k_sampling}) is too small for a {self.probe_diameter:.1f} angstrom probe "
+                f"(optics.semiangle_mrad={self.semiangle_mrad:g} at {self.energy_eV:g} eV) and {self.taper} angstrom "
+                f"tapers: expected at least {needed:.1f} angstrom (a larger convergence semiangle)"
             )
+
+    def holds_probe(self) -> bool:
+        """Whether the box holds the probe with its Airy tails, the tapers and a margin."""
+        return self.box >= PROBE_MARGIN * self.probe_diameter + 2 * self.taper + 4.0
+
+    def fitted(self) -> SimulationOptics:
+        """The same optics in the smallest box of :data:`BOX_SCALES` that holds the probe (the largest if none)."""
+        for scale in BOX_SCALES:
+            candidate = dataclasses.replace(self, box_scale=scale)
+            if candidate.holds_probe():
+                return candidate
+        return dataclasses.replace(self, box_scale=BOX_SCALES[-1])
 
 
 def _fast_size(n: int) -> int:
@@ -191,10 +230,11 @@ def _taper_window(optics: SimulationOptics) -> np.ndarray:
 
 
 def _detector_matrix(optics: SimulationOptics) -> np.ndarray:
-    """Rows of the Fourier transform at the detector's fine frequencies (3 per pixel) [shape (3 P, gpts)]."""
-    fine = OVERSAMPLING * (np.arange(optics.pixels) - optics.pixels // 2)
-    fine = (fine[:, None] + np.arange(OVERSAMPLING) - OVERSAMPLING // 2).ravel()
-    k = fine * optics.k_sampling / OVERSAMPLING
+    """Rows of the Fourier transform at the detector's fine frequencies (s per pixel) [shape (s P, gpts)]."""
+    s = optics.oversampling
+    fine = s * (np.arange(optics.pixels) - optics.pixels // 2)
+    fine = (fine[:, None] + np.arange(s) - s // 2).ravel()
+    k = fine * optics.k_sampling / s
     x = np.arange(optics.gpts) * optics.box / optics.gpts
     return np.exp(-2j * np.pi * np.outer(k, x)).astype(np.complex64)
 
@@ -222,8 +262,10 @@ def diffraction_patterns(exit_waves: np.ndarray, optics: SimulationOptics) -> np
     # One BLAS thread: the round-off (and so a rare Poisson count) must not depend on the process's thread count.
     with threadpool_limits(limits=1, user_api="blas"):
         amplitude = rows @ (np.ascontiguousarray(waves, dtype=np.complex64) @ rows.T)
-    fine = np.abs(amplitude) ** 2 / ((OVERSAMPLING * optics.gpts) ** 2 * norm)
-    p, s = optics.pixels, OVERSAMPLING
+    # Parseval for the wave zero-padded to the fine period s / k_sampling (s gpts / box_scale points).
+    padded_points = optics.oversampling * optics.gpts / optics.box_scale
+    fine = np.abs(amplitude) ** 2 / (padded_points**2 * norm)
+    p, s = optics.pixels, optics.oversampling
     binned = fine.reshape(*fine.shape[:-2], p, s, p, s).sum(axis=(-3, -1))
     return np.ascontiguousarray(np.swapaxes(binned, -1, -2), dtype=np.float32)
 
