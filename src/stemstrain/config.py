@@ -141,12 +141,23 @@ class ScanConfig(_Section):
     crystal: str = Field("Si_110", description="Crystal name.")
     thickness_nm: float = Field(30.0, gt=0, description="Specimen thickness [nm].")
     dose: float = Field(1e6, gt=0, description="Electrons per pattern [e-].")
-    field: Literal["uniform", "gradient", "bump", "interface"] = Field("gradient", description="Strain field.")
+    field: Literal["uniform", "gradient", "bump", "interface", "composite"] = Field(
+        "gradient",
+        description="Strain field; composite: a ramp of e_xx, a bump of e_yy, a shear changing sign along y and "
+        "a ridge of rotation together.",
+    )
     amplitude: float = Field(0.01, gt=-0.2, lt=0.2, description="Largest strain of the field [1].")
     scan_shape: tuple[PositiveInt, PositiveInt] = Field((16, 16), description="Scan positions (scan_y, scan_x).")
     step_nm: float = Field(0.5, gt=0, description="Scan step [nm].")
     reference_roi: tuple[int, int, int, int] | None = Field(
         None, description="[y0, y1, x0, x1] half-open scan indices of the unstrained reference region."
+    )
+    orientation_deg: float = Field(
+        0.0,
+        ge=-360,
+        le=360,
+        description="In-plane orientation of the unstrained crystal, counter-clockwise from the cell's x axis [deg]; "
+        "the reference is that rotated crystal and the truth is relative to it.",
     )
     frozen_phonons: int = Field(0, ge=0, description="Frozen-phonon configurations.")
     seed: int = Field(1, description="Random seed of the noise.")

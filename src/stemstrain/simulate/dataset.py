@@ -80,7 +80,7 @@ def check_simulation(config: Config, crystals: list[str]) -> SimulationOptics:
     """
     for name in crystals:
         get_crystal(name)
-    optics = optics_from_config(config)
+    optics = optics_from_config(config).fitted()
     optics.check()
     return optics
 

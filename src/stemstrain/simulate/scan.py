@@ -1,15 +1,18 @@
 """Strained 4D test scans with known truth: the data that evaluation and the demo run on.
 
-A strain field (uniform, gradient, Gaussian bump, or an interface with misfit) is laid over the scan and
-is zero in the reference region. Every scan position is simulated as a crystal under its local uniform
-deformation ``F = R(θ)(I + ε)`` (a good model for a 1.5 mrad nanobeam probe, a few unit cells wide); positions
-sharing one deformation are propagated together through one potential. The probe sits at the position
-``F⁻¹ s`` (modulo the projected cell) of the undeformed lattice for scan position s. Counting noise at the
-scan's dose is drawn per position from ``(seed, y, x)``.
+A strain field (uniform, gradient, Gaussian bump, an interface with misfit, or a composite of a ramp, a bump,
+a shear and a rotation) is laid over the scan and is zero in the reference region. The unstrained crystal
+may be turned in-plane by ``orientation_deg``: the reference is then that rotated crystal, and the truth
+is the field relative to it. Every scan position is simulated as a crystal under its local uniform
+deformation ``F = R(θ)(I + ε) R(orientation)`` (a good model for a 1.5 mrad nanobeam probe, a few unit
+cells wide); positions sharing one deformation are propagated together through one potential. The probe
+sits at the position ``F⁻¹ s`` (modulo the projected cell) of the undeformed lattice for scan position s.
+Counting noise at the scan's dose is drawn per position from ``(seed, y, x)``.
 
-Resumable: each finished multislice task is kept in ``<out>.partial.tasks/`` (with a fingerprint
-of the scan and optics), so that a killed run re-run simulates only the missing tasks; the folder
-is removed once both stores are written.
+Resumable: each finished multislice task is kept in a task folder (``<out>.partial.tasks/``, or a
+subfolder of a cache folder the caller names) stamped with a fingerprint of everything that makes the
+clean patterns, which leaves out the scan's name and dose: scans that differ only in dose share their
+multislice. The default folder is removed once both stores are written; a cache folder is kept.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from stemstrain.simulate.dataset import check_simulation
 from stemstrain.simulate.executor import run_tasks
 from stemstrain.simulate.multislice import SimulationOptics, exit_plane_periods, simulate_patterns, vacuum_probe
 from stemstrain.simulate.noise import PatternNoise, apply_noise
-from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain
+from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix
 
 __all__ = ["default_reference_roi", "simulate_scan", "strain_field"]
 
@@ -48,6 +51,7 @@ FIELD_COMPONENTS = {
     "gradient": (1.0, -0.5, 0.3, 0.4),
     "bump": (1.0, 1.0, 0.0, 0.2),
     "interface": (1.0, 0.0, 0.0, 0.0),
+    "composite": (1.0, -0.75, 0.5, 0.6),
 }
 
 
@@ -66,11 +70,14 @@ def strain_field(
     reference region: ``uniform`` is constant outside it, ``gradient`` rises linearly with d to the amplitude
     at the farthest position, ``bump`` is a Gaussian (σ a quarter of the strained region's smaller side)
     centred in the strained region, ``interface`` a step to the amplitude halfway out (a misfitting layer).
+    ``composite`` gives each component its own shape: e_xx the linear ramp in d, e_yy the bump (-0.75),
+    e_xy the ramp times a factor going from +1 at the top row to -1 at the bottom (0.5), and θ a ridge
+    4 r (1 - r) of the ramp r (0.6, largest halfway out).
 
     Parameters
     ----------
     field : str
-        ``uniform``, ``gradient``, ``bump`` or ``interface``.
+        ``uniform``, ``gradient``, ``bump``, ``interface`` or ``composite``.
     scan_shape : (int, int)
         Scan positions (scan_y, scan_x).
     reference_roi : (int, int, int, int)
@@ -96,21 +103,30 @@ def strain_field(
         profile = distance / farthest if farthest > 0 else np.zeros(scan_shape)
     elif field == "interface":
         profile = (distance > 0.5 * farthest).astype(float)
-    elif field == "bump":
-        if outside.any():
-            cy, cx = iy[outside].mean(), ix[outside].mean()
-            sides = (np.ptp(iy[outside]) + 1, np.ptp(ix[outside]) + 1)
-            sigma = max(1.0, 0.25 * min(sides))
-            profile = np.exp(-0.5 * ((iy - cy) ** 2 + (ix - cx) ** 2) / sigma**2) * outside
-            profile /= profile.max()
-        else:
-            profile = np.zeros(scan_shape)
+    elif field in ("bump", "composite"):
+        profile = _bump(iy, ix, outside)
     else:
         raise ValueError(f"unknown strain field {field!r}")
+    profiles = [profile] * len(STRAIN_COMPONENTS)
+    if field == "composite":
+        ramp = distance / farthest if farthest > 0 else np.zeros(scan_shape)
+        sign_along_y = 1.0 - 2.0 * iy / max(n_y - 1, 1)
+        profiles = [ramp, profile, ramp * sign_along_y, 4.0 * ramp * (1.0 - ramp)]
     return {
-        name: amplitude * weight * profile
-        for name, weight in zip(STRAIN_COMPONENTS, FIELD_COMPONENTS[field], strict=True)
+        name: amplitude * weight * shape
+        for name, weight, shape in zip(STRAIN_COMPONENTS, FIELD_COMPONENTS[field], profiles, strict=True)
     }
+
+
+def _bump(iy: np.ndarray, ix: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """Gaussian of peak 1 centred in the strained region (σ a quarter of its smaller side), 0 in the reference."""
+    if not outside.any():
+        return np.zeros(iy.shape)
+    cy, cx = iy[outside].mean(), ix[outside].mean()
+    sides = (np.ptp(iy[outside]) + 1, np.ptp(ix[outside]) + 1)
+    sigma = max(1.0, 0.25 * min(sides))
+    profile = np.exp(-0.5 * ((iy - cy) ** 2 + (ix - cx) ** 2) / sigma**2) * outside
+    return profile / profile.max()
 
 
 def _probe_positions(crystal: str, deformation: np.ndarray, scan_xy: np.ndarray, box: float) -> np.ndarray:
@@ -129,9 +145,13 @@ def simulate_positions(
     optics: SimulationOptics,
     frozen_phonons: int,
     seed: int,
+    orientation: float = 0.0,
 ) -> np.ndarray:
-    """Clean patterns (m, pixels, pixels) of scan positions (m, 2) (x, y) [angstrom] sharing one strain state."""
-    deformation = deformation_from_strain(*strain)
+    """Clean patterns (m, pixels, pixels) of scan positions (m, 2) (x, y) [angstrom] sharing one strain state.
+
+    ``strain`` (e_xx, e_yy, e_xy, θ) acts on the crystal turned in-plane by ``orientation`` [rad].
+    """
+    deformation = deformation_from_strain(*strain) @ rotation_matrix(orientation)
     positions = _probe_positions(crystal, deformation, np.asarray(scan_xy, dtype=float), optics.box)
     patterns, _ = simulate_patterns(
         crystal, deformation, [thickness_nm], positions, optics, frozen_phonons=frozen_phonons, seed=seed
@@ -139,9 +159,8 @@ def simulate_positions(
     return patterns[:, 0]
 
 
-def _task_cache(out: Path, fingerprint: str) -> Path:
-    """The folder of finished tasks of ``out``, emptied when it holds another scan's tasks."""
-    cache = Path(out).with_name(Path(out).name + ".partial.tasks")
+def _task_cache(cache: Path, fingerprint: str) -> Path:
+    """A folder of finished tasks, emptied when it holds the tasks of other clean patterns."""
     stamp = cache / "fingerprint"
     if cache.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
         shutil.rmtree(cache)
@@ -152,7 +171,9 @@ def _task_cache(out: Path, fingerprint: str) -> Path:
     return cache
 
 
-def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> tuple[Path, Path]:
+def simulate_scan(
+    config: Config, scan: ScanConfig, out: Path, truth: Path, cache: Path | None = None
+) -> tuple[Path, Path]:
     """Simulate a strained 4D scan and its ground-truth strain map.
 
     Parameters
@@ -164,7 +185,11 @@ def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> t
     out : Path
         4D-data store to write (contract of DESIGN.md, with ``probe`` and ``reference_roi``).
     truth : Path
-        Strain-map store of the imposed field (strain relative to the unstrained crystal).
+        Strain-map store of the imposed field (strain relative to the unstrained crystal at its orientation).
+    cache : Path, optional
+        Folder in which finished multislice tasks are kept, in a subfolder per set of clean patterns
+        (scans differing only in name and dose share one); default: ``<out>.partial.tasks``, removed
+        when the stores are written.
 
     Returns
     -------
@@ -178,6 +203,7 @@ def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> t
         scan.reference_roi or default_reference_roi(shape), shape, f"scans[{scan.name}].reference_roi"
     )
     field = strain_field(scan.field, shape, roi, scan.amplitude)
+    orientation = np.radians(scan.orientation_deg)
     strain = np.stack([field[name] for name in STRAIN_COMPONENTS], axis=-1)
     iy, ix = np.mgrid[0 : shape[0], 0 : shape[1]]
     scan_xy = 10.0 * scan.step_nm * np.stack([ix, iy], axis=-1).astype(float)
@@ -191,11 +217,14 @@ def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> t
             key = f"{group}-{part}"
             members[key] = indices
             args = (scan.crystal, state, scan_xy.reshape(-1, 2)[indices], scan.thickness_nm, optics)
-            tasks.append(
-                (key, (*args, scan.frozen_phonons, int(np.random.default_rng([scan.seed, group]).integers(2**31))))
-            )
+            seed = int(np.random.default_rng([scan.seed, group]).integers(2**31))
+            tasks.append((key, (*args, scan.frozen_phonons, seed, orientation)))
     clean = np.zeros((shape[0] * shape[1], optics.pixels, optics.pixels), dtype=np.float32)
-    cache = _task_cache(out, hashlib.sha256(repr((scan.model_dump(mode="json"), optics)).encode()).hexdigest())
+    clean_patterns = scan.model_dump(mode="json", exclude={"name", "dose"})
+    fingerprint = hashlib.sha256(repr((clean_patterns, optics)).encode()).hexdigest()
+    keep_cache = cache is not None
+    folder = Path(cache) / fingerprint[:16] if keep_cache else Path(out).with_name(Path(out).name + ".partial.tasks")
+    cache = _task_cache(folder, fingerprint)
     finished = [key for key, _ in tasks if (cache / f"{key}.npy").is_file()]
     for key in finished:
         clean[members[key]] = np.load(cache / f"{key}.npy")
@@ -245,11 +274,12 @@ def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> t
         strain_amplitude=scan.amplitude,
         frozen_phonons=scan.frozen_phonons,
         seed=scan.seed,
+        orientation_deg=scan.orientation_deg,
     )
     chunk = {"scan_y": min(shape[0], 16), "scan_x": min(shape[1], 16), "k_y": -1, "k_x": -1}
     with atomic_output(out) as tmp:
         dataset.chunk(chunk).to_zarr(tmp, mode="w")
-    reference = reciprocal_vectors(projected_cell(scan.crystal))
+    reference = rotation_matrix(orientation) @ reciprocal_vectors(projected_cell(scan.crystal))
     truth_map = strain_map_dataset(
         field,
         dataset["scan_y"].values,
@@ -261,7 +291,9 @@ def simulate_scan(config: Config, scan: ScanConfig, out: Path, truth: Path) -> t
         material=scan.crystal,
         thickness_nm=thickness,
         strain_field=scan.field,
+        orientation_deg=scan.orientation_deg,
     )
     write_strain_map(truth_map, truth)
-    shutil.rmtree(cache, ignore_errors=True)
+    if not keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
     return Path(out), Path(truth)
