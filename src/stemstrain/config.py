@@ -169,6 +169,12 @@ class ModelConfig(_Section):
     base_channels: int = Field(8, ge=1, description="Channels of the first level (8: 0.29 GFLOP per 128² pattern).")
     depth: int = Field(4, ge=1, le=7, description="Number of resolution levels.")
     norm: Literal["batch", "group", "none"] = Field("batch", description="Normalisation layer.")
+    offsets: bool = Field(
+        False,
+        description="Also predict, at every pixel near a spot, the sub-pixel offset to its centre [px] and the "
+        "offset's uncertainty (three more output channels); the read-out then places each spot by them and "
+        "weights the lattice fit by 1/sigma^2.",
+    )
 
 
 class Augment(_Section):

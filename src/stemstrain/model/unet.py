@@ -65,8 +65,10 @@ class UNet(nn.Module):
     Notes
     -----
     ``forward(patterns)`` takes RAW patterns (N, 1, H, W) [counts] with H and W divisible by
-    ``2**(depth - 1)`` and returns (N, 2, H, W): channel 0 is the spot-mask logit, channel 1
-    the spot image (the training target, normalised as in :func:`stemstrain.model.loss.normalise_target`).
+    ``2**(depth - 1)`` and returns (N, C, H, W): channel 0 is the spot-mask logit, channel 1
+    the spot image (the training target, normalised as in :func:`stemstrain.model.loss.normalise_target`);
+    with ``config.offsets`` channels 2 and 3 are the offset (x, y) to the nearest spot centre [px] and
+    channel 4 its log σ (:mod:`stemstrain.model.encoding`).
     """
 
     def __init__(self, config: ModelConfig):
@@ -84,7 +86,12 @@ class UNet(nn.Module):
             self.upsamples.append(nn.ConvTranspose2d(in_channels, width, 2, stride=2))
             self.decoders.append(_DoubleConv(2 * width, width, config.norm))
             in_channels = width
-        self.head = nn.Conv2d(in_channels, 2, 1)
+        self.head = nn.Conv2d(in_channels, self.channels, 1)
+
+    @property
+    def channels(self) -> int:
+        """Output channels: mask logit and spot image, then offsets (x, y) and log σ when ``config.offsets``."""
+        return 5 if self.config.offsets else 2
 
     @property
     def divisor(self) -> int:

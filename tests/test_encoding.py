@@ -1,0 +1,90 @@
+"""The spot encoding of the network's outputs: targets rendered from spot lists, and the read-out back."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stemstrain.config import ModelConfig
+from stemstrain.model import UNet, decode_spots, normalise_target, render_targets, spot_loss
+from stemstrain.simulate.targets import target_image
+
+RNG = np.random.default_rng(7)
+
+
+def lattice_spots(n_images: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spots on a slightly sheared 11-px lattice at random sub-pixel offsets, NaN-padded to 96 rows."""
+    spots = np.full((n_images, 96, 2), np.nan)
+    amplitudes = np.zeros((n_images, 96))
+    for i in range(n_images):
+        h, k = np.meshgrid(np.arange(-4, 5), np.arange(-4, 5))
+        g1, g2 = np.array([11.3, 0.7]), np.array([-1.1, 10.6])
+        xy = 64 + RNG.uniform(-0.5, 0.5, 2) + h.ravel()[:, None] * g1 + k.ravel()[:, None] * g2
+        xy = xy[np.all((xy > 3) & (xy < 124), axis=1)]
+        spots[i, : len(xy)] = xy
+        amplitudes[i, : len(xy)] = RNG.uniform(0.05, 1.0, len(xy))
+    return torch.tensor(spots, dtype=torch.float32), torch.tensor(amplitudes, dtype=torch.float32)
+
+
+def test_rendered_image_is_the_normalised_target_image():
+    spots, amplitudes = lattice_spots(1)
+    rendered = render_targets(spots, amplitudes, 128, sigma_px=1.0, power=0.5)
+    real = torch.isfinite(spots[0, :, 0])
+    stored = target_image(spots[0][real].numpy(), amplitudes[0][real].numpy(), 128, 1.0)
+    # Amplitudes are relative to the direct beam (1): rendering scales by them, where normalise_target
+    # scales by the sampled maximum of the image.
+    expected = torch.tensor(stored).clamp_min(0) ** 0.5
+    np.testing.assert_allclose(rendered.image[0].numpy(), expected.numpy(), atol=2e-5)
+    peak = float(torch.tensor(stored).max())
+    np.testing.assert_allclose(
+        normalise_target(torch.tensor(stored), 0.5).numpy(), expected.numpy() / peak**0.5, atol=1e-5
+    )
+    assert torch.equal(rendered.image[0] > 0, expected > 0)  # the same spot mask
+
+
+def test_offsets_point_from_each_pixel_to_its_spot_centre():
+    spots, amplitudes = lattice_spots(2)
+    rendered = render_targets(spots, amplitudes, 128)
+    n, rows, cols = torch.nonzero(rendered.offset_mask, as_tuple=True)
+    centres = torch.stack([cols + rendered.offsets[n, 0, rows, cols], rows + rendered.offsets[n, 1, rows, cols]], -1)
+    distance = torch.cdist(centres[:, None, :].double(), spots[n].double().nan_to_num(1e6))[:, 0]
+    assert distance.min(dim=-1).values.max() < 1e-5  # every marked pixel names a true centre exactly
+    assert torch.all(rendered.offsets[n, :, rows, cols].norm(dim=-1) <= 1.5 + 1e-6)
+    assert rendered.offset_mask.sum(dim=(1, 2)).min() >= 5 * torch.isfinite(spots[:, :, 0]).sum(dim=1).min()
+
+
+def test_read_out_of_perfect_outputs_returns_the_spot_centres():
+    """Outputs equal to the targets (confident mask, σ = 0.05 px) decode to the sub-pixel centres."""
+    spots, amplitudes = lattice_spots(3)
+    rendered = render_targets(spots, amplitudes, 128)
+    log_sigma = torch.full_like(rendered.image, np.log(0.05))
+    logit = torch.where(rendered.image > 0, 10.0, -10.0)
+    outputs = torch.cat([logit[:, None], rendered.image[:, None], rendered.offsets, log_sigma[:, None]], dim=1)
+    positions, weights = decode_spots(outputs.numpy(), max_peaks=100)
+    for i in range(3):
+        found = positions[i][np.isfinite(positions[i, :, 0])]
+        truth = spots[i][torch.isfinite(spots[i, :, 0])].numpy()
+        inside = truth[np.all((truth > 2) & (truth < 125), axis=1)]
+        distance = np.linalg.norm(found[:, None] - inside[None], axis=-1).min(axis=1)
+        assert len(found) >= len(inside) - 2
+        assert np.max(distance) < 1e-4  # exact, where a 3×3 log-quadratic fit of σ√2 Gaussians is not
+        np.testing.assert_allclose(weights[i][: len(found)], 1 / 0.05**2, rtol=1e-4)
+    # A network without offset channels reads the spot image alone, as before.
+    plain_positions, plain_weights = decode_spots(outputs[:, :2].numpy(), max_peaks=100)
+    assert np.all(plain_weights[np.isfinite(plain_positions[..., 0])] > 0)
+
+
+def test_offset_loss_rewards_the_right_offsets_and_trains():
+    spots, amplitudes = lattice_spots(2)
+    rendered = render_targets(spots, amplitudes, 128)
+    outputs = torch.zeros(2, 5, 128, 128)
+    right = outputs.clone()
+    right[:, 2:4] = rendered.offsets
+    args = (rendered.image, 1.0, rendered.offsets, rendered.offset_mask)
+    assert spot_loss(right, *args).offset < spot_loss(outputs, *args).offset - 0.1
+    network = UNet(ModelConfig(base_channels=4, depth=2, norm="none", offsets=True))
+    out = network(torch.rand(2, 1, 128, 128) * 100)
+    assert out.shape == (2, 5, 128, 128)
+    loss = spot_loss(out, *args)
+    loss.total.backward()
+    assert network.head.weight.grad[2:].abs().sum() > 0  # the offset channels get a gradient
