@@ -1,22 +1,21 @@
-"""Side by side with py4DSTEM: the same simulated chunk through py4DSTEM 0.14 and through stemstrain.
+"""Side by side with py4DSTEM: the same simulated scan through tuned py4DSTEM 0.14.18 and through stemstrain.
 
-py4DSTEM needs numpy < 2, so it runs in its own venv (``bench/work/py4dstem-venv``, created here
-with pip on first use) through ``bench/py4dstem_runner.py``. Both tools get the same patterns, the
-same vacuum probe and the same reference region. A simulated ``--size``² scan is tiled
-``--tile`` times along each axis (truth tiled alike) so that start-up costs do not dominate the
-rates. The unet row needs a trained ``--model`` (``make demo`` makes one); without it the row is
-skipped (a network of random weights finds no lattice on real patterns). py4DSTEM's fitted
-lattice vectors (its (qx, qy) axes are our (y, x)) are turned into strain with our convention so
-that all errors are measured the same way against the simulated truth. Writes ``bench/results/py4dstem.json``.
+py4DSTEM runs as /work/shared/reference/py4dstem-tuned.md prescribes (flat probe kernel,
+multicorr x32, explicit primitive basis, median reference), in its own venv ``.venv-py4dstem``,
+one process per core, through ``bench/peers.py:run_py4dstem``; its strain map is mapped into our
+convention and scored by the same ``evaluate_strain`` as ours. The default scan is the one the
+tuned workflow was validated on: Si [110], 37 nm, 1e6 e-/pattern, strain up to 2 %. A simulated
+``--size``² scan is tiled ``--tile`` times along each axis (truth tiled alike) so that start-up
+costs do not dominate the rates. The unet row needs a trained ``--model`` (``make demo`` makes
+one); without it the row is skipped. Writes ``bench/results/py4dstem.json``.
 
-Usage: ``python bench/py4dstem_compare.py [--model results/train/demo/model.pt] [--thickness 30] [--size 16 --tile 2]``
+Usage: ``python bench/py4dstem_compare.py [--model results/train/demo/model.pt] [--thickness 37] [--size 16 --tile 2]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,38 +25,16 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
+from peers import run_py4dstem  # noqa: E402
 
 from stemstrain.config import Config, ScanConfig  # noqa: E402
 from stemstrain.evaluate import evaluate_strain  # noqa: E402
 from stemstrain.infer import strain_map  # noqa: E402
 from stemstrain.io import make_4d_dataset, strain_map_dataset  # noqa: E402
 from stemstrain.simulate import simulate_scan  # noqa: E402
-from stemstrain.strain import reference_lattice, strain_from_lattice  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work" / "py4dstem"
-VENV = HERE / "work" / "py4dstem-venv"
-
-
-def py4dstem_python() -> Path:
-    """The py4DSTEM venv's interpreter, created on first use."""
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "py4DSTEM==0.14.18"], check=True)
-    return python
-
-
-def py4dstem_strain(g1g2: dict, reference_roi, scan_y, scan_x) -> xr.Dataset:
-    """Strain map from py4DSTEM's per-position lattice vectors, in our convention."""
-    # py4DSTEM's qx runs along detector rows (our y), qy along columns (our x)
-    lattice = np.stack(
-        [np.stack([g1g2["g1y"], g1g2["g2y"]], axis=-1), np.stack([g1g2["g1x"], g1g2["g2x"]], axis=-1)], axis=-2
-    )
-    valid = g1g2["mask"].astype(bool) & np.all(np.isfinite(lattice), axis=(-2, -1))
-    lattice = np.where(valid[..., None, None], lattice, np.nan)
-    components = strain_from_lattice(lattice, reference_lattice(lattice, reference_roi, valid))
-    return strain_map_dataset(components, scan_y, scan_x, mask=valid, method="py4dstem", reference_roi=reference_roi)
 
 
 def timed_strain(scan_path: Path, out: Path, **options) -> tuple[xr.Dataset, float]:
@@ -97,14 +74,17 @@ def tiled(scan_path: Path, truth_path: Path, tile: int, out_dir: Path) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("results/train/demo/model.pt"))
-    parser.add_argument("--thickness", type=float, default=30.0, help="[nm]")
+    parser.add_argument("--thickness", type=float, default=37.0, help="[nm]")
     parser.add_argument("--dose", type=float, default=1e6, help="[e- per pattern]")
+    parser.add_argument("--amplitude", type=float, default=0.02, help="largest strain of the gradient field [1]")
     parser.add_argument("--size", type=int, default=16, help="simulated scan positions per side")
     parser.add_argument("--tile", type=int, default=2, help="repeats of the simulated scan per side")
+    parser.add_argument("--processes", type=int, default=2, help="py4DSTEM disk-detection processes")
+    parser.add_argument("--result", default="py4dstem", help="name of the result: bench/results/NAME.json")
     args = parser.parse_args()
 
     WORK.mkdir(parents=True, exist_ok=True)
-    name = f"si110_t{args.thickness:g}_d{args.dose:.0e}_{args.size}".replace("+", "")
+    name = f"si110_t{args.thickness:g}_d{args.dose:.0e}_a{args.amplitude:g}_{args.size}".replace("+", "")
     scan_path, truth_path = WORK / f"{name}.zarr", WORK / f"{name}.truth.zarr"
     roi = (0, args.size, 0, max(2, args.size // 4))
     if not truth_path.exists():
@@ -114,38 +94,30 @@ def main() -> None:
             thickness_nm=args.thickness,
             dose=args.dose,
             field="gradient",
-            amplitude=0.01,
+            amplitude=args.amplitude,
             scan_shape=(args.size, args.size),
             reference_roi=roi,
         )
         simulate_scan(Config(), scan, scan_path, truth_path)
     scan_path, truth_path = tiled(scan_path, truth_path, args.tile, WORK)
-    roi = tuple(xr.open_zarr(scan_path).attrs["reference_roi"])
     scan = xr.open_zarr(scan_path)
     truth = xr.open_zarr(truth_path).load()
     n = scan.sizes["scan_y"] * scan.sizes["scan_x"]
 
-    np.save(WORK / "patterns.npy", scan["data"].values.astype(np.float32))
-    np.save(WORK / "probe.npy", scan["probe"].values.astype(np.float32))
-    pixels = scan.sizes["k_x"]
-    k_sampling = float(scan.k_x[1] - scan.k_x[0])
-    # upsample 64: py4DSTEM's default 16 quantises each disk position to 1/16 px, ~4e-3 in strain
-    # for Si 111 at 15 px; 64 is what a careful user sets for strain mapping.
-    params = {"centre_px": pixels // 2, "k_sampling": k_sampling, "reference_roi": list(roi), "upsample_factor": 64}
-    (WORK / "params.json").write_text(json.dumps(params))
-    runner = subprocess.run(
-        [str(py4dstem_python()), str(HERE / "py4dstem_runner.py"), str(WORK)], capture_output=True, text=True
-    )
-    if runner.returncode != 0:
-        sys.exit(f"py4DSTEM run failed:\n{runner.stderr[-4000:]}")
-    peer_timing = json.loads((WORK / "py4dstem_timing.json").read_text())
-    peer = py4dstem_strain(dict(np.load(WORK / "py4dstem_out.npz")), roi, scan.scan_y.values, scan.scan_x.values)
+    peer_timing = run_py4dstem(scan_path, WORK / f"py4dstem_{scan_path.name}", processes=args.processes)
+    peer = xr.open_zarr(WORK / f"py4dstem_{scan_path.name}").load()
 
     results = {
-        "scan": {"crystal": "Si_110", "thickness_nm": args.thickness, "dose": args.dose, "patterns": n},
+        "scan": {
+            "crystal": "Si_110",
+            "thickness_nm": args.thickness,
+            "dose": args.dose,
+            "strain_amplitude": args.amplitude,
+            "patterns": n,
+        },
         "tile": args.tile,
     }
-    results["py4dstem"] = {**peer_timing, "params": params, "scores": evaluate_strain(peer, truth)}
+    results["py4dstem"] = {**peer_timing, "scores": evaluate_strain(peer, truth)}
     ours = {"bragg": {"method": "bragg"}}
     if args.model.exists():
         ours["unet"] = {"method": "unet", "model": args.model, "precision": "auto"}
@@ -162,7 +134,7 @@ def main() -> None:
     for label in ours:
         ratio = results[f"stemstrain_{label}"]["patterns_per_s_end_to_end"] / peer_timing["patterns_per_s_end_to_end"]
         results[f"speed_ratio_{label}_vs_py4dstem"] = ratio
-    path = write_result("py4dstem", results)
+    path = write_result(args.result, results)
     print(json.dumps({k: v for k, v in results.items() if k.startswith("speed")}, indent=2))
     for label in ["py4dstem", *[f"stemstrain_{k}" for k in ours]]:
         scores = results[label]["scores"]

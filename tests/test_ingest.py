@@ -6,6 +6,7 @@ orientation: the detector's file row order, k_y growing with the row index.
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import hdf5plugin  # noqa: F401  bitshuffle-LZ4 for the ARINA data file
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from typer.testing import CliRunner
 
 from stemstrain.cli import app
@@ -304,3 +306,100 @@ def test_killed_ingest_resumes_from_finished_blocks(tmp_path):
     ingest(tmp_path / "scan.npy", out, chunks=(1, 4), block_bytes=1, **OPTICS)
     assert out.exists() and not markers.exists()
     np.testing.assert_array_equal(open_4d(out)["data"].values, np.load(tmp_path / "scan.npy"))
+
+
+# ---------------------------------------------------------------- ZSpy: the real MgO SPED scan
+
+MGO = FORMATS.parent / "experimental" / "mgo_nanocubes_sped" / "mgo_nanoparticles.zspy"
+MGO_ARRAY = "Experiments/MgO Nano-Crystals/data"
+MGO_CROP = (slice(86, 92), slice(0, 5))  # scan rows 86-91, columns 0-4: vacuum (0-3) and the nanocube edge
+needs_mgo = pytest.mark.skipif(not MGO.is_dir(), reason=f"MgO SPED data not found at {MGO}")
+
+
+def _write_zspy_crop(path: Path, crop: tuple[slice, slice], drop_semiangle: bool = False) -> Path:
+    """A cropped copy of the MgO ZSpy: its metadata files, its data cropped, scan axes adjusted.
+
+    Written with zarr directly (zarr v2 format, as HyperSpy writes it): rosettasciio 0.15's ZSpy
+    writer needs zarr 2 (``NestedDirectoryStore``), its reader works with zarr 3.
+    """
+    for meta in MGO.rglob(".z*"):
+        if meta.name != ".zarray":
+            target = path / meta.relative_to(MGO)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(meta.read_bytes())
+    source = zarr.open_array(str(MGO / MGO_ARRAY), mode="r")
+    values = np.asarray(source[crop])
+    target = zarr.create_array(
+        str(path / MGO_ARRAY),
+        shape=values.shape,
+        chunks=(2, 2, *values.shape[2:]),
+        dtype=values.dtype,
+        zarr_format=2,
+        compressors=source.compressors,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    target[:] = values
+    signal = path / MGO_ARRAY.rsplit("/", 1)[0]
+    for index, part in enumerate(crop):
+        attrs_file = signal / f"axis-{index}" / ".zattrs"
+        axis = json.loads(attrs_file.read_text())
+        axis["offset"] += part.start * axis["scale"]
+        axis["size"] = part.stop - part.start
+        attrs_file.write_text(json.dumps(axis))
+    if drop_semiangle:
+        attrs_file = signal / "metadata" / "Acquisition_instrument" / "TEM" / ".zattrs"
+        tem = json.loads(attrs_file.read_text())
+        del tem["convergence_angle"]
+        attrs_file.write_text(json.dumps(tem))
+    return path
+
+
+@needs_mgo
+def test_zspy_real_mgo_slice_is_calibrated_from_the_file(tmp_path):
+    raw = _write_zspy_crop(tmp_path / "mgo_crop.zspy", MGO_CROP)
+    result = CliRunner().invoke(app, ["ingest", str(raw), str(tmp_path / "mgo.zarr")])
+    assert result.exit_code == 0, result.output
+    expected = np.asarray(zarr.open_array(str(MGO / MGO_ARRAY), mode="r")[MGO_CROP])
+    ds = _check_store(tmp_path / "mgo.zarr", expected, np.float32)
+    assert ds.attrs["source_format"] == "zspy"
+    assert ds.attrs["energy_eV"] == 300e3 and ds.attrs["semiangle_mrad"] == 0.7
+    k_y, k_x = ds["k_y"].values, ds["k_x"].values
+    assert k_y[72] == 0 and k_x[72] == 0  # the file's axes: offset -72 x scale
+    assert np.allclose(np.diff(k_y), 0.03246) and np.allclose(np.diff(k_x), 0.03246)
+    assert np.allclose(np.diff(ds["scan_y"].values), 3.03) and np.allclose(np.diff(ds["scan_x"].values), 3.03)
+    sources = json.loads(ds.attrs["calibration_sources"])
+    assert "convergence_angle" in sources["semiangle_mrad"] and "ZSpy" in sources["k_sampling"]
+    assert "277" in sources["scan_rotation_deg"]
+    # the undiffracted beam (saturated at 1020 counts in vacuum) sits on k = 0 within half a pixel
+    vacuum = ds["data"][:, :4].values.mean(axis=(0, 1))
+    disk = vacuum > 0.5 * vacuum.max()
+    rows, cols = np.indices(vacuum.shape)
+    centre = ((rows * vacuum)[disk].sum() / vacuum[disk].sum(), (cols * vacuum)[disk].sum() / vacuum[disk].sum())
+    assert np.allclose(centre, (72, 72), atol=0.5)
+
+
+@needs_mgo
+def test_zspy_zip_store_gives_the_same_store(tmp_path):
+    """pyxem ships its data sets as ZSpy zip files (zarr ZipStore): same store as the directory."""
+    folder = _write_zspy_crop(tmp_path / "crop.zspy", (slice(0, 2), slice(0, 3)))
+    with zipfile.ZipFile(tmp_path / "zipped.zspy", "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())
+    a = open_4d(ingest(folder, tmp_path / "a.zarr"))
+    b = open_4d(ingest(tmp_path / "zipped.zspy", tmp_path / "b.zarr"))
+    np.testing.assert_array_equal(a["data"].values, b["data"].values)
+    assert a.attrs["semiangle_mrad"] == b.attrs["semiangle_mrad"] == 0.7
+    np.testing.assert_array_equal(a["k_x"].values, b["k_x"].values)
+
+
+@needs_mgo
+def test_zspy_options_win_and_a_missing_semiangle_is_named(tmp_path):
+    raw = _write_zspy_crop(tmp_path / "no_alpha.zspy", (slice(0, 2), slice(0, 3)), drop_semiangle=True)
+    with pytest.raises(StemstrainInputError, match="semiangle-mrad") as error:
+        ingest(raw, tmp_path / "x.zarr")
+    assert "--energy-ev" not in str(error.value) and "--k-sampling" not in str(error.value)
+    assert not (tmp_path / "x.zarr").exists()
+    ds = open_4d(ingest(raw, tmp_path / "y.zarr", semiangle_mrad=1.0, energy_eV=200e3, k_sampling=0.03))
+    assert ds.attrs["semiangle_mrad"] == 1.0 and ds.attrs["energy_eV"] == 200e3
+    assert np.isclose(ds["k_x"].values[1] - ds["k_x"].values[0], 0.03)

@@ -11,6 +11,7 @@ Formats (``--format`` name: files)
     ``emd``: py4DSTEM / EMD 1.0 ``.h5``/``.emd`` DataCube, through rosettasciio (lazy).
     ``npy``: a plain numpy ``.npy`` array, through rosettasciio (lazy, memory-mapped).
     ``hdf5``: a plain HDF5 file holding one 4D (or 3D with ``scan_shape``) dataset, read with h5py.
+    ``zspy``: HyperSpy/pyxem ZSpy ``.zspy`` (a zarr v2 directory or zip file), through rosettasciio (lazy).
 
 Orientation convention
     Every pattern is stored in the detector's file row order: row 0 is the first row the detector
@@ -26,11 +27,13 @@ Orientation convention
 Calibration
     Options given by the user win over file metadata. Beam energy comes from Merlin (never), ARINA
     (``photon_energy``), EMPAD (``source.get_voltage``), DE MRC (``Instrument Accelerating Voltage``),
-    blockfile (``Beam_energy``). The k-sampling comes only from reciprocal axes we can trust: EMD/py4DSTEM
-    axes in 1/angstrom or 1/nm, and EMPAD's ``calibrated_diffraction_angle`` divided by the electron
-    wavelength. rosettasciio's DE-MRC reciprocal axes always have scale 1 (a placeholder), so they are
-    ignored. The convergence semiangle is in none of these files. Whatever is missing is reported in one
-    :class:`~stemstrain.errors.StemstrainInputError` listing the options to pass.
+    blockfile (``Beam_energy``), ZSpy (HyperSpy ``Acquisition_instrument.TEM.beam_energy`` [kV]). The
+    k-sampling comes only from reciprocal axes we can trust: EMD/py4DSTEM and ZSpy axes in 1/angstrom or
+    1/nm, and EMPAD's ``calibrated_diffraction_angle`` divided by the electron wavelength. rosettasciio's
+    DE-MRC reciprocal axes always have scale 1 (a placeholder), so they are ignored. The convergence
+    semiangle is recorded only by ZSpy (``Acquisition_instrument.TEM.convergence_angle`` [mrad]).
+    Whatever is missing is reported in one :class:`~stemstrain.errors.StemstrainInputError` listing the
+    options to pass.
 
 Storage
     uint8 and uint16 counts are stored as native uint16; every other dtype (24-bit Merlin ``>u4``, ARINA
@@ -101,6 +104,8 @@ class RawScan:
         Detector pixel size [1/angstrom] from the file.
     scan_step_nm : (float, float) or None
         Scan step (y, x) [nm] from the file.
+    semiangle_mrad : float or None
+        Probe convergence semiangle [mrad] from the file.
     sources : dict
         Where each calibration value came from (metadata key), for the store's attrs.
     resources : contextlib.ExitStack
@@ -112,6 +117,7 @@ class RawScan:
     energy_eV: float | None = None
     k_sampling: float | None = None
     scan_step_nm: tuple[float, float] | None = None
+    semiangle_mrad: float | None = None
     sources: dict = field(default_factory=dict)
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -127,7 +133,8 @@ def electron_wavelength(energy_eV: float) -> float:
 def _unit_key(units) -> str:
     if isinstance(units, bytes):
         units = units.decode()
-    return str(units or "").strip().lower().replace(" ", "")
+    # HyperSpy writes units as LaTeX, e.g. "$A^{-1}$"
+    return str(units or "").strip().lower().translate(str.maketrans("", "", " ${}"))
 
 
 def _scan_step_from_axes(axes: list[dict], source: str) -> tuple[tuple[float, float] | None, str | None]:
@@ -434,6 +441,47 @@ def _read_hdf5(raw: Path, scan_shape, dataset) -> RawScan:
     return scan
 
 
+def _positive(value) -> float | None:
+    with contextlib.suppress(TypeError, ValueError):
+        value = float(value)
+        if np.isfinite(value) and value > 0:
+            return value
+    return None
+
+
+def _read_zspy(raw: Path, scan_shape, dataset) -> RawScan:
+    from rsciio.zspy import file_reader
+
+    # read-only: rosettasciio opens lazy ZSpy stores in "r+" mode by default
+    signal = _read_lazy(file_reader, raw, "ZSpy", mode="r")
+    axes = signal["axes"]
+    navigate = [bool(axis.get("navigate")) for axis in axes]
+    if len(axes) < 2 or any(navigate[-2:]) or not all(navigate[:-2]):
+        names = [
+            f"{axis.get('name')} ({'navigation' if nav else 'signal'})"
+            for axis, nav in zip(axes, navigate, strict=True)
+        ]
+        raise StemstrainInputError(
+            f"{raw}: expected scan (navigation) axes followed by two detector (signal) axes, found {names}"
+        )
+    scan = RawScan(_to_4d(signal["data"], scan_shape, str(raw)), "zspy", sources={"orientation": "file row order"})
+    scan.k_sampling, scan.sources["k_sampling"] = _k_sampling_from_axes(axes, "ZSpy")
+    if len(axes) == 4:
+        scan.scan_step_nm, scan.sources["scan_step_nm"] = _scan_step_from_axes(axes, "ZSpy")
+    tem = signal["metadata"].get("Acquisition_instrument", {}).get("TEM", {})
+    energy_kV = _positive(tem.get("beam_energy"))
+    if energy_kV is not None:
+        scan.energy_eV = energy_kV * 1e3
+        scan.sources["energy_eV"] = "metadata Acquisition_instrument.TEM.beam_energy [kV]"
+    scan.semiangle_mrad = _positive(tem.get("convergence_angle"))
+    if scan.semiangle_mrad is not None:
+        scan.sources["semiangle_mrad"] = "metadata Acquisition_instrument.TEM.convergence_angle [mrad]"
+    rotation = tem.get("scan_rotation")
+    if rotation is not None:
+        scan.sources["scan_rotation_deg"] = f"{rotation} in metadata Acquisition_instrument.TEM, not applied"
+    return scan
+
+
 @dataclass(frozen=True)
 class Format:
     """A supported detector format: its suffixes and its lazy reader."""
@@ -452,7 +500,12 @@ FORMATS: dict[str, Format] = {
     "emd": Format("py4DSTEM / EMD 1.0 HDF5 DataCube", (".h5", ".hdf5", ".emd"), _read_emd),
     "npy": Format("plain numpy .npy array", (".npy",), _read_npy),
     "hdf5": Format("plain HDF5 file with one 3D/4D dataset", (".h5", ".hdf5"), _read_hdf5),
+    "zspy": Format("HyperSpy/pyxem ZSpy .zspy (zarr directory or zip)", (".zspy",), _read_zspy),
 }
+
+
+DIRECTORY_FORMATS = ("zspy",)
+"""Formats that may be a directory (a zarr directory store; ZSpy may also be one zip file)."""
 
 
 def detect_format(raw: Path) -> str:
@@ -487,7 +540,7 @@ def read_raw(
     Parameters
     ----------
     raw : path
-        Detector file (for EMPAD the ``.xml``, for ARINA the ``_master.h5``).
+        Detector file (for EMPAD the ``.xml``, for ARINA the ``_master.h5``, for ZSpy the ``.zspy`` folder).
     fmt : str, optional
         Format name (key of :data:`FORMATS`); detected from the file when omitted.
     scan_shape : (int, int), optional
@@ -501,11 +554,13 @@ def read_raw(
         Close ``.resources`` when done.
     """
     raw = Path(raw)
-    if not raw.is_file():
+    if not raw.exists():
         raise StemstrainInputError(f"{raw}: detector file not found")
     fmt = fmt or detect_format(raw)
     if fmt not in FORMATS:
         raise StemstrainInputError(f"--format {fmt}: unknown format (expected one of {sorted(FORMATS)})")
+    if raw.is_dir() and fmt not in DIRECTORY_FORMATS:
+        raise StemstrainInputError(f"{raw}: is a directory; format {fmt} expects a file")
     if scan_shape is not None and (len(scan_shape) != 2 or min(scan_shape) < 1):
         raise StemstrainInputError(f"--scan-shape: expected two positive integers Y X, found {scan_shape}")
     import dask
@@ -615,8 +670,11 @@ def _progress(items, description: str, enabled: bool):
 
 
 def _fingerprint(raw: Path, options: dict) -> str:
-    status = raw.stat()
-    return json.dumps({"file": str(raw.resolve()), "size": status.st_size, "mtime_ns": status.st_mtime_ns, **options})
+    # a directory store (ZSpy) changes in its files, not in the directory entry
+    files = [p for p in raw.rglob("*") if p.is_file()] if raw.is_dir() else [raw]
+    status = [p.stat() for p in files]
+    size, mtime = sum(s.st_size for s in status), max((s.st_mtime_ns for s in status), default=0)
+    return json.dumps({"file": str(raw.resolve()), "size": size, "mtime_ns": mtime, **options})
 
 
 def _partial_fingerprint(store: ResumableStore) -> str | None:
@@ -632,7 +690,7 @@ def missing_calibration(scan: RawScan, energy_eV, semiangle_mrad, k_sampling) ->
     missing = []
     if energy_eV is None and scan.energy_eV is None:
         missing.append("--energy-ev E (beam energy [eV])")
-    if semiangle_mrad is None:
+    if semiangle_mrad is None and scan.semiangle_mrad is None:
         missing.append("--semiangle-mrad A (probe convergence semiangle [mrad])")
     if k_sampling is None and scan.k_sampling is None:
         missing.append("--k-sampling S (detector pixel size [1/angstrom])")
@@ -670,7 +728,7 @@ def ingest(
     energy_eV : float, optional
         Beam energy [eV]; overrides the file.
     semiangle_mrad : float, optional
-        Probe convergence semiangle [mrad]; no supported file records it.
+        Probe convergence semiangle [mrad]; overrides the file (only ZSpy records it).
     k_sampling : float, optional
         Detector pixel size [1/angstrom]; overrides the file.
     scan_step_nm : float, optional
@@ -739,6 +797,8 @@ def ingest(
         sources["energy_eV"] = "--energy-ev" if energy_eV is not None else sources.get("energy_eV")
         sampling = k_sampling if k_sampling is not None else scan.k_sampling
         sources["k_sampling"] = "--k-sampling" if k_sampling is not None else sources.get("k_sampling")
+        semiangle = semiangle_mrad if semiangle_mrad is not None else scan.semiangle_mrad
+        sources["semiangle_mrad"] = "--semiangle-mrad" if semiangle_mrad is not None else sources.get("semiangle_mrad")
         if scan_step_nm is not None:
             step, sources["scan_step_nm"] = (scan_step_nm, scan_step_nm), "--scan-step"
         elif scan.scan_step_nm is not None:
@@ -751,7 +811,7 @@ def ingest(
             "chunks": list(chunks),
             "centre": centre,
             "energy_eV": energy,
-            "semiangle_mrad": semiangle_mrad,
+            "semiangle_mrad": semiangle,
             "k_sampling": sampling,
             "step": list(step),
         }
@@ -765,7 +825,7 @@ def ingest(
             step,
             sampling,
             energy,
-            semiangle_mrad,
+            semiangle,
             source_file=raw.name,
             source_format=scan.format,
             orientation="k_y increases with the row index in the detector's file row order; k_x with the column",
