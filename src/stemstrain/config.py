@@ -64,15 +64,17 @@ class Precession(_Section):
 
 
 class Cluster(_Section):
-    """Dask cluster for the simulate stage: a LocalCluster or dask-jobqueue SLURMCluster."""
+    """Where a dask stage (simulate, strain) runs: in-process, a LocalCluster or a dask-jobqueue SLURMCluster."""
 
     kind: Literal["local", "slurm", "none"] = Field("local", description="local, slurm or none (in-process).")
-    workers: int | None = Field(None, ge=1, description="Workers (local) or jobs (slurm); default: CPU cores.")
+    workers: int | None = Field(
+        None, ge=1, description="Workers (local) or jobs (slurm); default: CPU cores / threads_per_worker, 1 job."
+    )
     threads_per_worker: int = Field(1, ge=1, description="Threads per dask worker.")
     queue: str | None = Field(None, description="Slurm partition.")
     account: str | None = Field(None, description="Slurm account.")
-    cores: int = Field(1, ge=1, description="Cores per Slurm job.")
-    memory: str = Field("4GB", description="Memory per Slurm job.")
+    cores: int | None = Field(None, ge=1, description="Cores per Slurm job; default: dask's jobqueue.yaml, else 1.")
+    memory: str | None = Field(None, description="Memory per Slurm job; default: dask's jobqueue.yaml, else 4GB.")
     walltime: str = Field("01:00:00", description="Walltime per Slurm job (HH:MM:SS).")
     job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines.")
 

@@ -24,9 +24,9 @@ import xarray as xr
 
 from stemstrain import __version__
 from stemstrain.config import Config
+from stemstrain.execute import run_tasks
 from stemstrain.io import ResumableStore, reference_k
 from stemstrain.simulate.crystals import get_crystal
-from stemstrain.simulate.executor import run_tasks
 from stemstrain.simulate.multislice import SimulationOptics, probe_positions_in_cell, simulate_patterns
 from stemstrain.simulate.noise import apply_noise, distort_points, sample_noise
 from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image
