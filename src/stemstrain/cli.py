@@ -161,6 +161,7 @@ def train(
             min=1, help="Processes on this node (DDP via torchrun); default: train.nproc of the config, capped to CPUs."
         ),
     ] = None,
+    data_checked: Annotated[bool, typer.Option("--data-checked", hidden=True)] = False,
 ) -> None:
     """Train the network with DDP; writes CKPT_DIR/model.pt (the exported model).
 
@@ -174,19 +175,22 @@ def train(
     import subprocess
 
     from stemstrain.config import load_config
-    from stemstrain.train import check_training_set
+    from stemstrain.execute import available_cores
 
     settings = load_config(config)
-    check_training_set(data, settings)
     if "RANK" not in os.environ:
-        processes = nproc or min(settings.train.nproc, _cuda_devices() or len(os.sched_getaffinity(0)))
+        processes = nproc or min(settings.train.nproc, _cuda_devices() or available_cores())
         if processes > 1:
+            from stemstrain.train.data import check_training_set
+
+            # Checked once, here: the processes torchrun starts do not read the whole set again.
+            check_training_set(data, settings)
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-            command += ["-m", "stemstrain.cli", "train", str(config), str(data), str(ckpt_dir)]
+            command += ["-m", "stemstrain.cli", "train", str(config), str(data), str(ckpt_dir), "--data-checked"]
             raise typer.Exit(subprocess.run(command + (["--resume"] if resume else [])).returncode)
     from stemstrain.train import train as run_training
 
-    run_training(settings, data, ckpt_dir, resume=resume)
+    run_training(settings, data, ckpt_dir, resume=resume, check_data=not data_checked)
 
 
 def _cuda_devices() -> int:
