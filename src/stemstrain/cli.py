@@ -402,7 +402,7 @@ def ingest(
             help="Detector file: .mib, ARINA *_master.h5, EMPAD .xml, DE .mrc, .blo, py4DSTEM/EMD .h5, .npy, .h5."
         ),
     ],
-    out: Annotated[Path, typer.Argument(help="4D-data Zarr store to write (contract of DESIGN.md).")],
+    out: Annotated[Path, typer.Argument(help="4D-data Zarr store to write (contract of docs/DESIGN.md).")],
     scan_shape: Annotated[
         tuple[int, int] | None,
         typer.Option(metavar="Y X", help="Scan positions (rows, columns); needed for flat frame stacks without one."),

@@ -1,6 +1,6 @@
 """Reciprocal lattices, peak indexing, lattice fits, reduced bases and the initial lattice (pure, batched).
 
-Convention (DESIGN.md): vectors are ``(x, y)`` pairs, x the horizontal axis (scan_x, k_x), y the
+Convention (docs/DESIGN.md): vectors are ``(x, y)`` pairs, x the horizontal axis (scan_x, k_x), y the
 vertical one (scan_y, k_y). A lattice is a ``(..., 2, 2)`` matrix whose *columns* are its two basis
 vectors, so ``G[..., :, 0]`` is g1 and ``G[..., :, 1]`` is g2. Reciprocal vectors carry no 2π:
 ``a_i · b_j = δ_ij``. Every function takes and returns arrays, batched over leading dimensions.

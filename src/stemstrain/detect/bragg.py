@@ -74,7 +74,7 @@ def probe_template(scan: xr.Dataset, source: str = "auto", n_mean: int = 256) ->
     Parameters
     ----------
     scan : xr.Dataset
-        4D data (contract of DESIGN.md).
+        4D data (contract of docs/DESIGN.md).
     source : {"auto", "probe", "simulated", "mean"}
         ``probe``: the scan's ``probe`` variable; ``simulated``: the aperture disk at the scan's
         energy, semiangle and detector calibration; ``mean``: the central disk cut from the mean

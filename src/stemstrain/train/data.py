@@ -22,7 +22,7 @@ __all__ = ["TrainingSet", "check_training_set", "data_hash", "open_training_grou
 
 
 class TrainingSet(torch.utils.data.Dataset):
-    """Batches read from a training-set Zarr store (contract of DESIGN.md), never loaded whole.
+    """Batches read from a training-set Zarr store (contract of docs/DESIGN.md), never loaded whole.
 
     ``dataset[indices]`` returns ``(inputs, targets)`` as float32 tensors (b, 1, H, W) in the
     order of ``indices``. Whole Zarr chunks are decoded and kept in a least-recently-used cache of
