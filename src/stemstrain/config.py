@@ -17,11 +17,16 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
-from stemstrain.detect import BASELINES, METHODS, NETWORK
 from stemstrain.errors import StemstrainInputError
 from stemstrain.runtime import PRECISIONS
 
 SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
+
+# The methods of the strain run (their detectors: stemstrain.detect), the one list that the CLI,
+# the config and the workflow accept.
+NETWORK = "unet"
+BASELINES = ("bragg", "cepstrum", "cepstrum-multi")  # the classical detectors the network is measured against
+METHODS = (NETWORK, *BASELINES, "peaks")  # peaks: maxima of the raw patterns, no network (sharp spots, benchmarks)
 
 
 class _Section(BaseModel):

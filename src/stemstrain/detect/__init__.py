@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from stemstrain.config import BASELINES, METHODS, NETWORK
 from stemstrain.errors import StemstrainInputError
 from stemstrain.runtime import resolve_device
 
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BASELINES", "METHODS", "NETWORK", "NETWORK_OPTIONS", "Detector", "make_detector"]
 
-NETWORK = "unet"
-BASELINES = ("bragg", "cepstrum", "cepstrum-multi")
-METHODS = (NETWORK, *BASELINES, "peaks")
 # Options of the network alone; the other methods ignore them (the baselines batch on their own).
 NETWORK_OPTIONS = {"precision", "compile", "allow_calibration_mismatch"}
 
