@@ -9,13 +9,23 @@ so that Snakemake validates the same thing.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stemstrain.errors import StemstrainInputError
 from stemstrain.runtime import PRECISIONS
@@ -199,14 +209,19 @@ class StrainConfig(_Section):
         "(fp16 on GPUs without bf16).",
     )
     methods: list[Literal[METHODS]] = Field(["unet"], min_length=1, description="Methods run by the workflow.")
-    device: str = Field(
-        "auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="Where the network runs: auto, cpu, cuda[:N]."
-    )
+    device: str = Field("auto", description="Where the network runs: auto (a GPU when there is one), cpu, cuda[:N].")
     compile: bool = Field(False, description="torch.compile the network (no gain measured on CPU).")
     unit_patterns: int = Field(1024, ge=1, description="Patterns per work unit (whole input chunks); bounds memory.")
     cluster: Cluster = Field(
         default_factory=lambda: Cluster(kind="none"), description="Where the work units run; default: in-process."
     )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
+            raise ValueError(f"expected auto, cpu or cuda[:N], found {device!r}")
+        return device
 
 
 class EvaluateConfig(_Section):
