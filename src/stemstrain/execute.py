@@ -19,21 +19,27 @@ from tqdm import tqdm
 
 from stemstrain.config import Cluster
 
-__all__ = ["available_cores", "dask_client", "run_tasks"]
+__all__ = ["available_cores", "dask_client", "run_tasks", "worker_env"]
 
 log = logging.getLogger(__name__)
 
-# Workers return freed memory to the OS and run single-threaded numerics (the worker count is the parallelism).
-WORKER_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": "65536",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "NUMBA_NUM_THREADS": "1",
-}
 # Size of a Slurm worker job where neither the Cluster nor the site's dask jobqueue.yaml gives one.
 SLURM_CORES = 1
 SLURM_MEMORY = "4GB"
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """Environment of a dask worker process with ``threads`` threads.
+
+    The worker returns freed memory to the OS, and its numerics (OpenMP, BLAS, numba, torch) use the
+    worker's own threads only, so that workers do not oversubscribe the cores: the worker count is
+    the parallelism.
+    """
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    return env | {
+        name: str(threads)
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+    }
 
 
 def available_cores() -> int:
@@ -53,7 +59,7 @@ def _local_cluster(cluster: Cluster, n_tasks: int | None):
         threads_per_worker=cluster.threads_per_worker,
         processes=True,
         dashboard_address=None,
-        env=WORKER_ENV,
+        env=worker_env(cluster.threads_per_worker),
     )
 
 
@@ -72,7 +78,7 @@ def _slurm_cluster(cluster: Cluster, n_tasks: int | None):
         memory=memory,
         walltime=cluster.walltime,
         job_extra_directives=cluster.job_extra_directives,
-        job_script_prologue=[f"export {k}={v}" for k, v in WORKER_ENV.items()],
+        job_script_prologue=[f"export {k}={v}" for k, v in worker_env(cluster.threads_per_worker).items()],
     )
     jobs = cluster.workers or 1
     slurm.scale(jobs=min(jobs, n_tasks or jobs))
