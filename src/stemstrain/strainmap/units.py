@@ -92,17 +92,17 @@ def fit_unit_task(unit: WorkUnit, job: Job) -> int:
     worker = _worker(job)
     patterns, seconds = worker.reader(unit)
     worker.timings.add("read", seconds)
+    positions, weights = worker.detector(np.asarray(patterns, dtype=np.float32))  # it times its own stages
     with worker.timings.measure("fit"):
-        result = _fit_unit(patterns, unit, worker.detector, job)
+        result = _fitted_region(positions, weights, worker.detector.space, unit, job)
     with worker.timings.measure("write"):
         ResumableStore(job.out).write_region(result, unit.region, unit.key)
     return unit.size
 
 
-def _fit_unit(patterns: np.ndarray, unit: WorkUnit, detector: Detector, job: Job) -> xr.Dataset:
-    """Detect, index and fit the patterns of one unit; returns the region Dataset to write."""
-    positions, weights = detector(np.asarray(patterns, dtype=np.float32))
-    fit_origin = detector.space == "reciprocal"
+def _fitted_region(positions: np.ndarray, weights: np.ndarray, space: str, unit: WorkUnit, job: Job) -> xr.Dataset:
+    """Index the spots of one unit's patterns and fit their lattices; returns the region Dataset to write."""
+    fit_origin = space == "reciprocal"
     lattice0, origin0 = np.array(job.lattice0), np.array(job.origin0)
     fit = fit_patterns(positions, weights, lattice0, origin0, fit_origin, job.fit_options)
     lattice = fit["lattice"] if fit_origin else reciprocal_vectors(fit["lattice"])
