@@ -3,8 +3,8 @@
 Patterns are resampled from the scan's k coords to the model's calibration when they differ. The
 network runs in inference mode, channels_last, with BatchNorm folded into its convolutions, in the
 precision of :func:`stemstrain.runtime.resolve_precision` and optionally under ``torch.compile``.
-Spots are read out of its output by :func:`stemstrain.model.readout.read_spots`, as validation does
-during training.
+Spots are read out of its output by :func:`stemstrain.model.encoding.decode_spots`, as validation
+does during training.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import xarray as xr
 
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
-from stemstrain.model.readout import MAX_SPOTS, MIN_DISTANCE, THRESHOLD_REL, read_spots
+from stemstrain.model.encoding import decode_spots
 from stemstrain.runtime import (
     Timings,
     autocast,
@@ -61,7 +61,7 @@ class UNetDetector:
     batch_size : int, optional
         Patterns per network call; default 128 on CPU, 1024 on CUDA (keeps a GPU busy).
     threshold_rel, min_distance, max_peaks
-        Read-out of the spots (:func:`stemstrain.model.readout.read_spots`).
+        Read-out of the spots (:func:`stemstrain.model.encoding.decode_spots`); default: its own.
     allow_calibration_mismatch : bool
         Warn instead of failing when the scan's k-sampling is more than ``CALIBRATION_FACTOR``
         times coarser than the model's, or its detector reaches less than half the model's k range.
@@ -77,9 +77,9 @@ class UNetDetector:
         precision: str = "auto",
         compile: bool = False,
         batch_size: int | None = None,
-        threshold_rel: float = THRESHOLD_REL,
-        min_distance: int = MIN_DISTANCE,
-        max_peaks: int = MAX_SPOTS,
+        threshold_rel: float | None = None,
+        min_distance: int | None = None,
+        max_peaks: int | None = None,
         allow_calibration_mismatch: bool = False,
     ):
         import torch
@@ -100,7 +100,8 @@ class UNetDetector:
             self.network = torch.compile(self.network)
         self.precision = precision
         self.batch_size = int(batch_size or default_batch_size(self.device))
-        self.threshold_rel, self.min_distance, self.max_peaks = threshold_rel, min_distance, max_peaks
+        readout = {"threshold_rel": threshold_rel, "min_distance": min_distance, "max_peaks": max_peaks}
+        self.readout = {name: value for name, value in readout.items() if value is not None}
         self.pixels = int(self.metadata["pixels"])
         self.k_sampling = float(self.metadata["k_sampling"])
         self._grid = self._resampling_grid(scan, allow_calibration_mismatch)
@@ -185,5 +186,5 @@ class UNetDetector:
         with self.timings.measure("network"):
             output = self.predict(patterns)
         with self.timings.measure("peaks"):
-            positions, weights = read_spots(output, self.threshold_rel, self.min_distance, self.max_peaks)
+            positions, weights = decode_spots(output, **self.readout)
         return (positions - self.pixels // 2) * self.k_sampling, weights

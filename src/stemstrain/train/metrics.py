@@ -1,6 +1,6 @@
 """Validation during training: the loss, and the spots scored the way inference reads them.
 
-Predicted spots are read out of the network's output by :func:`stemstrain.model.readout.read_spots`,
+Predicted spots are read out of the network's output by :func:`stemstrain.model.encoding.decode_spots`,
 the read-out of the ``unet`` detector; true spots are the local maxima of the targets. Both are
 located by the one subpixel peak finder, :func:`stemstrain.peaks.find_peaks`.
 """
@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from stemstrain.config import TrainConfig
 from stemstrain.model import normalise_target, spot_loss
-from stemstrain.model.readout import read_spots
+from stemstrain.model.encoding import decode_spots
 from stemstrain.peaks import find_peaks
 from stemstrain.runtime import autocast
 from stemstrain.train.ddp import summed
@@ -56,7 +56,7 @@ def match_spots(true: np.ndarray, predicted: np.ndarray, radius: float) -> np.nd
 def spot_counts(outputs: torch.Tensor, targets: torch.Tensor, radius: float) -> tuple[int, int, list[float]]:
     """Spots in targets, spots read out of the outputs, and position errors [px] of the matched ones."""
     true = spot_positions(targets, targets > 0)
-    predicted = _listed(read_spots(_numpy(outputs))[0])
+    predicted = _listed(decode_spots(_numpy(outputs))[0])
     errors = [match_spots(t, p, radius) for t, p in zip(true, predicted, strict=True)]
     return sum(map(len, true)), sum(map(len, predicted)), [float(e) for err in errors for e in err]
 
