@@ -81,10 +81,6 @@ def handles_input_errors(command):
     return wrapper
 
 
-def _not_built(name: str) -> None:
-    _fail(f"`stemstrain {name}` is not built yet in this version", code=1)
-
-
 @app.command()
 @handles_input_errors
 def simulate(
