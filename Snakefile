@@ -12,13 +12,15 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/config.smk"
+include: "workflow/rules/resolved_config.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/infer.smk"
+include: "workflow/rules/strain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/plot.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/ingest.smk"
-include: "workflow/rules/baselines.smk"
+include: "workflow/rules/evaluate_grid.smk"
 
 
 rule all:

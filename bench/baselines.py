@@ -2,7 +2,7 @@
 
 The chunk is a real abTEM simulation (Si [110], 20 nm, a 4 × 4 scan from the simulate-scan
 machinery) tiled to ``--patterns`` patterns with fresh Poisson noise at ``--dose``. Each method
-runs its detector and the shared lattice fit of stemstrain.infer on the same chunk; the best of
+runs its detector and the shared lattice fit of stemstrain.lattice on the same chunk; the best of
 ``--repeats`` runs is reported. Writes ``bench/results/baselines.json``.
 
     python bench/baselines.py [--patterns 256] [--model results/train/demo/model.pt] [--device auto]
@@ -40,7 +40,8 @@ def simulated_chunk(n_patterns: int, dose: float, work: Path):
 
 
 def time_method(method: str, dataset, chunk: np.ndarray, repeats: int, model=None, device: str = "auto") -> dict:
-    from stemstrain.infer import fit_patterns, initial_lattice, make_detector
+    from stemstrain.detect import make_detector
+    from stemstrain.lattice import fit_patterns, initial_lattice
 
     options = {"device": device}
     if method == "unet":

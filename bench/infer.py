@@ -1,7 +1,7 @@
 """Throughput of the strain step per stage (read, network, peaks, fit, write) and end to end.
 
 Builds a uint16 scan of target-image patterns (SIM's kinematic spots, Poisson noise) and runs
-``stemstrain.infer.strain_map`` with the unet method in fp32, bf16 and fp32 + torch.compile, after
+``stemstrain.strainmap.strain_map`` with the unet method in fp32, bf16 and fp32 + torch.compile, after
 timing the network alone (NCHW, channels_last, folded BatchNorm, bf16 autocast, compile, its FLOPs
 and the CPU's fp32 GEMM rate). The network is the default U-Net of config.yaml with random
 weights and a pass-through channel (:func:`default_model`: every layer costs what it costs in a
@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from stemstrain.config import ModelConfig  # noqa: E402
-from stemstrain.infer import strain_map  # noqa: E402
 from stemstrain.io import make_4d_dataset  # noqa: E402
 from stemstrain.model import UNet, export_model  # noqa: E402
 from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image  # noqa: E402
+from stemstrain.strainmap import strain_map  # noqa: E402
 
 PIXELS, K_SAMPLING, ENERGY = 128, 0.025, 200e3
 
@@ -119,8 +119,8 @@ def network_alone(model_path: Path, batch: int, rounds: int) -> dict:
 
     import torch
 
-    from stemstrain.infer import fold_batchnorm
     from stemstrain.model import load_model
+    from stemstrain.runtime import fold_batchnorm
 
     network, _ = load_model(model_path)
     x = torch.poisson(torch.full((batch, 1, PIXELS, PIXELS), 6.0))
@@ -182,7 +182,7 @@ def network_sizes(batch: int, rounds: int) -> dict:
 
     import torch
 
-    from stemstrain.infer import fold_batchnorm
+    from stemstrain.runtime import fold_batchnorm
 
     x = torch.poisson(torch.full((batch, 1, PIXELS, PIXELS), 6.0)).contiguous(memory_format=torch.channels_last)
     result = {}

@@ -29,9 +29,9 @@ from peers import run_py4dstem  # noqa: E402
 
 from stemstrain.config import Config, ScanConfig  # noqa: E402
 from stemstrain.evaluate import evaluate_strain  # noqa: E402
-from stemstrain.infer import strain_map  # noqa: E402
 from stemstrain.io import make_4d_dataset, strain_map_dataset  # noqa: E402
 from stemstrain.simulate import simulate_scan  # noqa: E402
+from stemstrain.strainmap import strain_map  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work" / "py4dstem"

@@ -1,7 +1,7 @@
 """Classical baselines on a real abTEM simulation: Si [110], 10 nm, uniform strain of 1 %.
 
 The scan comes from the simulate-scan machinery (3 × 4 positions, the left column unstrained);
-every baseline goes through the shared indexing, lattice fit and strain code of stemstrain.infer.
+every baseline goes through the shared indexing, lattice fit and strain code of stemstrain.strainmap.
 """
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stemstrain.baselines import make_detector
-from stemstrain.baselines.bragg import probe_template
 from stemstrain.config import ScanConfig, parse_config
+from stemstrain.detect import make_detector
+from stemstrain.detect.bragg import probe_template
 from stemstrain.errors import StemstrainInputError
 from stemstrain.evaluate import evaluate_strain
-from stemstrain.infer import fit_patterns, initial_lattice, strain_map
 from stemstrain.io import open_4d, open_strain_map
-from stemstrain.lattice import reciprocal_vectors
+from stemstrain.lattice import fit_patterns, initial_lattice, reciprocal_vectors
 from stemstrain.strain import reference_lattice, strain_from_lattice
+from stemstrain.strainmap import strain_map
 
 TOLERANCE = 2e-3  # acceptance: each component of the 1 % strain recovered within this [1]
 REFERENCE_ROI = (0, 3, 0, 1)
@@ -44,7 +44,7 @@ def uniform_scan(tmp_path_factory):
 
 
 def _strain_with_detector(scan_path, detector):
-    """The shared fit of stemstrain.infer, applied to the scan's patterns with a given detector."""
+    """The shared fit of stemstrain.lattice, applied to the scan's patterns with a given detector."""
     scan = open_4d(scan_path)
     data = np.asarray(scan["data"].values, dtype=np.float32)
     n_y, n_x = data.shape[:2]
@@ -164,7 +164,7 @@ def test_bad_method_and_options(uniform_scan):
 
 def test_multi_peak_cepstrum_skips_patterns_without_two_lattice_directions():
     """A pattern whose primary peaks are collinear has no basis: its peaks are dropped, no error."""
-    from stemstrain.baselines.cepstrum import _on_lattice
+    from stemstrain.detect.cepstrum import _on_lattice
 
     nan = np.nan
     positions = np.array(

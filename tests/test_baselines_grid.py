@@ -6,9 +6,9 @@ import pandas as pd
 import yaml
 from typer.testing import CliRunner
 
-from stemstrain.baselines.grid import grid_scans
 from stemstrain.cli import app
 from stemstrain.config import parse_config
+from stemstrain.evaluate.grid import grid_scans
 
 GRID = {
     "name": "gridtest",

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from stemstrain.config import StrainConfig
 from stemstrain.errors import StemstrainInputError
-from stemstrain.infer import strain_map
 from stemstrain.io import make_4d_dataset
 from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image
 from stemstrain.strain import deformation_from_strain
+from stemstrain.strainmap import fit_units, plan_strain_map, strain_map
 
 PIXELS, K_SAMPLING, ENERGY = 128, 0.025, 200e3
 SHAPE, REFERENCE = (8, 10), [0, 8, 0, 3]
@@ -74,7 +75,8 @@ def _chunk_times(store, keys, unit_shape):
 
 def test_interrupted_run_keeps_finished_chunks_and_redoes_the_rest(scan, tmp_path):
     out = tmp_path / "strain.zarr"
-    strain_map(scan, out, method="peaks", unit_patterns=1, progress=False, stop_after=3)
+    run = plan_strain_map(scan, out, method="peaks", config=StrainConfig(unit_patterns=1))
+    fit_units(run, run.todo[:3], progress=False)  # then the run stops, as if killed
     markers = sorted(p.name for p in (tmp_path / "strain.zarr.partial.done").iterdir())
     assert markers == ["fit-0-0", "fit-0-5", "fit-4-0"] and not out.exists()
     kept = _chunk_times(tmp_path / "strain.zarr.partial", markers, (4, 5))

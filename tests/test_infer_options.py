@@ -9,21 +9,16 @@ import torch
 import xarray as xr
 from test_infer import target_scan
 
+from stemstrain.cli import parse_detector_options
 from stemstrain.config import ModelConfig
+from stemstrain.detect import make_detector
 from stemstrain.errors import StemstrainInputError
-from stemstrain.infer import (
-    fold_batchnorm,
-    initial_lattice,
-    make_detector,
-    material_lattice,
-    parse_detector_options,
-    resolve_precision,
-    strain_map,
-)
 from stemstrain.io import open_4d
-from stemstrain.lattice import index_peaks
+from stemstrain.lattice import index_peaks, initial_lattice
 from stemstrain.model import UNet
+from stemstrain.runtime import fold_batchnorm, resolve_precision
 from stemstrain.simulate.targets import kinematic_spots
+from stemstrain.strainmap import material_lattice, strain_map
 
 ENERGY = 200e3
 

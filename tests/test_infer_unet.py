@@ -5,12 +5,13 @@ import pytest
 import xarray as xr
 
 from stemstrain.config import ModelConfig
+from stemstrain.detect.network import UNetDetector
 from stemstrain.errors import StemstrainInputError
-from stemstrain.infer import UNetDetector, strain_map
 from stemstrain.io import make_4d_dataset
 from stemstrain.model import UNet, export_model
 from stemstrain.peaks import find_peaks
 from stemstrain.simulate.targets import kinematic_spots, spot_weights, target_image
+from stemstrain.strainmap import strain_map
 
 ENERGY = 200e3
 

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from abtem.core.energy import energy2wavelength as electron_wavelength
 from typer.testing import CliRunner
 
 from stemstrain.cli import app
 from stemstrain.errors import StemstrainInputError
-from stemstrain.ingest import electron_wavelength, ingest
+from stemstrain.ingest import ingest
 from stemstrain.io import open_4d
 
 FORMATS = Path(__file__).parents[1] / ".." / "shared" / "data" / "formats"

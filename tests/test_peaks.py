@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stemstrain.infer import FitOptions, fit_patterns, initial_lattice, reduced_basis
+from stemstrain.lattice import FitOptions, fit_patterns, initial_lattice, reduced_basis
 from stemstrain.peaks import find_peaks
 from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image
 from stemstrain.strain import deformation_from_strain, reference_lattice, strain_from_lattice

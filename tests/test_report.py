@@ -2,7 +2,7 @@
 
 import json
 
-from stemstrain.report import write_report
+from stemstrain.evaluate.report import write_report
 
 
 def test_report_table_and_links(tmp_path):

@@ -13,15 +13,10 @@ import yaml
 
 from stemstrain.errors import StemstrainInputError
 from stemstrain.model import load_model
-from stemstrain.train import (
-    CHECKPOINT,
-    augment_batch,
-    match_spots,
-    split_indices,
-    spot_positions,
-    thin_dose,
-    train,
-)
+from stemstrain.train.augment import augment_batch, thin_dose
+from stemstrain.train.data import split_indices
+from stemstrain.train.loop import CHECKPOINT, train
+from stemstrain.train.metrics import match_spots, spot_positions
 
 
 def read_metrics(ckpt_dir):
@@ -126,7 +121,7 @@ def test_cli_names_a_missing_training_set(tmp_path):
 
 
 def test_training_set_must_match_the_detector(tiny_training_set, tiny_train_config):
-    from stemstrain.train import check_training_set
+    from stemstrain.train.data import check_training_set
 
     config = tiny_train_config()
     wrong = config.model_copy(update={"detector": config.detector.model_copy(update={"pixels": 96})})
@@ -196,7 +191,7 @@ def test_training_set_streams_batches_within_its_cache(tiny_training_set):
 
     import zarr
 
-    from stemstrain.train import TrainingSet
+    from stemstrain.train.data import TrainingSet
 
     group = zarr.open_group(str(tiny_training_set), mode="r")
     chunk_bytes = int(np.prod(group["inputs"].chunks)) * 4

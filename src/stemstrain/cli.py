@@ -81,10 +81,6 @@ def handles_input_errors(command):
     return wrapper
 
 
-def _not_built(name: str) -> None:
-    _fail(f"`stemstrain {name}` is not built yet in this version", code=1)
-
-
 @app.command()
 @handles_input_errors
 def simulate(
@@ -161,6 +157,7 @@ def train(
             min=1, help="Processes on this node (DDP via torchrun); default: train.nproc of the config, capped to CPUs."
         ),
     ] = None,
+    data_checked: Annotated[bool, typer.Option("--data-checked", hidden=True)] = False,
 ) -> None:
     """Train the network with DDP; writes CKPT_DIR/model.pt (the exported model).
 
@@ -174,19 +171,22 @@ def train(
     import subprocess
 
     from stemstrain.config import load_config
-    from stemstrain.train import check_training_set
+    from stemstrain.execute import available_cores
 
     settings = load_config(config)
-    check_training_set(data, settings)
     if "RANK" not in os.environ:
-        processes = nproc or min(settings.train.nproc, _cuda_devices() or len(os.sched_getaffinity(0)))
+        processes = nproc or min(settings.train.nproc, _cuda_devices() or available_cores())
         if processes > 1:
+            from stemstrain.train.data import check_training_set
+
+            # Checked once, here: the processes torchrun starts do not read the whole set again.
+            check_training_set(data, settings)
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-            command += ["-m", "stemstrain.cli", "train", str(config), str(data), str(ckpt_dir)]
+            command += ["-m", "stemstrain.cli", "train", str(config), str(data), str(ckpt_dir), "--data-checked"]
             raise typer.Exit(subprocess.run(command + (["--resume"] if resume else [])).returncode)
     from stemstrain.train import train as run_training
 
-    run_training(settings, data, ckpt_dir, resume=resume)
+    run_training(settings, data, ckpt_dir, resume=resume, check_data=not data_checked)
 
 
 def _cuda_devices() -> int:
@@ -198,7 +198,7 @@ def _cuda_devices() -> int:
 @app.command()
 @handles_input_errors
 def strain(
-    scan: Annotated[Path, typer.Argument(help="4D-data Zarr store (contract of DESIGN.md).")],
+    scan: Annotated[Path, typer.Argument(help="4D-data Zarr store (contract of docs/DESIGN.md).")],
     out: Annotated[Path, typer.Argument(help="Strain-map Zarr store to write.")],
     method: Annotated[
         str,
@@ -208,6 +208,13 @@ def strain(
         ),
     ] = "unet",
     model: Annotated[Path | None, typer.Option(help="Exported network (CKPT_DIR/model.pt) for --method unet.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Configuration YAML whose `strain` section sets the options below that are not given "
+            "(the workflow passes its resolved configuration)."
+        ),
+    ] = None,
     ref_roi: Annotated[
         tuple[int, int, int, int] | None,
         typer.Option(
@@ -218,27 +225,31 @@ def strain(
     batch: Annotated[
         int | None, typer.Option(help="Patterns per network batch; default 128 on CPU, 1024 on CUDA.", min=1)
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto (cuda when available); per worker on a cluster.")] = (
-        "auto"
-    ),
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda[:N] or auto (cuda when available; the default); per worker on a cluster."),
+    ] = None,
     precision: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Network precision: fp32, bf16 (autocast) or auto (bf16 on CUDA and on CPUs with native "
-            "AVX-512-BF16/AMX, fp32 elsewhere: emulated bf16 is several times slower)."
+            help="Network precision: fp32, bf16, fp16 (CUDA) or auto (the default: bf16 on CUDA and on CPUs with "
+            "native AVX-512-BF16/AMX, fp32 on other CPUs: emulated bf16 is several times slower)."
         ),
-    ] = "auto",
+    ] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on long runs).")] = (
         False
     ),
     scheduler: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="none: this process, reading ahead in a thread; local: a dask LocalCluster; "
+            help="none (the default): this process, reading ahead in a thread; local: a dask LocalCluster; "
             "slurm: a dask-jobqueue SLURMCluster (one Slurm job per worker)."
         ),
-    ] = "none",
-    workers: Annotated[int | None, typer.Option(help="Dask workers for --scheduler local or slurm.", min=1)] = None,
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Dask workers for --scheduler local (default: CPU cores) or slurm (default 1).", min=1),
+    ] = None,
     gpus_per_worker: Annotated[
         int, typer.Option(help="GPUs requested per Slurm worker job (--scheduler slurm).", min=0)
     ] = 0,
@@ -246,14 +257,15 @@ def strain(
         list[str] | None,
         typer.Option(
             "--cluster-option",
-            help="SLURMCluster option KEY=VALUE for --scheduler slurm, repeatable (typed like --detector-option): "
-            "queue, account, cores, memory (e.g. 16GB), walltime (HH:MM:SS), processes, job_cpu. "
-            "Defaults: walltime=01:00:00; cores=1, memory=8GB unless set in dask's jobqueue.yaml.",
+            help="Cluster option KEY=VALUE for --scheduler local or slurm, repeatable (typed like --detector-option): "
+            "queue, account, cores, memory (e.g. 16GB), walltime (HH:MM:SS), threads_per_worker. Defaults: "
+            "walltime=01:00:00, threads_per_worker=1; cores=1, memory=4GB unless set in dask's jobqueue.yaml.",
         ),
     ] = None,
     unit_patterns: Annotated[
-        int, typer.Option(help="Patterns per work unit (whole input chunks); bounds the memory.", min=1)
-    ] = 1024,
+        int | None,
+        typer.Option(help="Patterns per work unit (whole input chunks); bounds the memory. Default 1024.", min=1),
+    ] = None,
     allow_calibration_mismatch: Annotated[
         bool,
         typer.Option(
@@ -286,31 +298,95 @@ def strain(
     chunks it finished. The result follows the strain-map contract (e_xx, e_yy, e_xy, theta,
     fit_error, n_peaks, mask, plus the fitted lattice per position).
     """
-    from stemstrain.infer import parse_detector_options, strain_map
+    from stemstrain.strainmap import strain_map
 
-    cluster_options = parse_detector_options(cluster_option, "--cluster-option")
-    if gpus_per_worker:
-        cluster_options["job_extra_directives"] = [f"--gpus={gpus_per_worker}"]
+    flags = {"batch_size": batch, "device": device, "precision": precision, "unit_patterns": unit_patterns}
+    cluster = parse_detector_options(cluster_option, "--cluster-option")
+    cluster |= {k: v for k, v in {"kind": scheduler, "workers": workers}.items() if v is not None}
+    settings = _strain_config(config, flags | {"compile": compile or None}, cluster, gpus_per_worker)
+    options = parse_detector_options(detector_option)
+    if allow_calibration_mismatch:
+        options["allow_calibration_mismatch"] = True
     strain_map(
         scan,
         out,
-        method=method,
-        model=model,
+        method,
+        model,
+        settings,
         reference_roi=ref_roi,
-        batch_size=batch,
-        device=device,
-        precision=precision,
-        compile=compile,
-        scheduler=scheduler,
-        workers=workers,
-        cluster_options=cluster_options,
-        unit_patterns=unit_patterns,
-        detector_options=parse_detector_options(detector_option),
-        allow_calibration_mismatch=allow_calibration_mismatch,
+        detector_options=options,
         fresh=fresh,
         progress=progress,
     )
     typer.echo(f"wrote {out}")
+
+
+# The flag of each strain option, for messages; the other cluster options come from --cluster-option.
+_STRAIN_FLAGS = {
+    ("batch_size",): "--batch",
+    ("device",): "--device",
+    ("precision",): "--precision",
+    ("unit_patterns",): "--unit-patterns",
+    ("cluster", "kind"): "--scheduler",
+    ("cluster", "workers"): "--workers",
+}
+
+
+def _strain_config(path: Path | None, flags: dict, cluster: dict, gpus_per_worker: int):
+    """The `strain` section of the configuration file (or the defaults), changed by the flags given."""
+    from stemstrain.config import StrainConfig, load_config, updated
+
+    base = load_config(path).strain if path is not None else StrainConfig()
+    changes = {key: value for key, value in flags.items() if value is not None}
+    if gpus_per_worker:
+        cluster["job_extra_directives"] = [*base.cluster.job_extra_directives, f"--gpus={gpus_per_worker}"]
+    if cluster:
+        changes["cluster"] = cluster
+    return updated(base, changes, names=lambda loc: _STRAIN_FLAGS.get(loc, f"--cluster-option {loc[-1]}"))
+
+
+def parse_detector_options(items: list[str] | tuple[str, ...] | None, flag: str = "--detector-option") -> dict:
+    """Options from ``KEY=VALUE`` strings (the repeated ``--detector-option`` or ``--cluster-option``).
+
+    Values are typed: ``true``/``false`` -> bool, ``none`` -> None, integers -> int, other numbers
+    -> float, anything else stays a string (e.g. ``template=probe``).
+
+    Parameters
+    ----------
+    items : list of str
+        ``KEY=VALUE`` strings; dashes in keys become underscores.
+    flag : str
+        Option named in error messages.
+
+    Raises
+    ------
+    StemstrainInputError
+        For an item without ``=`` or with an empty key, or a key given twice.
+    """
+    options: dict = {}
+    for item in items or ():
+        key, sep, text = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise StemstrainInputError(f"{flag}: expected KEY=VALUE (e.g. upsample=32), found {item!r}")
+        if key in options:
+            raise StemstrainInputError(f"{flag}: {key} given twice")
+        options[key] = _typed(text.strip())
+    return options
+
+
+def _typed(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 @app.command()
@@ -322,7 +398,7 @@ def ingest(
             help="Detector file: .mib, ARINA *_master.h5, EMPAD .xml, DE .mrc, .blo, py4DSTEM/EMD .h5, .npy, .h5."
         ),
     ],
-    out: Annotated[Path, typer.Argument(help="4D-data Zarr store to write (contract of DESIGN.md).")],
+    out: Annotated[Path, typer.Argument(help="4D-data Zarr store to write (contract of docs/DESIGN.md).")],
     scan_shape: Annotated[
         tuple[int, int] | None,
         typer.Option(metavar="Y X", help="Scan positions (rows, columns); needed for flat frame stacks without one."),
@@ -451,8 +527,8 @@ def evaluate_grid(
     scan_shape, reference_roi, methods). Each scan is simulated as by `stemstrain simulate-scan`,
     each method runs as `stemstrain strain`, and each map is scored as by `stemstrain evaluate`.
     """
-    from stemstrain.baselines.grid import evaluate_grid as run_grid
     from stemstrain.config import load_config
+    from stemstrain.evaluate.grid import evaluate_grid as run_grid
 
     table = run_grid(load_config(config), work_dir, out_dir, model=model, methods=method, progress=progress)
     typer.echo((out_dir / "table.md").read_text())

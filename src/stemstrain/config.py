@@ -1,23 +1,42 @@
 """Typed, validated configuration (one pydantic model per stage).
 
 ``config.yaml`` holds the science: optics, detector, crystals, sizes, the network and the loss
-weight γ. The cluster lives in the Snakemake profile, except the dask cluster of the simulate
-stage (``simulate.cluster``). ``workflow/schemas/config.schema.yaml`` is generated from these
-models (``python -m stemstrain.config``) so that Snakemake validates the same thing.
+weight γ. The cluster lives in the Snakemake profile, except the dask clusters of the simulate
+and strain stages (``simulate.cluster``, ``strain.cluster``: one :class:`Cluster` type).
+``workflow/schemas/config.schema.yaml`` is generated from these models (``python -m stemstrain.config``)
+so that Snakemake validates the same thing.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stemstrain.errors import StemstrainInputError
+from stemstrain.runtime import PRECISIONS
 
 SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
+
+# The methods of the strain run (their detectors: stemstrain.detect), the one list that the CLI,
+# the config and the workflow accept.
+NETWORK = "unet"
+BASELINES = ("bragg", "cepstrum", "cepstrum-multi")  # the classical detectors the network is measured against
+METHODS = (NETWORK, *BASELINES, "peaks")  # peaks: maxima of the raw patterns, no network (sharp spots, benchmarks)
 
 
 class _Section(BaseModel):
@@ -64,15 +83,17 @@ class Precession(_Section):
 
 
 class Cluster(_Section):
-    """Dask cluster for the simulate stage: a LocalCluster or dask-jobqueue SLURMCluster."""
+    """Where a dask stage (simulate, strain) runs: in-process, a LocalCluster or a dask-jobqueue SLURMCluster."""
 
     kind: Literal["local", "slurm", "none"] = Field("local", description="local, slurm or none (in-process).")
-    workers: int | None = Field(None, ge=1, description="Workers (local) or jobs (slurm); default: CPU cores.")
+    workers: int | None = Field(
+        None, ge=1, description="Workers (local) or jobs (slurm); default: CPU cores / threads_per_worker, 1 job."
+    )
     threads_per_worker: int = Field(1, ge=1, description="Threads per dask worker.")
     queue: str | None = Field(None, description="Slurm partition.")
     account: str | None = Field(None, description="Slurm account.")
-    cores: int = Field(1, ge=1, description="Cores per Slurm job.")
-    memory: str = Field("4GB", description="Memory per Slurm job.")
+    cores: int | None = Field(None, ge=1, description="Cores per Slurm job; default: dask's jobqueue.yaml, else 1.")
+    memory: str | None = Field(None, description="Memory per Slurm job; default: dask's jobqueue.yaml, else 4GB.")
     walltime: str = Field("01:00:00", description="Walltime per Slurm job (HH:MM:SS).")
     job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines.")
 
@@ -205,7 +226,7 @@ class TrainConfig(_Section):
     )
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
     nproc: int = Field(2, ge=1, description="Processes per node for torchrun.")
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+    precision: Literal[PRECISIONS] = Field(
         "auto", description="Autocast precision; auto: bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs."
     )
     augment: Augment = Field(default_factory=Augment)
@@ -220,22 +241,30 @@ class TrainConfig(_Section):
 
 
 class StrainConfig(_Section):
-    """Inference and strain fitting."""
+    """The strain run (``stemstrain strain``): how the network runs and where the work units run."""
 
-    batch_size: int = Field(128, ge=1, description="Patterns per network batch (1024 or more on a GPU).")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="Inference precision; auto: bf16 on CUDA and CPUs with native bf16, else fp32."
+    batch_size: int | None = Field(
+        None, ge=1, description="Patterns per network batch; default 128 on a CPU, 1024 on a GPU."
     )
-    methods: list[Literal["unet", "bragg", "cepstrum", "cepstrum-multi"]] = Field(
-        ["unet"], min_length=1, description="Methods run by the workflow."
+    precision: Literal[PRECISIONS] = Field(
+        "auto",
+        description="Network precision; auto: bf16 where native (GPUs, AVX-512-BF16/AMX CPUs), else fp32 "
+        "(fp16 on GPUs without bf16).",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the network runs.")
+    methods: list[Literal[METHODS]] = Field(["unet"], min_length=1, description="Methods run by the workflow.")
+    device: str = Field("auto", description="Where the network runs: auto (a GPU when there is one), cpu, cuda[:N].")
     compile: bool = Field(False, description="torch.compile the network (no gain measured on CPU).")
-    scheduler: Literal["none", "local", "slurm"] = Field(
-        "none", description="none: one process; local: dask LocalCluster; slurm: dask-jobqueue SLURMCluster."
-    )
-    workers: int | None = Field(None, ge=1, description="Dask workers for scheduler local/slurm (default 2 / 1).")
     unit_patterns: int = Field(1024, ge=1, description="Patterns per work unit (whole input chunks); bounds memory.")
+    cluster: Cluster = Field(
+        default_factory=lambda: Cluster(kind="none"), description="Where the work units run; default: in-process."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
+            raise ValueError(f"expected auto, cpu or cuda[:N], found {device!r}")
+        return device
 
 
 class EvaluateConfig(_Section):
@@ -251,8 +280,8 @@ class EvaluateConfig(_Section):
     reference_roi: tuple[int, int, int, int] | None = Field(
         None, description="[y0, y1, x0, x1] reference region of each grid scan; default: the left quarter of columns."
     )
-    methods: list[Literal["unet", "bragg", "cepstrum", "cepstrum-multi"]] = Field(
-        ["unet", "bragg", "cepstrum", "cepstrum-multi"], min_length=1, description="Methods scored on every scan."
+    methods: list[Literal[METHODS]] = Field(
+        [NETWORK, *BASELINES], min_length=1, description="Methods scored on every scan."
     )
     seed: int = Field(1, description="Random seed of the noise of the grid scans.")
 
@@ -313,8 +342,43 @@ def parse_config(raw: dict, source: str = "config") -> Config:
     try:
         return Config.model_validate(raw or {})
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors())
-        raise StemstrainInputError(f"{source}: invalid configuration: {problems}") from None
+        raise StemstrainInputError(f"{source}: invalid configuration: {_problems(err)}") from None
+
+
+def updated(section: BaseModel, changes: dict, source: str | None = None, names: Callable[[tuple], str] | None = None):
+    """A copy of a configuration section with some options changed, validated.
+
+    Parameters
+    ----------
+    section : pydantic model
+        E.g. the :class:`StrainConfig` of a configuration file.
+    changes : dict
+        Option -> new value; the changes of a nested section as a dict of its own options.
+    source : str, optional
+        Origin of the changes, put before the message.
+    names : callable, optional
+        Name of an option in messages from its location, e.g. the command-line flag that set it;
+        default ``section.option``.
+
+    Raises
+    ------
+    StemstrainInputError
+        Naming every invalid option.
+    """
+    raw = section.model_dump()
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(raw.get(key), dict)
+        raw[key] = {**raw[key], **value} if nested else value
+    try:
+        return type(section).model_validate(raw)
+    except ValidationError as err:
+        problems = _problems(err, names)
+        raise StemstrainInputError(f"{source}: {problems}" if source else problems) from None
+
+
+def _problems(err: ValidationError, names: Callable[[tuple], str] | None = None) -> str:
+    names = names or (lambda loc: ".".join(str(p) for p in loc) or "(top level)")
+    return "; ".join(f"{names(tuple(e['loc']))}: {e['msg']}" for e in err.errors())
 
 
 def load_config(path: str | Path) -> Config:

@@ -1,4 +1,4 @@
-"""Data contracts of DESIGN.md: reading and validating 4D data, writing strain maps, atomic writes.
+"""Data contracts of docs/DESIGN.md: reading and validating 4D data, writing strain maps, atomic writes.
 
 Writes never leave a half-made store at the output path: a whole store is written to a temporary
 sibling and renamed (:func:`atomic_output`); a store filled chunk by chunk lives at
@@ -239,7 +239,7 @@ def _require_units(ds: xr.Dataset, names: tuple[str, ...], expected: str, source
 
 
 def validate_4d(ds: xr.Dataset, source: str = "4D data") -> xr.Dataset:
-    """Check a Dataset against the 4D-data contract of DESIGN.md.
+    """Check a Dataset against the 4D-data contract of docs/DESIGN.md.
 
     Parameters
     ----------
@@ -391,7 +391,7 @@ def strain_map_dataset(
     mask: np.ndarray | None = None,
     **attrs,
 ) -> xr.Dataset:
-    """Build a strain-map Dataset in the contract of DESIGN.md.
+    """Build a strain-map Dataset in the contract of docs/DESIGN.md.
 
     Parameters
     ----------

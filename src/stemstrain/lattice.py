@@ -1,6 +1,6 @@
-"""Reciprocal lattices, peak indexing and weighted lattice fits (pure, batched).
+"""Reciprocal lattices, peak indexing, lattice fits, reduced bases and the initial lattice (pure, batched).
 
-Convention (DESIGN.md): vectors are ``(x, y)`` pairs, x the horizontal axis (scan_x, k_x), y the
+Convention (docs/DESIGN.md): vectors are ``(x, y)`` pairs, x the horizontal axis (scan_x, k_x), y the
 vertical one (scan_y, k_y). A lattice is a ``(..., 2, 2)`` matrix whose *columns* are its two basis
 vectors, so ``G[..., :, 0]`` is g1 and ``G[..., :, 1]`` is g2. Reciprocal vectors carry no 2π:
 ``a_i · b_j = δ_ij``. Every function takes and returns arrays, batched over leading dimensions.
@@ -8,16 +8,24 @@ vectors, so ``G[..., :, 0]`` is g1 and ``G[..., :, 1]`` is g2. Reciprocal vector
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
 
+from stemstrain.errors import StemstrainInputError
+
 __all__ = [
+    "FitOptions",
     "fit_lattice",
     "fit_lattice_robust",
+    "fit_patterns",
     "index_peaks",
+    "initial_lattice",
+    "lagrange_reduce",
     "lattice_points",
     "reciprocal_vectors",
+    "reduced_basis",
 ]
 
 
@@ -203,3 +211,230 @@ def fit_lattice_robust(
             break
         inliers = keep
     return lattice, origin, residual, inliers
+
+
+def reduced_basis(points: np.ndarray, weights: np.ndarray | None = None, max_points: int = 32) -> np.ndarray:
+    """The two shortest non-collinear lattice vectors of a set of spots.
+
+    Candidate bases are pairs of the shortest difference vectors between spots; the one that
+    indexes the most spots wins, and among equals the one with the largest cell (a finer lattice
+    indexes everything too, but only spurious close spots produce it). The winner is
+    Lagrange-reduced and made right-handed (det > 0) with g1 pointing to +x.
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, 2)
+        Spot positions (x, y); NaN rows are ignored.
+    weights : ndarray, shape (n,), optional
+        Spot strengths; the ``max_points`` strongest are used.
+    max_points : int
+        Most spots considered.
+
+    Returns
+    -------
+    ndarray, shape (2, 2)
+        Basis vectors as columns, in the units of ``points``; NaN when fewer than three spots
+        or no two non-collinear differences exist.
+    """
+    points = np.asarray(points, dtype=float)
+    finite = np.all(np.isfinite(points), axis=-1)
+    weights = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=float)
+    order = np.argsort(-np.where(finite, weights, -np.inf))[: min(max_points, int(finite.sum()))]
+    points = points[order]
+    nan_basis = np.full((2, 2), np.nan)
+    if len(points) < 3:
+        return nan_basis
+    diffs = (points[:, None, :] - points[None, :, :])[np.triu_indices(len(points), k=1)]
+    length = np.linalg.norm(diffs, axis=-1)
+    scale = np.median(length)
+    diffs, length = diffs[length > 1e-3 * scale], length[length > 1e-3 * scale]
+    # The same lattice vector appears between many pairs of spots: keep one per vector (up to sign).
+    diffs = np.where((diffs[:, :1] < 0) | ((diffs[:, :1] == 0) & (diffs[:, 1:] < 0)), -diffs, diffs)
+    diffs = diffs[np.argsort(length)]
+    candidates: list[np.ndarray] = []
+    for vector in diffs:
+        if all(np.linalg.norm(vector - known) > 0.05 * np.linalg.norm(known) for known in candidates):
+            candidates.append(vector)
+            if len(candidates) == 8:
+                break
+    best, best_score = nan_basis, (-1, -np.inf)
+    for i in range(len(candidates)):
+        for j in range(i + 1, len(candidates)):
+            basis = np.stack([candidates[i], candidates[j]], axis=-1)
+            area = abs(np.linalg.det(basis))
+            if area < 0.2 * np.linalg.norm(candidates[i]) * np.linalg.norm(candidates[j]):
+                continue  # (nearly) collinear
+            _, indexed = index_peaks(points - points[0], basis, tolerance=0.15)
+            score = (int(indexed.sum()), area)
+            if score > best_score:
+                best, best_score = basis, score
+    if not np.all(np.isfinite(best)):
+        return nan_basis
+    return lagrange_reduce(best)
+
+
+def lagrange_reduce(basis: np.ndarray) -> np.ndarray:
+    """The Lagrange-reduced basis of the same lattice, right-handed (det > 0), g1 towards +x.
+
+    Parameters
+    ----------
+    basis : ndarray, shape (2, 2)
+        Basis vectors as columns.
+    """
+    g1, g2 = basis[:, 0].copy(), basis[:, 1].copy()
+    for _ in range(32):
+        if g2 @ g2 < g1 @ g1:
+            g1, g2 = g2, g1
+        shift = np.round((g1 @ g2) / (g1 @ g1))
+        if shift == 0:
+            break
+        g2 = g2 - shift * g1
+    if g1[0] < 0 or (g1[0] == 0 and g1[1] < 0):
+        g1 = -g1
+    if g1[0] * g2[1] - g1[1] * g2[0] < 0:
+        g2 = -g2
+    return np.stack([g1, g2], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """Indexing and lattice-fit settings.
+
+    Attributes
+    ----------
+    tolerance : float
+        Largest distance of a peak from a lattice point, in fractions of the cell, to be indexed.
+    min_peaks : int or None
+        Fewest inlier peaks for a valid fit; default: unknowns + 2 (5 with origin, 4 without).
+    max_fit_error : float
+        Largest RMS residual for a valid fit, as a fraction of the shorter lattice vector [1].
+    rejection : float
+        Outlier threshold of the robust fit, in robust standard deviations.
+    n_iterations : int
+        Index-and-fit rounds (the second indexes with the first fit, for strong strain).
+    """
+
+    tolerance: float = 0.25
+    min_peaks: int | None = None
+    max_fit_error: float = 0.05
+    rejection: float = 3.0
+    n_iterations: int = 2
+
+
+def fit_patterns(
+    positions: np.ndarray,
+    weights: np.ndarray,
+    lattice0: np.ndarray,
+    origin0: np.ndarray,
+    fit_origin: bool = True,
+    options: FitOptions = FitOptions(),
+) -> dict[str, np.ndarray]:
+    """Index the peaks of many patterns to an initial lattice and fit each lattice robustly.
+
+    Parameters
+    ----------
+    positions : ndarray, shape (n, m, 2)
+        Peak positions (x, y), NaN-padded.
+    weights : ndarray, shape (n, m)
+        Peak weights (zero for padding).
+    lattice0 : ndarray, shape (2, 2)
+        Initial basis vectors as columns, units of ``positions``.
+    origin0 : ndarray, shape (2,)
+        Initial position of the (0, 0) point.
+    fit_origin : bool
+        Fit the (0, 0) position per pattern (reciprocal space: descan) or hold it at zero.
+    options : FitOptions
+        Indexing and validity settings.
+
+    Returns
+    -------
+    dict of ndarray
+        ``lattice`` (n, 2, 2) columns g1, g2; ``origin`` (n, 2); ``fit_error`` (n,) RMS residual of
+        the inliers (units of ``positions``); ``n_peaks`` (n,) inliers; ``valid`` (n,) bool.
+    """
+    positions = np.asarray(positions, dtype=float)
+    weights = np.asarray(weights, dtype=float)
+    n = positions.shape[0]
+    lattice = np.broadcast_to(np.asarray(lattice0, dtype=float), (n, 2, 2))
+    origin = np.broadcast_to(np.asarray(origin0, dtype=float) if fit_origin else np.zeros(2), (n, 2))
+    min_peaks = options.min_peaks if options.min_peaks is not None else (5 if fit_origin else 4)
+    inliers = np.zeros(positions.shape[:2], dtype=bool)
+    residual = np.full(positions.shape[:2], np.nan)
+    for _ in range(max(1, options.n_iterations)):
+        # A failed fit falls back to the initial lattice for the next round's indexing.
+        usable = np.all(np.isfinite(lattice), axis=(-2, -1)) & np.all(np.isfinite(origin), axis=-1)
+        lattice_guess = np.where(usable[:, None, None], lattice, lattice0)
+        origin_guess = np.where(usable[:, None], origin, origin0 if fit_origin else 0.0)
+        hk, indexed = index_peaks(positions, lattice_guess, origin_guess, options.tolerance)
+        fit_weights = np.where(indexed, weights, 0.0)
+        lattice, origin, residual, inliers = fit_lattice_robust(
+            positions, hk, fit_weights, fit_origin=fit_origin, rejection=options.rejection
+        )
+    n_peaks = inliers.sum(axis=-1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # no inliers: NaN error
+        fit_error = np.sqrt(np.nanmean(np.where(inliers, residual, np.nan) ** 2, axis=-1))
+    shortest = np.min(np.linalg.norm(np.asarray(lattice0, dtype=float), axis=0))
+    finite = np.all(np.isfinite(lattice), axis=(-2, -1))
+    valid = finite & (n_peaks >= min_peaks) & (np.nan_to_num(fit_error, nan=np.inf) <= options.max_fit_error * shortest)
+    return {"lattice": lattice, "origin": origin, "fit_error": fit_error, "n_peaks": n_peaks, "valid": valid}
+
+
+def initial_lattice(
+    positions: np.ndarray,
+    weights: np.ndarray,
+    space: str,
+    options: FitOptions = FitOptions(),
+    fallback: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Initial lattice and origin from the spots of one (mean) pattern.
+
+    Parameters
+    ----------
+    positions : ndarray, shape (m, 2)
+        Spots (x, y), NaN-padded.
+    weights : ndarray, shape (m,)
+        Spot strengths.
+    space : {"reciprocal", "real"}
+        In real space (cepstral peaks) the lattice is centred on r = 0, which is added as a point.
+    options : FitOptions
+        Indexing and fit settings.
+    fallback : ndarray (2, 2), optional
+        Basis to start from when the spots do not define a lattice (too few, or collinear), e.g.
+        the material's projected cell (:func:`stemstrain.strainmap.material_lattice`); it is then refined by a fit
+        to the spots there are.
+
+    Returns
+    -------
+    lattice : ndarray (2, 2)
+        Basis g1, g2 as columns, refined by a fit to all indexed spots.
+    origin : ndarray (2,)
+        Fitted position of the (0, 0) point (zero in real space).
+
+    Raises
+    ------
+    StemstrainInputError
+        If no lattice can be found (too few spots).
+    """
+    positions = np.asarray(positions, dtype=float)
+    weights = np.asarray(weights, dtype=float)
+    finite = np.all(np.isfinite(positions), axis=-1) & (weights > 0)
+    points, point_weights = positions[finite], weights[finite]
+    if space == "real":
+        points = np.vstack([np.zeros((1, 2)), points])
+        point_weights = np.concatenate([[np.inf], point_weights])
+    basis = reduced_basis(points, point_weights)
+    if not np.all(np.isfinite(basis)):
+        if fallback is None or not len(points):
+            raise StemstrainInputError(
+                f"found {int(finite.sum())} spots in the reference region's mean pattern, too few for a lattice "
+                "(at least 3 not on one line are needed, or a known `material` attr): "
+                "are the patterns empty or all zero?"
+            )
+        basis = np.asarray(fallback, dtype=float)
+    fit_origin = space == "reciprocal"
+    origin0 = points[np.argmin(np.linalg.norm(points, axis=-1))] if fit_origin else np.zeros(2)
+    fit = fit_patterns(positions[None], weights[None], basis, origin0, fit_origin, options)
+    if not fit["valid"][0]:
+        return basis, origin0
+    return fit["lattice"][0], fit["origin"][0]

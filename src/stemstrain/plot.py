@@ -46,7 +46,7 @@ def plot_strain(strain: xr.Dataset, out: str | Path, truth: xr.Dataset | None = 
     Parameters
     ----------
     strain : xr.Dataset
-        Strain map (contract of DESIGN.md).
+        Strain map (contract of docs/DESIGN.md).
     out : path
         PNG to write (atomically).
     truth : xr.Dataset, optional

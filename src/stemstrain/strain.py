@@ -1,6 +1,6 @@
 """Deformation gradient, polar decomposition and strain (pure, batched).
 
-Convention (DESIGN.md): reciprocal lattice vectors as columns of G (measured) and G0 (reference)
+Convention (docs/DESIGN.md): reciprocal lattice vectors as columns of G (measured) and G0 (reference)
 obey ``G = F^-T G0``, so the real-space deformation gradient is ``F = inv(G @ inv(G0)).T``. The
 polar decomposition ``F = R U`` gives the strain ``ε = U - I`` (index 0 = x) and the rotation angle
 θ of R, counter-clockwise positive in the (x, y) frame. e_xy is the tensor shear component U[0, 1]

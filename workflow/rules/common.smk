@@ -10,12 +10,13 @@ METHODS = config.get("strain", {}).get("methods", ["unet"])
 wildcard_constraints:
     run=r"[A-Za-z0-9_.-]+",
     scan=r"[A-Za-z0-9_.-]+",
-    method=r"unet|bragg|cepstrum|cepstrum-multi",
+    # the methods of the config, which the schema checks against stemstrain.detect.METHODS
+    method="|".join(re.escape(method) for method in METHODS),
 
 
 def strain_inputs(wildcards):
-    """The scan, plus the trained model for the network method."""
-    inputs = {"scan": f"results/scans/{wildcards.scan}.zarr"}
+    """The scan and the resolved config, plus the trained model for the network method."""
+    inputs = {"scan": f"results/scans/{wildcards.scan}.zarr", "config": f"results/config/{RUN}.yaml"}
     if wildcards.method == "unet":
         inputs["model"] = f"results/train/{RUN}/model.pt"
     return inputs

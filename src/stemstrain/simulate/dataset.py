@@ -28,10 +28,10 @@ import xarray as xr
 
 from stemstrain import __version__
 from stemstrain.config import Config
+from stemstrain.execute import run_tasks
 from stemstrain.io import ResumableStore, reference_k
 from stemstrain.lattice import reciprocal_vectors
 from stemstrain.simulate.crystals import get_crystal, projected_cell
-from stemstrain.simulate.executor import run_tasks
 from stemstrain.simulate.multislice import (
     BOX_SCALES,
     PROBE_MARGIN,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from stemstrain.config import Config, ScanConfig
+from stemstrain.execute import run_tasks
 from stemstrain.io import (
     atomic_output,
     check_reference_roi,
@@ -35,7 +36,6 @@ from stemstrain.io import (
 from stemstrain.lattice import reciprocal_vectors
 from stemstrain.simulate.crystals import get_crystal, projected_cell
 from stemstrain.simulate.dataset import check_simulation
-from stemstrain.simulate.executor import run_tasks
 from stemstrain.simulate.multislice import SimulationOptics, exit_plane_periods, simulate_patterns, vacuum_probe
 from stemstrain.simulate.noise import PatternNoise, apply_noise
 from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix

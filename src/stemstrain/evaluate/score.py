@@ -21,7 +21,7 @@ def evaluate_strain(prediction: xr.Dataset, truth: xr.Dataset, exclude_reference
     Parameters
     ----------
     prediction, truth : xr.Dataset
-        Strain maps in the contract of DESIGN.md, on the same scan grid.
+        Strain maps in the contract of docs/DESIGN.md, on the same scan grid.
     exclude_reference : bool
         Leave the reference region out of the score (it is zero strain by construction).
 

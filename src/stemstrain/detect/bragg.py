@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from stemstrain.baselines.refine import in_batches, local_fourier_sum, refine_peaks
+from stemstrain.detect.fourier import fine_grid, fine_grid_maximum, in_batches, local_fourier_sum
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
+from stemstrain.peaks import find_peaks
 
 __all__ = ["BraggDetector", "aperture_disk", "disk_radius", "probe_template"]
 
@@ -73,7 +74,7 @@ def probe_template(scan: xr.Dataset, source: str = "auto", n_mean: int = 256) ->
     Parameters
     ----------
     scan : xr.Dataset
-        4D data (contract of DESIGN.md).
+        4D data (contract of docs/DESIGN.md).
     source : {"auto", "probe", "simulated", "mean"}
         ``probe``: the scan's ``probe`` variable; ``simulated``: the aperture disk at the scan's
         energy, semiangle and detector calibration; ``mean``: the central disk cut from the mean
@@ -236,8 +237,6 @@ class BraggDetector:
         return in_batches(self._detect, patterns, self.batch_size, self.shape)
 
     def _detect(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from stemstrain.peaks import find_peaks
-
         with torch.no_grad():
             spectrum = self.correlation_spectrum(torch.as_tensor(patterns, device=self.device))
             correlation = torch.fft.ifft2(spectrum).real
@@ -247,7 +246,7 @@ class BraggDetector:
                 min_distance=max(2, int(self.disk_radius_px)),
                 max_peaks=self.max_peaks,
             )
-            positions, _ = self._refine(spectrum, torch.as_tensor(coarse, dtype=torch.float32, device=self.device))
+            positions, _ = self._locate(spectrum, torch.as_tensor(coarse, dtype=torch.float32, device=self.device))
         positions = positions.cpu().numpy().astype(np.float64)
         return self._select(positions, self._disk_intensity(patterns, positions))
 
@@ -269,19 +268,15 @@ class BraggDetector:
         windows = patterns[np.arange(n)[:, None, None, None], rows, columns]
         return np.where(finite, windows.mean(axis=(-2, -1)), 0.0)
 
-    def _refine(self, spectrum: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _locate(self, spectrum: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correlation peaks (x, y) [px] and heights on the fine grid around the coarse peaks."""
         device = spectrum.device
         freq_y = torch.fft.fftfreq(self.shape[0], device=device)
         freq_x = torch.fft.fftfreq(self.shape[1], device=device)
-        step = 1.0 / self.upsample
-        offsets = torch.arange(-self.upsample, self.upsample + 1, device=device) * step
+        offsets, step = fine_grid(1.0, self.upsample, device)
         centres = torch.round(coarse)
         values = local_fourier_sum(spectrum, freq_y, freq_x, centres, offsets, sign=+1.0).real / spectrum[0].numel()
-        positions, heights = refine_peaks(values, centres, step)
-        missing = ~torch.isfinite(coarse).all(dim=-1)
-        positions[missing] = float("nan")
-        heights = torch.where(missing, torch.zeros_like(heights), heights)
-        return positions, heights
+        return fine_grid_maximum(values, centres, step)
 
     def _select(self, positions_px: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Drop weak disks and disks cut by the detector edge; convert pixels to 1/angstrom."""

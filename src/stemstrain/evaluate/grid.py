@@ -1,9 +1,10 @@
 """Evaluation of every method over a thickness × dose grid of simulated test scans.
 
-For each grid point a strained scan with known truth is simulated (the ``simulate-scan``
-machinery), every method measures its strain map with the shared fit of ``stemstrain strain``,
-and :func:`stemstrain.evaluate.evaluate_strain` scores it. Finished scans, strain maps and scores
-are kept, so an interrupted run resumes where it stopped.
+For each grid point a strained scan with known truth is simulated
+(:func:`stemstrain.simulate.simulate_scan`), every method measures its strain map
+(:func:`stemstrain.strainmap.strain_map` with the config's ``strain`` section) and
+:func:`stemstrain.evaluate.score.evaluate_strain` scores it: the stages of the workflow, composed.
+Finished scans and scores are kept, so a second run reuses them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stemstrain.config import Config, ScanConfig  # noqa: E402
+from stemstrain.detect import METHODS, NETWORK  # noqa: E402
 from stemstrain.errors import StemstrainInputError  # noqa: E402
 from stemstrain.io import atomic_output  # noqa: E402
 
@@ -55,9 +57,11 @@ def grid_scans(config: Config) -> list[ScanConfig]:
     list of ScanConfig
         Named ``grid_<crystal>_t<thickness>_d<dose>``.
     """
+    from stemstrain.simulate.scan import default_reference_roi
+
     grid = config.evaluate
     n_y, n_x = grid.scan_shape
-    roi = grid.reference_roi if grid.reference_roi is not None else (0, n_y, 0, max(1, n_x // 4))
+    roi = grid.reference_roi if grid.reference_roi is not None else default_reference_roi((n_y, n_x))
     return [
         ScanConfig(
             name=f"grid_{grid.crystal}_t{thickness:g}_d{dose:.0e}".replace("+", ""),
@@ -129,10 +133,10 @@ def evaluate_grid(
     StemstrainInputError
         If the grid is empty or ``unet`` is the only method and no model is given.
     """
-    from stemstrain.evaluate import evaluate_strain
-    from stemstrain.infer import strain_map
+    from stemstrain.evaluate.score import evaluate_strain
     from stemstrain.io import open_strain_map
     from stemstrain.simulate import simulate_scan
+    from stemstrain.strainmap import strain_map
 
     scans = grid_scans(config)
     if not scans:
@@ -140,16 +144,14 @@ def evaluate_grid(
             "evaluate.thicknesses_nm and evaluate.doses: the evaluation grid is empty (give at least one of each)"
         )
     methods = list(methods or config.evaluate.methods)
-    from stemstrain.infer import METHODS
-
     # checked before any scan is simulated: an unknown method used to fail only after the first simulation
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise StemstrainInputError(f"--method: expected one of {METHODS}, found {unknown}")
     if model is not None and not Path(model).is_file():
         raise StemstrainInputError(f"--model {model}: model file not found")
-    if "unet" in methods and model is None:
-        methods.remove("unet")
+    if NETWORK in methods and model is None:
+        methods.remove(NETWORK)
         if not methods:
             raise StemstrainInputError("--model: the unet method needs a model checkpoint (CKPT_DIR/model.pt)")
     work_dir = Path(work_dir)
@@ -167,14 +169,7 @@ def evaluate_grid(
             strain_path = work_dir / "strain" / method / f"{scan.name}.zarr"
             start = time.perf_counter()
             strain_map(
-                scan_path,
-                strain_path,
-                method=method,
-                model=model if method == "unet" else None,
-                device="auto",
-                precision=config.strain.precision,
-                batch_size=config.strain.batch_size,
-                progress=progress,
+                scan_path, strain_path, method, model if method == NETWORK else None, config.strain, progress=progress
             )
             seconds = time.perf_counter() - start
             scores = evaluate_strain(open_strain_map(strain_path), open_strain_map(truth_path))

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from stemstrain.baselines.bragg import disk_radius
-from stemstrain.baselines.refine import in_batches, local_fourier_sum, refine_peaks
+from stemstrain.detect.bragg import disk_radius
+from stemstrain.detect.fourier import fine_grid, fine_grid_maximum, in_batches, local_fourier_sum
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
+from stemstrain.peaks import find_peaks
 
 __all__ = ["CepstrumDetector", "cepstrum_window", "make_cepstrum_detector"]
 
@@ -175,8 +176,6 @@ class CepstrumDetector:
         return in_batches(self._detect, patterns, self.batch_size, self.shape)
 
     def _detect(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from stemstrain.peaks import find_peaks
-
         with torch.no_grad():
             log = self.windowed_log(torch.as_tensor(patterns, device=self.device))
             power = torch.fft.fftshift(torch.fft.fft2(log).abs() ** 2, dim=(-2, -1))
@@ -192,13 +191,9 @@ class CepstrumDetector:
             )
             coarse = torch.as_tensor(coarse, dtype=torch.float32, device=self.device)
             centres = (torch.round(coarse) - half) * self.r_sampling
-            step = self.r_sampling / self.upsample
-            offsets = torch.arange(-self.upsample, self.upsample + 1, device=self.device) * step
+            offsets, step = fine_grid(self.r_sampling, self.upsample, self.device)
             values = local_fourier_sum(log.to(torch.complex64), self.k_y, self.k_x, centres, offsets, sign=-1.0)
-            positions, heights = refine_peaks(values.abs() ** 2, centres, step)
-            missing = ~torch.isfinite(coarse).all(dim=-1)
-            positions[missing] = float("nan")
-            heights = torch.where(missing, torch.zeros_like(heights), heights)
+            positions, heights = fine_grid_maximum(values.abs() ** 2, centres, step)
         return self._select(positions.cpu().numpy().astype(np.float64), heights.cpu().numpy().astype(np.float64))
 
     def _select(self, positions: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,11 @@
-"""Subpixel peak refinement by local Fourier sums (batched, torch).
+"""Peaks of Fourier sums located on fine local grids (batched, torch), for the classical detectors.
 
-A peak found on a coarse map (a correlation map, a cepstrum) is refined by evaluating the Fourier
-sum that made the map on a fine grid around it, the matrix-multiply DFT of Guizar-Sicairos et al.
-(Opt. Lett. 33, 156 (2008)) that py4DSTEM uses for Bragg disks. Evaluating the sum exactly avoids
-the bias of fitting a parabola to a few coarse pixels of a peak that is not a parabola.
+A peak found on a coarse map (a correlation map, a cepstrum) by :func:`stemstrain.peaks.find_peaks`
+is located again by evaluating the Fourier sum that made the map on a fine grid around it, the
+matrix-multiply DFT of Guizar-Sicairos et al. (Opt. Lett. 33, 156 (2008)) that py4DSTEM uses for
+Bragg disks. Evaluating the sum exactly avoids the bias of fitting a parabola to a few coarse pixels
+of a peak that is not a parabola. (Images that are themselves the signal, such as the network's
+spot image, are refined by :func:`stemstrain.peaks.find_peaks` alone.)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from stemstrain.errors import StemstrainInputError
 
-__all__ = ["in_batches", "local_fourier_sum", "refine_peaks"]
+__all__ = ["fine_grid", "fine_grid_maximum", "in_batches", "local_fourier_sum"]
 
 
 def local_fourier_sum(
@@ -57,7 +59,21 @@ def local_fourier_sum(
     return rows @ kernel_x.transpose(-1, -2)  # (n, m, u, u)
 
 
-def refine_peaks(surface: torch.Tensor, centres: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fine_grid(spacing: float, upsample: int, device) -> tuple[torch.Tensor, float]:
+    """Offsets of a local grid over ±1 coarse pixel, ``upsample`` steps per pixel.
+
+    Returns
+    -------
+    offsets : tensor, shape (2 upsample + 1,)
+        Offsets from the grid centre [units of ``spacing``].
+    step : float
+        Grid spacing, ``spacing / upsample``.
+    """
+    step = spacing / upsample
+    return torch.arange(-upsample, upsample + 1, device=device) * step, step
+
+
+def fine_grid_maximum(surface: torch.Tensor, centres: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Peak position and height on fine local grids: the grid maximum plus a three-point parabola.
 
     Parameters
@@ -65,16 +81,16 @@ def refine_peaks(surface: torch.Tensor, centres: torch.Tensor, step: float) -> t
     surface : real tensor, shape (n, m, u, u)
         Values on the grids of :func:`local_fourier_sum`, index ``[..., y, x]``.
     centres : tensor, shape (n, m, 2)
-        Grid centres (x, y).
+        Grid centres (x, y); NaN rows are missing peaks.
     step : float
         Grid spacing, in the units of ``centres``.
 
     Returns
     -------
     positions : tensor, shape (n, m, 2)
-        Refined peak positions (x, y); NaN where ``centres`` is NaN.
+        Peak positions (x, y); NaN where ``centres`` is NaN.
     heights : tensor, shape (n, m)
-        Surface value at the grid maximum.
+        Surface value at the grid maximum; 0 where ``centres`` is NaN.
     """
     n, m, u, _ = surface.shape
     flat = surface.reshape(n, m, u * u)
@@ -97,7 +113,8 @@ def refine_peaks(surface: torch.Tensor, centres: torch.Tensor, step: float) -> t
     dx = torch.where((ix > 0) & (ix < u - 1), dx, torch.zeros_like(dx))
     half = (u - 1) / 2
     offset = torch.stack([(ix - half + dx) * step, (iy - half + dy) * step], dim=-1)
-    return centres + offset, heights
+    found = torch.isfinite(centres).all(dim=-1)
+    return centres + offset, torch.where(found, heights, torch.zeros_like(heights))
 
 
 def in_batches(detect, patterns: np.ndarray, batch_size: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Detector files in, the 4D-data contract of DESIGN.md out, streamed block by block.
+"""Detector files opened lazily as (scan_y, scan_x, k_y, k_x) patterns in our orientation.
 
 Formats (``--format`` name: files)
     ``merlin``: Quantum Detectors Merlin ``.mib`` (+ ``.hdr``), through rosettasciio (lazy).
@@ -35,42 +35,28 @@ Calibration
     Whatever is missing is reported in one :class:`~stemstrain.errors.StemstrainInputError` listing the
     options to pass.
 
-Storage
-    uint8 and uint16 counts are stored as native uint16; every other dtype (24-bit Merlin ``>u4``, ARINA
-    uint32, floats) as float32, exact for integer counts below 2**24. ARINA pixels flagged in its
-    ``pixel_mask`` are set to 0. The store is built at ``<out>.partial`` (:class:`io.ResumableStore`):
-    an interrupted run resumes from finished blocks, a file found unreadable or truncated removes the
-    partial store, and ``<out>`` appears only when complete.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
-import xarray as xr
 
 from stemstrain.errors import StemstrainInputError
-from stemstrain.io import ResumableStore, check_counts, make_4d_dataset, validate_4d
 
 BLOCK_BYTES = 64 * 2**20
 """Largest block of patterns read and written at once [bytes]: the memory bound of ingest."""
 
-CHUNK_BYTES = 16 * 2**20
-"""Target size of one Zarr chunk of the output store [bytes] when ``chunks`` is not given."""
-
 INPUT_CHUNK_BYTES = 4 * 2**20
 """Size of the lazy input chunks (dask ``array.chunk-size`` while a reader runs) [bytes]."""
-
-CENTRES = ("middle", "com")
 
 _LENGTH_TO_NM = {"nm": 1.0, "µm": 1e3, "um": 1e3, "μm": 1e3, "å": 0.1, "a": 0.1, "angstrom": 0.1, "pm": 1e-3, "m": 1e9}
 _RECIPROCAL_TO_PER_ANGSTROM = {
@@ -123,11 +109,6 @@ class RawScan:
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def electron_wavelength(energy_eV: float) -> float:
-    """Relativistic electron wavelength [angstrom] at beam energy ``energy_eV`` [eV]."""
-    return 12.2642598 / math.sqrt(energy_eV * (1.0 + 0.978475e-6 * energy_eV))
 
 
 def _unit_key(units) -> str:
@@ -320,7 +301,9 @@ def _read_empad(raw: Path, scan_shape, dataset) -> RawScan:
     with contextlib.suppress(KeyError, TypeError, ValueError):
         angle = float(iom["calibrated_diffraction_angle"])
         if angle > 0 and scan.energy_eV:
-            scan.k_sampling = angle / electron_wavelength(scan.energy_eV)
+            from abtem.core.energy import energy2wavelength
+
+            scan.k_sampling = angle / energy2wavelength(scan.energy_eV)
             scan.sources["k_sampling"] = "xml calibrated_diffraction_angle / electron wavelength"
     if signal["data"].ndim == 4:
         scan.scan_step_nm, scan.sources["scan_step_nm"] = _scan_step_from_axes(signal["axes"], "EMPAD")
@@ -574,286 +557,3 @@ def read_raw(
         raise StemstrainInputError(f"{raw}: expected a non-empty 4D scan, found shape {scan.data.shape}")
     scan.sources.setdefault("orientation", "file row order")
     return scan
-
-
-# ---------------------------------------------------------------- streaming
-
-
-def storage_dtype(dtype) -> np.dtype:
-    """Stored dtype: uint16 for 8/16-bit unsigned counts (and bool), float32 for everything else."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "b" or (dtype.kind == "u" and dtype.itemsize <= 2):
-        return np.dtype(np.uint16)
-    return np.dtype(np.float32)
-
-
-def default_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, int]:
-    """Square-ish (cy, cx) chunk of whole patterns of about :data:`CHUNK_BYTES`."""
-    pattern_bytes = itemsize * shape[2] * shape[3]
-    side = max(1, int(math.isqrt(max(1, CHUNK_BYTES // pattern_bytes))))
-    return min(side, shape[0]), min(side, shape[1])
-
-
-def iter_blocks(
-    shape: tuple[int, ...], chunks: tuple[int, int], itemsize: int, block_bytes: int = BLOCK_BYTES
-) -> Iterator[tuple[slice, slice]]:
-    """(scan_y, scan_x) slices of whole output chunks, each block at most about ``block_bytes`` (or one chunk)."""
-    n_y, n_x = shape[:2]
-    c_y, c_x = chunks
-    chunk_bytes = c_y * c_x * shape[2] * shape[3] * itemsize
-    per_block = max(1, block_bytes // max(1, chunk_bytes))
-    chunks_x = math.ceil(n_x / c_x)
-    group = min(per_block, chunks_x)
-    for y0 in range(0, n_y, c_y):
-        for gx in range(0, chunks_x, group):
-            yield slice(y0, min(y0 + c_y, n_y)), slice(gx * c_x, min((gx + group) * c_x, n_x))
-
-
-def _read_block(data: da.Array, block: tuple[slice, slice], raw: Path) -> np.ndarray:
-    try:
-        return np.asarray(data[block].compute(scheduler="threads"))
-    except StemstrainInputError:
-        raise
-    except Exception as err:  # a damaged chunk surfaces here as OSError, ValueError, ...
-        rows, cols = block
-        raise StemstrainInputError(
-            f"{raw}: unreadable data at scan rows {rows.start}-{rows.stop - 1}, columns {cols.start}-{cols.stop - 1} "
-            f"({type(err).__name__}: {err})"
-        ) from None
-
-
-def beam_centre(
-    data: da.Array,
-    method: str,
-    raw: Path,
-    chunks: tuple[int, int],
-    progress: bool = False,
-    block_bytes: int = BLOCK_BYTES,
-) -> tuple[float, float]:
-    """Pixel index (row, column) of the undiffracted beam.
-
-    Parameters
-    ----------
-    data : dask.array.Array (scan_y, scan_x, k_y, k_x)
-        Patterns.
-    method : {"middle", "com"}
-        ``middle``: index ``n // 2`` on each axis (the reference calibration's convention);
-        ``com``: centre of mass of the mean pattern (one extra streamed pass over the file).
-    """
-    n_ky, n_kx = data.shape[2:]
-    if method == "middle":
-        return float(n_ky // 2), float(n_kx // 2)
-    if method != "com":
-        raise StemstrainInputError(f"--centre {method}: expected one of {list(CENTRES)}")
-    total = np.zeros((n_ky, n_kx))
-    blocks = list(iter_blocks(data.shape, chunks, data.dtype.itemsize, block_bytes))
-    for block in _progress(blocks, "centre of mass", progress):
-        total += _read_block(data, block, raw).sum(axis=(0, 1), dtype=np.float64)
-    mass = total.sum()
-    if not mass > 0 or not np.isfinite(mass):
-        raise StemstrainInputError(
-            f"{raw}: --centre com needs a mean pattern with positive total intensity (found {mass}); "
-            "use --centre middle"
-        )
-    return (
-        float((total.sum(axis=1) * np.arange(n_ky)).sum() / mass),
-        float((total.sum(axis=0) * np.arange(n_kx)).sum() / mass),
-    )
-
-
-def _progress(items, description: str, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=description, unit="block")
-
-
-def _fingerprint(raw: Path, options: dict) -> str:
-    # a directory store (ZSpy) changes in its files, not in the directory entry
-    files = [p for p in raw.rglob("*") if p.is_file()] if raw.is_dir() else [raw]
-    status = [p.stat() for p in files]
-    size, mtime = sum(s.st_size for s in status), max((s.st_mtime_ns for s in status), default=0)
-    return json.dumps({"file": str(raw.resolve()), "size": size, "mtime_ns": mtime, **options})
-
-
-def _partial_fingerprint(store: ResumableStore) -> str | None:
-    import zarr
-
-    with contextlib.suppress(Exception):
-        return zarr.open_group(store.partial, mode="r").attrs.get("ingest_fingerprint")
-    return None
-
-
-def missing_calibration(scan: RawScan, energy_eV, semiangle_mrad, k_sampling) -> list[str]:
-    """Options the user must pass because neither they nor the file give the value."""
-    missing = []
-    if energy_eV is None and scan.energy_eV is None:
-        missing.append("--energy-ev E (beam energy [eV])")
-    if semiangle_mrad is None and scan.semiangle_mrad is None:
-        missing.append("--semiangle-mrad A (probe convergence semiangle [mrad])")
-    if k_sampling is None and scan.k_sampling is None:
-        missing.append("--k-sampling S (detector pixel size [1/angstrom])")
-    return missing
-
-
-def ingest(
-    raw: str | Path,
-    out: str | Path,
-    *,
-    fmt: str | None = None,
-    scan_shape: tuple[int, int] | None = None,
-    energy_eV: float | None = None,
-    semiangle_mrad: float | None = None,
-    k_sampling: float | None = None,
-    scan_step_nm: float | None = None,
-    chunks: tuple[int, int] | None = None,
-    centre: str = "middle",
-    dataset: str | None = None,
-    progress: bool = False,
-    block_bytes: int = BLOCK_BYTES,
-) -> Path:
-    """Convert a detector file into a 4D-data Zarr store, streaming block by block.
-
-    Parameters
-    ----------
-    raw : path
-        Detector file (see :data:`FORMATS`).
-    out : path
-        Zarr store to write (contract of DESIGN.md).
-    fmt : str, optional
-        Format name; detected from the file when omitted.
-    scan_shape : (int, int), optional
-        Scan positions (scan_y, scan_x); needed for flat frame stacks without a scan shape in the file.
-    energy_eV : float, optional
-        Beam energy [eV]; overrides the file.
-    semiangle_mrad : float, optional
-        Probe convergence semiangle [mrad]; overrides the file (only ZSpy records it).
-    k_sampling : float, optional
-        Detector pixel size [1/angstrom]; overrides the file.
-    scan_step_nm : float, optional
-        Scan step [nm]; overrides the file. Without either, 1 nm is written and the attr
-        ``scan_step_source`` says it is uncalibrated (strain does not depend on it).
-    chunks : (int, int), optional
-        Zarr chunk (cy, cx) in scan positions; default about 16 MiB of whole patterns.
-    centre : {"middle", "com"}
-        Undiffracted-beam position defining k = 0: detector middle (index n // 2) or the centre
-        of mass of the mean pattern.
-    dataset : str, optional
-        Dataset path inside an HDF5 file.
-    progress : bool
-        Show a progress bar.
-    block_bytes : int
-        Largest block read and written at once [bytes] (at least one chunk): the memory bound.
-
-    Returns
-    -------
-    Path
-        ``out``.
-
-    Raises
-    ------
-    StemstrainInputError
-        For an unknown, unreadable, truncated or corrupt file (no store is left behind), a scan
-        shape that does not fit, or missing calibration (one message listing every option to pass).
-    """
-    raw, out = Path(raw), Path(out)
-    if centre not in CENTRES:
-        raise StemstrainInputError(f"--centre {centre}: expected one of {list(CENTRES)}")
-    for name, value in (
-        ("--energy-ev", energy_eV),
-        ("--semiangle-mrad", semiangle_mrad),
-        ("--k-sampling", k_sampling),
-        ("--scan-step", scan_step_nm),
-    ):
-        if value is not None and not (np.isfinite(value) and value > 0):
-            raise StemstrainInputError(f"{name}: expected a positive number, found {value}")
-    scan = read_raw(raw, fmt, scan_shape, dataset)
-    with scan.resources:
-        missing = missing_calibration(scan, energy_eV, semiangle_mrad, k_sampling)
-        if missing:
-            raise StemstrainInputError(
-                f"{raw}: calibration missing from the {scan.format} file; pass " + ", ".join(missing)
-            )
-        data = scan.data
-        if data.dtype.kind not in "buif":
-            # complex values lost their imaginary part and text was parsed as numbers, silently
-            raise StemstrainInputError(
-                f"{raw}: patterns have dtype {data.dtype}, expected real detector counts (integer or float)"
-            )
-        dtype = storage_dtype(data.dtype)
-        if chunks is None:
-            chunks = default_chunks(data.shape, dtype.itemsize)
-        if len(chunks) != 2 or min(chunks) < 1:
-            raise StemstrainInputError(f"--chunks: expected two positive integers CY CX, found {chunks}")
-        chunks = (min(int(chunks[0]), data.shape[0]), min(int(chunks[1]), data.shape[1]))
-        # fail on a truncated or damaged file before any output exists
-        n_y, n_x = data.shape[:2]
-        _read_block(data, (slice(n_y - 1, n_y), slice(n_x - 1, n_x)), raw)
-        _read_block(data, (slice(0, 1), slice(0, 1)), raw)
-
-        sources = dict(scan.sources)
-        energy = energy_eV if energy_eV is not None else scan.energy_eV
-        sources["energy_eV"] = "--energy-ev" if energy_eV is not None else sources.get("energy_eV")
-        sampling = k_sampling if k_sampling is not None else scan.k_sampling
-        sources["k_sampling"] = "--k-sampling" if k_sampling is not None else sources.get("k_sampling")
-        semiangle = semiangle_mrad if semiangle_mrad is not None else scan.semiangle_mrad
-        sources["semiangle_mrad"] = "--semiangle-mrad" if semiangle_mrad is not None else sources.get("semiangle_mrad")
-        if scan_step_nm is not None:
-            step, sources["scan_step_nm"] = (scan_step_nm, scan_step_nm), "--scan-step"
-        elif scan.scan_step_nm is not None:
-            step = scan.scan_step_nm
-        else:
-            step, sources["scan_step_nm"] = (1.0, 1.0), "default 1 nm (uncalibrated)"
-        options = {
-            "format": scan.format,
-            "shape": list(data.shape),
-            "chunks": list(chunks),
-            "centre": centre,
-            "energy_eV": energy,
-            "semiangle_mrad": semiangle,
-            "k_sampling": sampling,
-            "step": list(step),
-        }
-        store = ResumableStore(out)
-        fingerprint = _fingerprint(raw, options)
-        fresh = store.started and _partial_fingerprint(store) != fingerprint
-
-        centre_px = beam_centre(data, centre, raw, chunks, progress, block_bytes)
-        template = make_4d_dataset(
-            da.zeros(data.shape, dtype=dtype, chunks=(*chunks, *data.shape[2:])),
-            step,
-            sampling,
-            energy,
-            semiangle,
-            source_file=raw.name,
-            source_format=scan.format,
-            orientation="k_y increases with the row index in the detector's file row order; k_x with the column",
-            beam_centre_px=list(centre_px),
-            beam_centre_method=centre,
-            calibration_sources=json.dumps({k: v for k, v in sources.items() if v}),
-            ingest_fingerprint=fingerprint,
-        )
-        template = template.assign_coords(
-            k_y=("k_y", (np.arange(data.shape[2]) - centre_px[0]) * sampling, template["k_y"].attrs),
-            k_x=("k_x", (np.arange(data.shape[3]) - centre_px[1]) * sampling, template["k_x"].attrs),
-        )
-        validate_4d(template, str(out))
-        store.start(template, fresh=fresh)
-        blocks = list(iter_blocks(data.shape, chunks, dtype.itemsize, block_bytes))
-        try:
-            for rows, cols in _progress(blocks, f"ingest {raw.name}", progress):
-                key = f"{rows.start}_{cols.start}"
-                if store.is_done(key):
-                    continue
-                values = _read_block(data, (rows, cols), raw)
-                where = f" at scan rows {rows.start}-{rows.stop - 1}, columns {cols.start}-{cols.stop - 1}"
-                check_counts(values, str(raw), "patterns", where)
-                values = values.astype(dtype, copy=False)
-                block = xr.Dataset({"data": (template["data"].dims, values)})
-                store.write_region(block, {"scan_y": rows, "scan_x": cols}, key)
-        except StemstrainInputError:
-            # the input is bad: a resume would fail the same way, so leave nothing behind
-            store.discard()
-            raise
-    return store.finalize()

@@ -7,6 +7,8 @@ rule resolved_config:
         resolved=lambda wildcards: config,
     log:
         "logs/resolved_config/{run}.log",
+    benchmark:
+        "benchmarks/resolved_config/{run}.tsv"
     conda:
         "../../envs/stemstrain.yaml"
     script:

@@ -1,0 +1,190 @@
+"""The network as a spot detector: patterns -> network -> spots (1/angstrom), at the scan's calibration.
+
+Patterns are resampled from the scan's k coords to the model's calibration when they differ. The
+network runs in inference mode, channels_last, with BatchNorm folded into its convolutions, in the
+precision of :func:`stemstrain.runtime.resolve_precision` and optionally under ``torch.compile``.
+Spots are read out of its output by :func:`stemstrain.model.encoding.decode_spots`, as validation
+does during training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from stemstrain.errors import StemstrainInputError
+from stemstrain.io import k_calibration
+from stemstrain.model.encoding import decode_spots
+from stemstrain.runtime import (
+    Timings,
+    autocast,
+    default_batch_size,
+    fold_batchnorm,
+    resolve_device,
+    resolve_precision,
+)
+
+__all__ = ["CALIBRATION_FACTOR", "UNetDetector", "model_hash"]
+
+# Data sampled this many times coarser than the model's calibration are refused unless overridden.
+CALIBRATION_FACTOR = 1.5
+
+
+def model_hash(path: str | Path) -> str:
+    """First 16 hex digits of the SHA-256 of a checkpoint file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class UNetDetector:
+    """Spots from the network's output, refined to subpixel, in 1/angstrom relative to k = 0.
+
+    Parameters
+    ----------
+    model : path or (torch.nn.Module, dict)
+        Exported model file (``stemstrain train``) or a loaded (model, metadata) pair.
+    scan : xr.Dataset
+        4D data whose k coords are mapped onto the model's.
+    device : {"auto", "cpu", "cuda"}
+        Where the network runs.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Autocast precision of the network (:func:`stemstrain.runtime.resolve_precision`).
+    compile : bool
+        Compile the network with ``torch.compile`` (pays off on long runs).
+    batch_size : int, optional
+        Patterns per network call; default 128 on CPU, 1024 on CUDA (keeps a GPU busy).
+    threshold_rel, min_distance, max_peaks
+        Read-out of the spots (:func:`stemstrain.model.encoding.decode_spots`); default: its own.
+    allow_calibration_mismatch : bool
+        Warn instead of failing when the scan's k-sampling is more than ``CALIBRATION_FACTOR``
+        times coarser than the model's, or its detector reaches less than half the model's k range.
+    """
+
+    space = "reciprocal"
+
+    def __init__(
+        self,
+        model,
+        scan: xr.Dataset,
+        device: str = "auto",
+        precision: str = "auto",
+        compile: bool = False,
+        batch_size: int | None = None,
+        threshold_rel: float | None = None,
+        min_distance: int | None = None,
+        max_peaks: int | None = None,
+        allow_calibration_mismatch: bool = False,
+    ):
+        import torch
+
+        from stemstrain.model import load_model
+
+        self.device = resolve_device(device)
+        precision = resolve_precision(precision, self.device)
+        if isinstance(model, (str, Path)):
+            self.model_hash = model_hash(model)
+            network, self.metadata = load_model(model, device=self.device)
+        else:
+            network, self.metadata = model
+            network = network.to(self.device).eval()
+            self.model_hash = self.metadata.get("data_hash", "in-memory")
+        self.network = fold_batchnorm(network).to(memory_format=torch.channels_last)
+        if compile:
+            self.network = torch.compile(self.network)
+        self.precision = precision
+        self.batch_size = int(batch_size or default_batch_size(self.device))
+        readout = {"threshold_rel": threshold_rel, "min_distance": min_distance, "max_peaks": max_peaks}
+        self.readout = {name: value for name, value in readout.items() if value is not None}
+        self.pixels = int(self.metadata["pixels"])
+        self.k_sampling = float(self.metadata["k_sampling"])
+        self._grid = self._resampling_grid(scan, allow_calibration_mismatch)
+        self.timings = Timings()
+
+    def _resampling_grid(self, scan: xr.Dataset, allow_mismatch: bool):
+        """Sampling grid from the model's pixels to the scan's (None when they coincide)."""
+        import torch
+
+        k_sampling, (centre_y, centre_x) = k_calibration(scan)
+        ratio = k_sampling / self.k_sampling
+        n_y, n_x = scan.sizes["k_y"], scan.sizes["k_x"]
+        # Finer data are averaged down without loss; coarser data would be interpolated up, giving
+        # blurred spots the network never saw; a small detector hides most spots.
+        extent = min(centre_y, n_y - 1 - centre_y, centre_x, n_x - 1 - centre_x) * k_sampling
+        model_extent = (self.pixels // 2 - 1) * self.k_sampling
+        problems = []
+        if ratio > CALIBRATION_FACTOR:
+            problems.append(
+                f"scan k-sampling {k_sampling:.5g} 1/angstrom per pixel is {ratio:.3g} times coarser than the model's "
+                f"{self.k_sampling:.5g}; the network never saw such patterns"
+            )
+        if extent < 0.5 * model_extent:
+            problems.append(
+                f"the scan's detector reaches |k| = {extent:.3g} 1/angstrom, less than half of the model's "
+                f"{model_extent:.3g}; the network never saw such patterns"
+            )
+        if problems:
+            message = "; ".join(problems)
+            if not allow_mismatch:
+                raise StemstrainInputError(message + " (pass --allow-calibration-mismatch to run anyway)")
+            warnings.warn(message, stacklevel=3)
+        half = self.pixels // 2
+        same = n_y == n_x == self.pixels and abs(ratio - 1) < 1e-4 and centre_y == half and centre_x == half
+        if same:
+            return None
+        k_model = (np.arange(self.pixels) - half) * self.k_sampling
+        index_x = centre_x + k_model / k_sampling
+        index_y = centre_y + k_model / k_sampling
+        # grid_sample's normalised coordinates with align_corners=True: -1 and 1 are the centres of
+        # the first and last input pixels.
+        grid_x = 2 * index_x / (n_x - 1) - 1
+        grid_y = 2 * index_y / (n_y - 1) - 1
+        gy, gx = np.meshgrid(grid_y, grid_x, indexing="ij")
+        self._intensity_scale = (self.k_sampling / k_sampling) ** 2
+        return torch.as_tensor(np.stack([gx, gy], axis=-1)[None], dtype=torch.float32, device=self.device)
+
+    def resample(self, patterns):
+        """Patterns (n, H, W) at the scan's calibration -> tensor (n, 1, pixels, pixels) at the model's.
+
+        Bilinear interpolation from the scan's k coords; intensities are scaled by the pixel-area
+        ratio so that counts per pixel stay comparable. Outside the scan's detector the value is 0.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        batch = torch.as_tensor(patterns, dtype=torch.float32, device=self.device)[:, None]
+        if self._grid is None:
+            return batch
+        grid = self._grid.expand(len(batch), -1, -1, -1)
+        return self._intensity_scale * F.grid_sample(
+            batch, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+
+    def predict(self, patterns: np.ndarray) -> np.ndarray:
+        """Network output (n, 2, pixels, pixels) float32 at the model calibration: mask logit, spot image."""
+        import torch
+
+        outputs = []
+        cuda = self.device.startswith("cuda")
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            for start in range(0, len(patterns), self.batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(patterns[start : start + self.batch_size], np.float32))
+                if cuda:
+                    # Page-locked host memory lets the copy run asynchronously to the GPU.
+                    batch = batch.pin_memory().to(self.device, non_blocking=True)
+                batch = self.resample(batch).contiguous(memory_format=torch.channels_last)
+                outputs.append(self.network(batch).float().cpu().numpy())
+        return np.concatenate(outputs) if outputs else np.zeros((0, 2, self.pixels, self.pixels), np.float32)
+
+    def __call__(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.timings.measure("network"):
+            output = self.predict(patterns)
+        with self.timings.measure("peaks"):
+            positions, weights = decode_spots(output, **self.readout)
+        return (positions - self.pixels // 2) * self.k_sampling, weights

@@ -1,0 +1,20 @@
+rule strain:
+    # Network, precision, work units and dask cluster come from the config's `strain` section.
+    input:
+        unpack(strain_inputs),
+    output:
+        directory("results/strain/{method}/{scan}.zarr"),
+    log:
+        "logs/strain/{method}/{scan}.log",
+    benchmark:
+        "benchmarks/strain/{method}/{scan}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+    params:
+        model=lambda wildcards, input: f"--model {input.model}" if wildcards.method == "unet" else "",
+    conda:
+        "../../envs/stemstrain.yaml"
+    shell:
+        "stemstrain strain {input.scan} {output} --method {wildcards.method} {params.model}"
+        " --config {input.config} > {log} 2>&1"
