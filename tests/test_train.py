@@ -13,7 +13,7 @@ import yaml
 
 from stemstrain.errors import StemstrainInputError
 from stemstrain.model import load_model
-from stemstrain.train.augment import augment_batch, thin_dose
+from stemstrain.train.augment import Batch, augment_batch, thin_dose
 from stemstrain.train.data import split_indices
 from stemstrain.train.loop import CHECKPOINT, train
 from stemstrain.train.metrics import match_spots, spot_positions
@@ -150,7 +150,8 @@ def test_geometric_augmentation_moves_target_with_pattern():
     target = torch.where(target > 0.011, target, 0)[None, None]
     augment = Augment(shift_px=3.0, ellipticity=0.05, dose_fraction=0.0)
     generator = torch.Generator().manual_seed(3)
-    moved_pattern, moved_target = augment_batch(pattern, target, augment, generator)
+    moved_pattern, moved = augment_batch(Batch(pattern, target), augment, generator, power=1.0, sigma_px=1.0)
+    moved_target = moved.image[:, None]
     for spot in spots[1:]:
         guess = centroid(moved_target[0, 0], spot, half=5)
         from_target = centroid(moved_target[0, 0], guess)
@@ -198,7 +199,7 @@ def test_training_set_streams_batches_within_its_cache(tiny_training_set):
     dataset = TrainingSet(tiny_training_set, cache_mb=1.5 * chunk_bytes / 2**20)
     order = np.random.default_rng(0).permutation(len(dataset))
     for start in range(0, len(order), 5):
-        inputs, targets = dataset[order[start : start + 5]]
+        inputs, targets, *_ = dataset[order[start : start + 5]]
         assert dataset._cached_bytes <= 1.5 * chunk_bytes, "at most the cache budget is held in memory"
     assert inputs.shape == (len(order[start:]), 1, *group["inputs"].shape[1:]) and inputs.dtype == torch.float32
     expected = np.stack([group["inputs"][int(i)] for i in order[start:]])
@@ -207,4 +208,4 @@ def test_training_set_streams_batches_within_its_cache(tiny_training_set):
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone._cached_bytes == 0 and torch.equal(clone[order[:3]][1], dataset[order[:3]][1])
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=[order[:4], order[4:8]], num_workers=1)
-    assert all(torch.equal(a, dataset[idx][0]) for (a, _), idx in zip(loader, [order[:4], order[4:8]], strict=True))
+    assert all(torch.equal(a, dataset[idx][0]) for (a, *_), idx in zip(loader, [order[:4], order[4:8]], strict=True))

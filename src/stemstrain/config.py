@@ -207,6 +207,19 @@ class Augment(_Section):
         0.5, ge=0, le=1, description="Fraction of patterns resampled to a lower dose by Poisson thinning."
     )
     min_dose: float = Field(1e3, gt=0, description="Lowest dose of the thinning, log-uniform up to the pattern's [e-].")
+    symmetries: bool = Field(
+        False,
+        description="Apply one of the 8 symmetries of the detector grid about k = 0 (90-degree turns and mirrors, "
+        "exact on the pixel grid) to each pattern and its target.",
+    )
+    strain: float = Field(
+        0.0,
+        ge=0,
+        lt=0.2,
+        description="Largest principal value of a random symmetric stretch (I + e, |e| <= strain, random axes) "
+        "applied to pattern and target alike, so that no fixed spot position is a safe guess [1]; with spot lists "
+        "in the training set the targets move exactly, the patterns by bilinear interpolation.",
+    )
 
 
 class TrainConfig(_Section):
@@ -218,6 +231,12 @@ class TrainConfig(_Section):
     schedule: Literal["onecycle", "cosine"] = Field("onecycle", description="Learning-rate schedule over all steps.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     gamma: float = Field(1.0, gt=0, description="Exponent γ of the MSE term: L = BCE + MSE^γ.")
+    offset_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight λ of the offset term (L + λ NLL of the sub-pixel offsets) for a network with "
+        "model.offsets; it needs spot lists in the training set.",
+    )
     target_power: float = Field(
         0.5, gt=0, le=1, description="Targets are scaled to peak 1 and raised to this power (keeps weak spots) [1]."
     )

@@ -337,9 +337,9 @@ def fit_patterns(
         Peak positions (x, y), NaN-padded.
     weights : ndarray, shape (n, m)
         Peak weights (zero for padding).
-    lattice0 : ndarray, shape (2, 2)
-        Initial basis vectors as columns, units of ``positions``.
-    origin0 : ndarray, shape (2,)
+    lattice0 : ndarray, shape (2, 2) or (n, 2, 2)
+        Initial basis vectors as columns, units of ``positions`` (one for all patterns, or one each).
+    origin0 : ndarray, shape (2,) or (n, 2)
         Initial position of the (0, 0) point.
     fit_origin : bool
         Fit the (0, 0) position per pattern (reciprocal space: descan) or hold it at zero.
@@ -374,7 +374,7 @@ def fit_patterns(
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # no inliers: NaN error
         fit_error = np.sqrt(np.nanmean(np.where(inliers, residual, np.nan) ** 2, axis=-1))
-    shortest = np.min(np.linalg.norm(np.asarray(lattice0, dtype=float), axis=0))
+    shortest = np.linalg.norm(np.asarray(lattice0, dtype=float), axis=-2).min(axis=-1)
     finite = np.all(np.isfinite(lattice), axis=(-2, -1))
     valid = finite & (n_peaks >= min_peaks) & (np.nan_to_num(fit_error, nan=np.inf) <= options.max_fit_error * shortest)
     return {"lattice": lattice, "origin": origin, "fit_error": fit_error, "n_peaks": n_peaks, "valid": valid}

@@ -92,8 +92,8 @@ def find_peaks(
     ----------
     images : ndarray, shape (n, H, W) or (H, W)
         Images (e.g. the network's spot image, or a diffraction pattern).
-    threshold : float
-        Smallest peak value accepted [image units].
+    threshold : float or ndarray (n,)
+        Smallest peak value accepted [image units], for all images or one per image.
     threshold_rel : float
         Smallest peak value as a fraction of each image's maximum [1].
     min_distance : int
@@ -120,7 +120,7 @@ def find_peaks(
     n, height, width = images.shape
     size = 2 * int(min_distance) + 1
     local_max = ndimage.maximum_filter(images, size=(1, size, size), mode="nearest")
-    floor = np.maximum(threshold, threshold_rel * images.reshape(n, -1).max(axis=-1))
+    floor = np.maximum(np.broadcast_to(threshold, (n,)), threshold_rel * images.reshape(n, -1).max(axis=-1))
     candidates = (images == local_max) & (images > floor[:, None, None])
     if mask is not None:
         candidates &= np.asarray(mask, dtype=bool).reshape(candidates.shape)

@@ -150,12 +150,16 @@ class BraggDetector:
     disk_radius_px : float
         Disk radius [px]; disks closer than this plus one pixel to the detector edge are dropped.
     hybrid : float
-        Exponent of the cross-power magnitude, 0 (phase correlation) to 1 (cross-correlation).
+        Exponent of the cross-power magnitude, 0 (phase correlation) to 1 (cross-correlation, the
+        default: on noise-free disks the hybrid 0.5 pulled subpixel positions by up to 0.5 px towards
+        the pixel grid, 0.13 px on average, and compressed e_xx by 12 % on a rotated Si [110] scan).
     max_peaks : int
         Largest number of disks returned per pattern.
     min_relative_height : float
-        Disks fainter than this fraction of the strongest disk are dropped; it is also the
-        relative threshold of correlation peaks.
+        Disks fainter than this fraction of the strongest *diffracted* disk are dropped; it is
+        also the relative threshold of correlation peaks. The undiffracted disk does not set the
+        scale: in thick heavy crystals (Au [001], 30 nm) it holds 80 % of the beam and every Bragg
+        disk is under 0.1 % of it.
     upsample : int
         Subpixel refinement grid: ``1/upsample`` px over ±1 px around each coarse peak.
     batch_size : int
@@ -177,7 +181,7 @@ class BraggDetector:
         k_sampling: float,
         centre: tuple[float, float],
         disk_radius_px: float,
-        hybrid: float = 0.5,
+        hybrid: float = 1.0,
         max_peaks: int = 64,
         min_relative_height: float = 0.02,
         upsample: int = 16,
@@ -197,6 +201,8 @@ class BraggDetector:
         self.device = torch.device(device)
         self.shape = template.shape
         self._template_ft = self._centred_template_ft(np.asarray(template, dtype=np.float64))
+        y, x = np.indices(self.shape)
+        self._beyond_direct_beam = np.hypot(y - self.centre[0], x - self.centre[1]) > 2 * self.disk_radius_px + 1
 
     def _centred_template_ft(self, template: np.ndarray) -> torch.Tensor:
         """Conjugate FT of the template moved (by a Fourier phase ramp) so its centre of mass is at pixel 0."""
@@ -231,18 +237,20 @@ class BraggDetector:
         positions : ndarray, shape (n, m, 2)
             Disk centres (x, y) [1/angstrom] relative to k = 0, NaN-padded.
         weights : ndarray, shape (n, m)
-            Disk intensity (3×3 px mean at the centre) relative to the strongest disk of the
-            pattern (0 for padding).
+            Disk intensity (3×3 px mean at the centre) relative to the strongest diffracted disk
+            of the pattern (0 for padding; the undiffracted disk is usually above 1).
         """
         return in_batches(self._detect, patterns, self.batch_size, self.shape)
 
     def _detect(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
             spectrum = self.correlation_spectrum(torch.as_tensor(patterns, device=self.device))
-            correlation = torch.fft.ifft2(spectrum).real
+            correlation = torch.fft.ifft2(spectrum).real.cpu().numpy()
+            diffracted = np.where(self._beyond_direct_beam, correlation, -np.inf).reshape(len(correlation), -1)
             coarse, _ = find_peaks(
-                correlation.cpu().numpy(),
-                threshold_rel=self.min_relative_height,
+                correlation,
+                threshold=self.min_relative_height * np.maximum(diffracted.max(axis=-1), 0.0),
+                threshold_rel=0.0,
                 min_distance=max(2, int(self.disk_radius_px)),
                 max_peaks=self.max_peaks,
             )
@@ -283,7 +291,8 @@ class BraggDetector:
         margin = self.disk_radius_px + 1.0
         x, y = positions_px[..., 0], positions_px[..., 1]
         inside = (x >= margin) & (x <= self.shape[1] - 1 - margin) & (y >= margin) & (y <= self.shape[0] - 1 - margin)
-        strongest = np.max(np.where(inside, intensity, 0.0), axis=-1, keepdims=True)
+        diffracted = inside & (np.hypot(y - self.centre[0], x - self.centre[1]) > 2 * self.disk_radius_px + 1)
+        strongest = np.max(np.where(diffracted, intensity, 0.0), axis=-1, keepdims=True)
         relative = intensity / np.where(strongest > 0, strongest, 1.0)
         keep = inside & np.isfinite(x) & (relative >= self.min_relative_height)
         k = np.stack([(x - self.centre[1]) * self.k_sampling, (y - self.centre[0]) * self.k_sampling], axis=-1)

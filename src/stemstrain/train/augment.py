@@ -1,16 +1,51 @@
-"""On-the-fly augmentation of training batches: dose thinning, and a shift and ellipticity that
-move the target with the pattern. Every draw comes from the generator of the step."""
+"""On-the-fly augmentation of training batches. Every draw comes from the generator of the step.
+
+In order: dose thinning (Poisson statistics of a lower dose); one of the eight symmetries of the
+detector grid about k = 0 (90° turns and mirrors, exact on the pixel grid: a mirror image of a crystal
+is a crystal); a random affine map (a descan shift, and a symmetric stretch whose principal values lie
+within ± ``augment.strain``, so that no fixed spot position, lattice spacing or angle is a safe guess);
+the ellipticity of the projector. Stored spot lists move exactly with the pattern and the targets are
+rendered from them (:func:`stemstrain.model.encoding.render_targets`); a training set without spot
+lists moves its target images by the same bilinear warp as the patterns.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
 
 from stemstrain.config import Augment
+from stemstrain.model.encoding import SpotTargets, render_targets
+from stemstrain.model.loss import normalise_target
 
-__all__ = ["augment_batch", "thin_dose", "warp"]
+__all__ = ["Batch", "augment_batch", "symmetry", "thin_dose", "warp"]
+
+
+class Batch(NamedTuple):
+    """A batch of the training set (all on one device).
+
+    Attributes
+    ----------
+    inputs : Tensor (N, 1, H, W)
+        Raw patterns [counts].
+    targets : Tensor (N, 1, H, W)
+        Stored target images (Gaussian spots of σ ``target_sigma_px``, amplitude ≤ 1).
+    spots : Tensor (N, M, 2) or None
+        Target spot centres (x, y) [px], NaN-padded; None for a set without spot lists.
+    amplitudes : Tensor (N, M) or None
+        Target spot amplitudes (0 for padding).
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    spots: torch.Tensor | None = None
+    amplitudes: torch.Tensor | None = None
+
+    def to(self, device) -> Batch:
+        return Batch(*(None if t is None else t.to(device, non_blocking=True) for t in self))
 
 
 def thin_dose(inputs: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
@@ -35,6 +70,42 @@ def thin_dose(inputs: torch.Tensor, augment: Augment, generator: torch.Generator
     if torch.equal(counts, counts.round()):
         return torch.binomial(counts, keep, generator=generator)
     return torch.poisson(counts * keep, generator=generator)
+
+
+def symmetry(images: torch.Tensor, spots: torch.Tensor | None, ops: torch.Tensor, centre: int):
+    """Apply one of the 8 symmetries of the square grid about pixel ``centre`` to each image and its spots.
+
+    Parameters
+    ----------
+    images : Tensor (N, C, H, W)
+        Square images; pixel ``centre`` is k = 0 on both axes.
+    spots : Tensor (N, M, 2) or None
+        Spot positions (x, y) [px].
+    ops : Tensor of int (N,)
+        Bits of each op: 1 mirrors x (x → 2c - x), 2 mirrors y, 4 swaps x and y (applied last).
+
+    Returns
+    -------
+    images, spots
+        Transformed. The mirror about pixel c maps the last pixel column onto the first; with the
+        detector's k = 0 at index size // 2 that column has no partner and wraps around (one edge column).
+    """
+    images = images.clone()
+    spots = None if spots is None else spots.clone()
+    for bit, axis in ((1, -1), (2, -2)):
+        chosen = (ops & bit) != 0
+        if chosen.any():
+            shift = 2 * centre - images.shape[axis] + 1
+            images[chosen] = torch.roll(torch.flip(images[chosen], [axis]), shift, axis)
+            if spots is not None:
+                coordinate = 0 if axis == -1 else 1
+                spots[chosen, :, coordinate] = 2 * centre - spots[chosen, :, coordinate]
+    swapped = (ops & 4) != 0
+    if swapped.any():
+        images[swapped] = images[swapped].transpose(-1, -2)
+        if spots is not None:
+            spots[swapped] = spots[swapped].flip(-1)
+    return images, spots
 
 
 def warp(images: torch.Tensor, matrices: torch.Tensor, shifts: torch.Tensor, centre: float) -> torch.Tensor:
@@ -63,36 +134,79 @@ def warp(images: torch.Tensor, matrices: torch.Tensor, shifts: torch.Tensor, cen
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def augment_batch(
-    inputs: torch.Tensor, targets: torch.Tensor, augment: Augment, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dose thinning, then one random shift and ellipticity applied to pattern and target alike.
-
-    Parameters
-    ----------
-    inputs : Tensor (N, 1, H, W)
-        Raw patterns [counts].
-    targets : Tensor (N, 1, H, W)
-        Normalised targets; the warped spot mask is the bilinear mask > 0.5, so the mask does
-        not grow a ring of tiny interpolated values.
-    """
-    n, device = inputs.shape[0], inputs.device
-    if augment.dose_fraction > 0:
-        inputs = thin_dose(inputs, augment, generator)
-    if augment.shift_px == 0 and augment.ellipticity == 0:
-        return inputs, targets
+def _affine(n: int, augment: Augment, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random linear maps (the ellipticity, then a symmetric stretch within ± strain) and shifts (x, y) [px]."""
 
     def uniform(*shape):
         return torch.rand(shape, generator=generator, device=device)
 
+    def about(angle: torch.Tensor, principal: torch.Tensor) -> torch.Tensor:
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+        return rotation @ torch.diag_embed(principal) @ rotation.transpose(1, 2)
+
     shifts = (2 * uniform(n, 2) - 1) * augment.shift_px
     stretch = 1 + augment.ellipticity * uniform(n)
-    angle = math.pi * uniform(n)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-    scale = torch.diag_embed(torch.stack([stretch, torch.ones_like(stretch)], -1))
-    matrices = rotation @ scale @ rotation.transpose(1, 2)
-    centre = float(inputs.shape[-1] // 2)
-    warped = warp(torch.cat([inputs, targets, (targets > 0).float()], dim=1), matrices, shifts, centre)
-    mask = warped[:, 2:3] > 0.5
-    return warped[:, 0:1], warped[:, 1:2] * mask
+    matrices = about(math.pi * uniform(n), torch.stack([stretch, torch.ones_like(stretch)], -1))
+    if augment.strain > 0:
+        principal = 1 + augment.strain * (2 * uniform(n, 2) - 1)
+        matrices = matrices @ about(math.pi * uniform(n), principal)
+    return matrices, shifts
+
+
+def augment_batch(
+    batch: Batch, augment: Augment, generator: torch.Generator, power: float, sigma_px: float
+) -> tuple[torch.Tensor, SpotTargets]:
+    """Augment a batch; return the patterns and their rendered targets.
+
+    Parameters
+    ----------
+    batch : Batch
+        Patterns, stored targets and (where the set has them) spot lists.
+    augment : Augment
+        What to draw.
+    generator : torch.Generator
+        The step's random source.
+    power : float
+        Target power (``train.target_power``).
+    sigma_px : float
+        σ of the target spots [px] (the training set's ``target_sigma_px``).
+
+    Returns
+    -------
+    inputs : Tensor (N, 1, H, W)
+    targets : SpotTargets
+        Image, offsets and their mask; from stored target images (no spot lists) the offsets are None.
+    """
+    inputs = batch.inputs
+    n, device, size = inputs.shape[0], inputs.device, inputs.shape[-1]
+    centre = size // 2
+    if augment.dose_fraction > 0:
+        inputs = thin_dose(inputs, augment, generator)
+    if batch.spots is None:
+        return _augment_images(inputs, normalise_target(batch.targets, power), augment, generator)
+    spots = batch.spots
+    if augment.symmetries:
+        ops = torch.randint(0, 8, (n,), generator=generator, device=device)
+        inputs, spots = symmetry(inputs, spots, ops, centre)
+    if augment.shift_px or augment.ellipticity or augment.strain:
+        matrices, shifts = _affine(n, augment, generator, device)
+        inputs = warp(inputs, matrices, shifts, float(centre))
+        spots = (spots - centre) @ matrices.transpose(1, 2) + centre + shifts[:, None, :]
+    return inputs, render_targets(spots, batch.amplitudes, size, sigma_px, power)
+
+
+def _augment_images(inputs, targets, augment: Augment, generator) -> tuple[torch.Tensor, SpotTargets]:
+    """A set without spot lists: the normalised target images move with the patterns (bilinear)."""
+    n, device, size = inputs.shape[0], inputs.device, inputs.shape[-1]
+    centre = size // 2
+    if augment.symmetries:
+        ops = torch.randint(0, 8, (n,), generator=generator, device=device)
+        inputs, _ = symmetry(torch.cat([inputs, targets], dim=1), None, ops, centre)
+        inputs, targets = inputs[:, :1], inputs[:, 1:]
+    if augment.shift_px or augment.ellipticity or augment.strain:
+        matrices, shifts = _affine(n, augment, generator, device)
+        warped = warp(torch.cat([inputs, targets, (targets > 0).float()], dim=1), matrices, shifts, float(centre))
+        # The bilinear mask > 0.5: the warped mask does not grow a ring of tiny interpolated values.
+        inputs, targets = warped[:, 0:1], warped[:, 1:2] * (warped[:, 2:3] > 0.5)
+    return inputs, SpotTargets(targets[:, 0], None, None)

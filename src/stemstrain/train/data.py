@@ -7,26 +7,31 @@ labels (``strain``, ``thickness_nm``, ``material``, ``dose``, ...); ``target > 0
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 import zarr
+from abtem.core.energy import energy2wavelength
 
 from stemstrain.config import Config
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import check_counts
+from stemstrain.train.augment import Batch
 
-__all__ = ["TrainingSet", "check_training_set", "data_hash", "open_training_group", "split_indices"]
+__all__ = ["TrainingSet", "check_training_set", "data_hash", "open_training_group", "split_indices", "trained_on"]
 
 
 class TrainingSet(torch.utils.data.Dataset):
     """Batches read from a training-set Zarr store (contract of docs/DESIGN.md), never loaded whole.
 
-    ``dataset[indices]`` returns ``(inputs, targets)`` as float32 tensors (b, 1, H, W) in the
-    order of ``indices``. Whole Zarr chunks are decoded and kept in a least-recently-used cache of
-    ``cache_mb`` per process, so shuffled batches do not decode the same chunk again and again.
+    ``dataset[indices]`` returns a :class:`~stemstrain.train.augment.Batch` in the order of
+    ``indices``: ``inputs`` and ``targets`` as float32 tensors (b, 1, H, W), and the target spot
+    lists ``spots`` (b, M, 2) [px] and ``amplitudes`` (b, M) where the store has them (None for a
+    set written before they existed). Whole Zarr chunks are decoded and kept in a least-recently-used
+    cache of ``cache_mb`` per process, so shuffled batches do not decode the same chunk again and again.
 
     Parameters
     ----------
@@ -45,6 +50,8 @@ class TrainingSet(torch.utils.data.Dataset):
         group = self._open()
         self.shape = tuple(group["inputs"].shape)
         self.chunk = int(group["inputs"].chunks[0])
+        self.has_spots = all(name in group for name in ("spots", "spot_amplitudes"))
+        self.target_sigma_px = float(group.attrs.get("target_sigma_px", 1.0))
 
     def _open(self):
         if self._group is None:
@@ -78,16 +85,19 @@ class TrainingSet(torch.utils.data.Dataset):
         return block
 
     def read(self, name: str, indices) -> np.ndarray:
-        """Patterns ``indices`` of array ``name`` as float32 (b, H, W)."""
-        out = np.empty((len(indices), *self.shape[1:]), np.float32)
+        """Samples ``indices`` of array ``name`` as float32, e.g. (b, H, W) for the patterns."""
+        out = np.empty((len(indices), *self._open()[name].shape[1:]), np.float32)
         for row, index in enumerate(indices):
             out[row] = self._chunk(name, int(index) // self.chunk)[int(index) % self.chunk]
         return out
 
-    def __getitem__(self, indices):
+    def __getitem__(self, indices) -> Batch:
         inputs = torch.from_numpy(self.read("inputs", indices))[:, None]
         targets = torch.from_numpy(self.read("targets", indices))[:, None]
-        return inputs, targets
+        if not self.has_spots:
+            return Batch(inputs, targets)
+        spots = torch.from_numpy(self.read("spots", indices))
+        return Batch(inputs, targets, spots, torch.from_numpy(self.read("spot_amplitudes", indices)))
 
 
 def open_training_group(path: str | Path):
@@ -159,6 +169,7 @@ def check_training_set(path: str | Path, config: Config) -> tuple[int, int]:
         raise StemstrainInputError(
             f"{path}: pattern size {height} px is not a multiple of 2**(model.depth - 1) = {divisor}"
         )
+    # A set drawn over a range of optics records the ranges (energy_eV_range, ...) instead of one value.
     expected = {
         "k_sampling": ("detector.k_sampling", config.detector.k_sampling),
         "energy_eV": ("optics.energy_eV", config.optics.energy_eV),
@@ -208,3 +219,50 @@ def split_indices(strain: np.ndarray | None, n: int, val_fraction: float, seed: 
     held = np.random.default_rng(seed).permutation(n_groups)[:n_val]
     is_val = np.isin(groups, held)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def trained_on(dataset: TrainingSet) -> dict:
+    """What a training set covers, for the model's metadata and the warnings of inference.
+
+    Returns
+    -------
+    dict
+        ``patterns``; ``crystals``; ranges ``[low, high]`` of ``thickness_nm``, ``dose`` [e-],
+        ``energy_eV``, ``semiangle_mrad`` and ``disk_radius_inv_angstrom`` (α/λ, the disk radius in
+        the diffraction plane [1/angstrom]); ``orientation`` (fixed or random); ``frozen_phonon_fraction``.
+    """
+    group = dataset._open()
+    attrs = dict(group.attrs)
+    settings = json.loads(attrs.get("simulate_config", "{}"))
+
+    def span(name: str, fallback: float | None = None) -> list[float] | None:
+        values = dataset.labels(name)
+        if values is None:
+            return None if fallback is None else [float(fallback)] * 2
+        return [float(np.min(values)), float(np.max(values))]
+
+    energy = span("energy_eV", attrs.get("energy_eV"))
+    semiangle = span("semiangle_mrad", attrs.get("semiangle_mrad"))
+    summary = {
+        "patterns": len(dataset),
+        "crystals": sorted({str(name) for name in _first(dataset.labels("material"), attrs.get("crystals", []))}),
+        "thickness_nm": span("thickness_nm"),
+        "dose": span("dose"),
+        "energy_eV": energy,
+        "semiangle_mrad": semiangle,
+        "orientation": settings.get("orientation", "fixed"),
+    }
+    phonons = dataset.labels("frozen_phonons")
+    summary["frozen_phonon_fraction"] = float(np.mean(phonons > 0)) if phonons is not None else None
+    energies, semiangles = dataset.labels("energy_eV"), dataset.labels("semiangle_mrad")
+    if energies is None and energy is not None and semiangle is not None:
+        energies, semiangles = np.array(energy[:1]), np.array(semiangle[:1])
+    if energies is not None:
+        wavelength = np.vectorize(energy2wavelength)(np.asarray(energies, dtype=float))
+        radius = 1e-3 * np.asarray(semiangles) / wavelength
+        summary["disk_radius_inv_angstrom"] = [float(radius.min()), float(radius.max())]
+    return summary
+
+
+def _first(values, fallback):
+    return fallback if values is None else np.unique(values)

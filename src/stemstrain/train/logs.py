@@ -22,16 +22,21 @@ METRIC_FIELDS = (
     "train_loss",
     "train_bce",
     "train_mse",
+    "train_offset",
     "val_loss",
     "val_bce",
     "val_mse",
+    "val_offset",
     "val_median_error_px",
     "val_recall",
     "val_precision",
+    "val_strain_rmse",
+    "val_strain_median",
+    "val_strain_valid",
     "samples_per_s",
     "elapsed_s",
 )
-STEP_FIELDS = ("step", "epoch", "lr", "loss", "bce", "mse")
+STEP_FIELDS = ("step", "epoch", "lr", "loss", "bce", "mse", "offset")
 
 
 def rewrite_csv(path: Path, fields, rows: list[dict]) -> None:
@@ -61,7 +66,7 @@ def plot_curves(metrics: list[dict], steps: list[dict], out: Path) -> Path:
     def column(rows, key):
         return np.array([float(row[key]) if row[key] not in ("", None) else np.nan for row in rows])
 
-    figure, (loss_axis, spot_axis) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    figure, (loss_axis, spot_axis, strain_axis) = plt.subplots(1, 3, figsize=(16, 4), constrained_layout=True)
     if steps:
         loss_axis.plot(
             column(steps, "step"), column(steps, "loss"), lw=0.6, alpha=0.4, label="train (rank 0, per step)"
@@ -76,9 +81,16 @@ def plot_curves(metrics: list[dict], steps: list[dict], out: Path) -> Path:
         error_axis = spot_axis.twinx()
         error_axis.plot(epoch_step, column(metrics, "val_median_error_px"), "^-", color="C3", label="median error")
         error_axis.set_ylabel("median spot-position error [px]", color="C3")
-    loss_axis.set_yscale("log")
+        for key, label in [("val_strain_rmse", "RMS"), ("val_strain_median", "median |error|")]:
+            strain_axis.plot(epoch_step, column(metrics, key), "o-", label=label)
+    # The offset term (a negative log-likelihood) can take the total below zero.
+    loss_axis.set_yscale("symlog", linthresh=1e-3)
     loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("loss L = BCE + MSE^γ [1]")
+    loss_axis.set_ylabel("loss L = BCE + MSE^γ (+ λ NLL) [1]")
+    strain_axis.set_yscale("log")
+    strain_axis.set_xlabel("step")
+    strain_axis.set_ylabel("validation lattice strain error [1]")
+    strain_axis.legend()
     loss_axis.legend()
     spot_axis.set_xlabel("step")
     spot_axis.set_ylabel("validation spot recall / precision [1]")

@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from stemstrain.config import Config, TrainConfig
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import atomic_output, discard_temporaries
-from stemstrain.model import UNet, export_model, normalise_target, spot_loss
+from stemstrain.model import UNet, export_model, spot_loss
 from stemstrain.runtime import autocast, resolve_precision
-from stemstrain.train.augment import augment_batch
-from stemstrain.train.data import TrainingSet, check_training_set, data_hash, split_indices
+from stemstrain.train.augment import Batch, augment_batch
+from stemstrain.train.data import TrainingSet, check_training_set, data_hash, split_indices, trained_on
 from stemstrain.train.ddp import broadcast_object, environment, parameter_checksum, setup, summed
 from stemstrain.train.logs import CURVES, METRIC_FIELDS, METRICS, STEP_FIELDS, STEPS, plot_curves, read_csv, rewrite_csv
 from stemstrain.train.metrics import validate
@@ -119,7 +119,7 @@ def _check_on_rank_0(data: Path, config: Config, rank: int) -> None:
 class _Training:
     """One process of a training run: its data, model, optimizer and schedule, and where it stands.
 
-    ``sums`` holds the epoch's (loss, bce, mse, patterns) so far and ``train_seconds`` the time
+    ``sums`` holds the epoch's (loss, bce, mse, offset, patterns) so far and ``train_seconds`` the time
     spent on its steps; a checkpoint inside an epoch carries them (summed over ranks), so that
     the epoch's row of a resumed run is exact.
     """
@@ -136,6 +136,11 @@ class _Training:
         # One rank reads the whole store for the hash; the others get it by broadcast.
         self.fingerprint = broadcast_object(data_hash(data) if rank == 0 else None)
 
+        if config.model.offsets and not self.dataset.has_spots:
+            raise StemstrainInputError(
+                f"{data}: model.offsets needs the target spot lists 'spots' and 'spot_amplitudes', which this "
+                "training set lacks (simulate it again with this version of `stemstrain simulate`)"
+            )
         torch.manual_seed(settings.seed)
         model = UNet(config.model)
         _init_mask_prior(model, self.dataset, self.train_indices)
@@ -151,7 +156,7 @@ class _Training:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.identity = {"model": config.model.model_dump(), "train": _resumable(settings), "world_size": world}
         self.step = 0
-        self.sums = torch.zeros(4, dtype=torch.float64)
+        self.sums = torch.zeros(5, dtype=torch.float64)
         self.train_seconds = 0.0
         self.metrics: list[dict] = []
         self.step_rows: list[dict] = []
@@ -230,8 +235,8 @@ class _Training:
             pin_memory=self.device.type == "cuda",
         )
         resumed_at = time.perf_counter() - self.train_seconds
-        for inputs, targets in loader:
-            lr, values = self._step(inputs, targets)
+        for batch in loader:
+            lr, values = self._step(batch)
             if self.rank == 0:
                 self.step_rows.append(dict(zip(STEP_FIELDS, [self.step, epoch, lr, *values], strict=True)))
                 if bar is not None:
@@ -247,17 +252,19 @@ class _Training:
                 return True
         return False
 
-    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, list[float]]:
-        """One optimizer step on a batch; returns the learning rate it used and (loss, bce, mse)."""
+    def _step(self, batch: Batch) -> tuple[float, list[float]]:
+        """One optimizer step on a batch; returns the learning rate it used and (loss, bce, mse, offset)."""
         settings = self.settings
         generator = _step_generator(settings.seed, self.step, self.rank, self.device)
-        inputs = inputs.to(self.device, non_blocking=True)
-        targets = normalise_target(targets.to(self.device, non_blocking=True), settings.target_power)
-        inputs, targets = augment_batch(inputs, targets, settings.augment, generator)
+        inputs, targets = augment_batch(
+            batch.to(self.device), settings.augment, generator, settings.target_power, self.dataset.target_sigma_px
+        )
         inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
             outputs = self.ddp(inputs)
-        loss = spot_loss(outputs, targets, settings.gamma)
+        loss = spot_loss(
+            outputs, targets.image, settings.gamma, targets.offsets, targets.offset_mask, settings.offset_weight
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()
         self.scaler.unscale_(self.optimizer)
@@ -267,7 +274,7 @@ class _Training:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
-        values = [loss.total.item(), loss.bce.item(), loss.mse.item()]
+        values = [loss.total.item(), loss.bce.item(), loss.mse.item(), loss.offset.item()]
         self.sums += torch.tensor([*(v * len(inputs) for v in values), len(inputs)], dtype=torch.float64)
         return lr, values
 
@@ -278,10 +285,11 @@ class _Training:
             "epoch": epoch,
             "step": self.step,
             "lr": lr,
-            "train_loss": (sums[0] / sums[3]).item(),
-            "train_bce": (sums[1] / sums[3]).item(),
-            "train_mse": (sums[2] / sums[3]).item(),
-            "samples_per_s": sums[3].item() / self.train_seconds,
+            "train_loss": (sums[0] / sums[4]).item(),
+            "train_bce": (sums[1] / sums[4]).item(),
+            "train_mse": (sums[2] / sums[4]).item(),
+            "train_offset": (sums[3] / sums[4]).item(),
+            "samples_per_s": sums[4].item() / self.train_seconds,
         }
         # Each rank's BatchNorm statistics saw its own last batch; rank 0's are the model's.
         for buffer in self.model.buffers():
@@ -349,6 +357,7 @@ class _Training:
             "k_sampling": self.config.detector.k_sampling,
             "energy_eV": self.config.optics.energy_eV,
             "semiangle_mrad": self.config.optics.semiangle_mrad,
+            "trained_on": trained_on(self.dataset),
             "target_power": self.settings.target_power,
             "config": self.config.model_dump(mode="json"),
             "data_hash": self.fingerprint,
