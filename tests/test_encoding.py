@@ -88,3 +88,23 @@ def test_offset_loss_rewards_the_right_offsets_and_trains():
     loss = spot_loss(out, *args)
     loss.total.backward()
     assert network.head.weight.grad[2:].abs().sum() > 0  # the offset channels get a gradient
+
+
+def test_validation_lattice_error_is_the_strain_of_the_read_out():
+    """The validation metric fits each pattern's lattice as inference does: zero for a perfect read-out, and
+    the strain itself when the read-out reports a lattice strained against the truth."""
+    from stemstrain.strain import deformation_from_strain
+    from stemstrain.train.metrics import lattice_strain_errors
+
+    spots, amplitudes = lattice_spots(3)
+    spots, amplitudes = spots.numpy().astype(float), amplitudes.numpy().astype(float)
+    amplitudes[:, 0] = 1.0  # the strongest spot is the lattice's origin (the direct beam)
+    weights = np.where(amplitudes > 0, 1.0, 0.0)
+    exact = lattice_strain_errors(spots, amplitudes, spots, weights)
+    np.testing.assert_allclose(exact, 0.0, atol=1e-7)  # float32 spots weighted differently in the two fits
+    # A read-out whose spots follow G' = F^-T G about the direct beam: the error is F's strain.
+    deformation = deformation_from_strain(0.004, -0.002, 0.001, 0.003)
+    origin = spots[:, :1]
+    moved = origin + (spots - origin) @ np.linalg.inv(deformation)  # (x, y) rows: G^T -> G^T F^-1
+    errors = lattice_strain_errors(spots, amplitudes, moved, weights)
+    np.testing.assert_allclose(errors, np.tile([0.004, -0.002, 0.001, 0.003], (3, 1)), atol=2e-6)

@@ -203,11 +203,17 @@ def strain(
     method: Annotated[
         str,
         typer.Option(
-            help="Spot detector: unet (the network, needs --model), bragg (template-matched disks), "
+            help="Spot detector: unet (the network), bragg (template-matched disks), "
             "cepstrum / cepstrum-multi (cepstral peaks, real space), peaks (maxima of the raw patterns)."
         ),
     ] = "unet",
-    model: Annotated[Path | None, typer.Option(help="Exported network (CKPT_DIR/model.pt) for --method unet.")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Exported network (CKPT_DIR/model.pt) for --method unet; default: the shipped model "
+            "models/general-v1.pt (or $STEMSTRAIN_MODEL), see models/general-v1.md for what it was trained on."
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(

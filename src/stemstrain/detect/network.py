@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from abtem.core.energy import energy2wavelength
 
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
@@ -105,7 +106,38 @@ class UNetDetector:
         self.pixels = int(self.metadata["pixels"])
         self.k_sampling = float(self.metadata["k_sampling"])
         self._grid = self._resampling_grid(scan, allow_calibration_mismatch)
+        self._check_optics(scan)
         self.timings = Timings()
+
+    def _check_optics(self, scan: xr.Dataset) -> None:
+        """Warn when the scan's disks or beam energy lie outside what the model was trained on.
+
+        The network works at the model's k calibration whatever the microscope; what changes with the
+        optics is the disk radius α/λ [1/angstrom] (and, with the energy, the dynamical contrast).
+        """
+        trained = self.metadata.get("trained_on") or {}
+        radius_range, energy_range = trained.get("disk_radius_inv_angstrom"), trained.get("energy_eV")
+        energy, semiangle = scan.attrs.get("energy_eV"), scan.attrs.get("semiangle_mrad")
+        if not (energy and semiangle):
+            return
+        problems = []
+        if radius_range:
+            radius = 1e-3 * float(semiangle) / energy2wavelength(float(energy))
+            low, high = radius_range
+            if not 0.9 * low <= radius <= 1.1 * high:
+                problems.append(
+                    f"its disk radius α/λ = {radius:.4f} 1/angstrom ({semiangle} mrad at {float(energy) / 1e3:g} kV) "
+                    f"lies outside the trained {low:.4f}-{high:.4f} 1/angstrom"
+                )
+        if energy_range and not energy_range[0] * 0.95 <= float(energy) <= energy_range[1] * 1.05:
+            problems.append(
+                f"its beam energy {float(energy) / 1e3:g} kV lies outside the trained "
+                f"{energy_range[0] / 1e3:g}-{energy_range[1] / 1e3:g} kV"
+            )
+        if problems:
+            warnings.warn(
+                "the network was not trained on patterns like this scan's: " + "; ".join(problems), stacklevel=3
+            )
 
     def _resampling_grid(self, scan: xr.Dataset, allow_mismatch: bool):
         """Sampling grid from the model's pixels to the scan's (None when they coincide)."""

@@ -1,7 +1,7 @@
 """The network of the method: U-Net, loss, spot encoding and read-out, export and loading."""
 
 from stemstrain.model.encoding import SpotTargets, decode_spots, render_targets
-from stemstrain.model.export import export_model, load_model
+from stemstrain.model.export import default_model, export_model, load_model
 from stemstrain.model.loss import SpotLoss, normalise_target, spot_loss
 from stemstrain.model.unet import UNet, normalise_patterns
 
@@ -10,6 +10,7 @@ __all__ = [
     "SpotTargets",
     "UNet",
     "decode_spots",
+    "default_model",
     "export_model",
     "load_model",
     "normalise_patterns",

@@ -7,6 +7,7 @@ config, data hash, validation scores).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -16,6 +17,11 @@ from stemstrain.config import ModelConfig
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import atomic_output
 from stemstrain.model.unet import UNet
+
+# The shipped model: models/ at the top of the source tree (beside src/), or $STEMSTRAIN_MODEL.
+SHIPPED_MODELS = Path(__file__).resolve().parents[3] / "models"
+DEFAULT_MODEL = "general-v1.pt"
+MODEL_ENV = "STEMSTRAIN_MODEL"
 
 FORMAT = "stemstrain-model"
 FORMAT_VERSION = 1
@@ -93,3 +99,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     model = UNet(ModelConfig.model_validate(payload["model_config"]))
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), payload["metadata"]
+
+
+def default_model() -> Path:
+    """The model ``stemstrain strain`` uses when none is given: ``$STEMSTRAIN_MODEL``, else the shipped one.
+
+    Raises
+    ------
+    StemstrainInputError
+        If neither exists (an installation without the source tree's ``models/``).
+    """
+    path = Path(os.environ.get(MODEL_ENV) or SHIPPED_MODELS / DEFAULT_MODEL)
+    if not path.is_file():
+        raise StemstrainInputError(
+            f"--model: no model given and the default {path} does not exist "
+            f"(set {MODEL_ENV} or pass --model CKPT_DIR/model.pt)"
+        )
+    return path

@@ -94,7 +94,8 @@ def strain_map(
     method : {"unet", "bragg", "cepstrum", "cepstrum-multi", "peaks"}
         Spot detector (:data:`stemstrain.detect.METHODS`).
     model : path or (torch.nn.Module, dict), optional
-        Exported network, for ``unet`` (a path when the units run on a cluster).
+        Exported network, for ``unet`` (a path when the units run on a cluster); default: the
+        shipped model (:func:`stemstrain.model.default_model`).
     config : StrainConfig, optional
         Network batch, device, precision, compile, work-unit size and the cluster of the units.
     reference_roi : (y0, y1, x0, x1), optional
@@ -167,6 +168,10 @@ def plan_strain_map(
     scan_path, out = Path(scan_path), Path(out)
     scan = open_4d(scan_path)
     roi = _reference_roi(scan, scan_path, reference_roi)
+    if method == NETWORK and model is None:
+        from stemstrain.model import default_model
+
+        model = default_model()
     options = {**detector_settings(method, config), **(detector_options or {})}
     detector = make_detector(method, scan, model=model, **options)
     timings = Timings()

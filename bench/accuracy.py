@@ -1,0 +1,105 @@
+"""The accuracy suite: every method, tuned py4DSTEM included, on held-out multislice scans; one table.
+
+    python bench/accuracy.py                  # simulate what is missing (cached), then run and score
+    python bench/accuracy.py --simulate-only  # build or complete the suite's scans
+    python bench/accuracy.py --scans si110_t37_d1e6 --methods bragg unet
+
+The scans are the ``scans:`` of ``bench/suite.yaml`` (held out from every training config: turned
+crystals, a composite strain field, thicknesses absent from training, a crystal absent from it),
+simulated by ``stemstrain.simulate.simulate_scan`` into ``bench/work/suite/`` and kept there;
+scans that differ only in dose share their multislice (the cache folder). Each method runs on the
+same patterns in this process, one after the other, with both cores: ours through
+``stemstrain.strainmap.strain_map``, py4DSTEM through ``bench/peers.py`` (one process per core, its
+own venv). Writes ``bench/results/accuracy.json`` (every row, the machine and its load) and
+``bench/results/accuracy.md`` (the table); ``make bench`` copies the table into ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import RESULTS, write_result  # noqa: E402
+
+from stemstrain.config import BASELINES, NETWORK, load_config  # noqa: E402
+from stemstrain.errors import StemstrainInputError  # noqa: E402
+from stemstrain.evaluate.suite import failed_row, score_row, suite_table, timed_row  # noqa: E402
+from stemstrain.simulate import simulate_scan  # noqa: E402
+from stemstrain.strainmap import strain_map  # noqa: E402
+
+SUITE = HERE / "suite.yaml"
+WORK = HERE / "work" / "suite"
+PY4DSTEM = "py4dstem"
+METHODS = [NETWORK, *BASELINES, PY4DSTEM]
+
+
+def simulate(config, names: list[str]) -> None:
+    """Simulate the suite's scans that are not there yet (resumable, cached multislice)."""
+    for scan in config.scans:
+        scan_path, truth = WORK / f"{scan.name}.zarr", WORK / f"{scan.name}.truth.zarr"
+        if scan.name in names and not truth.exists():
+            simulate_scan(config, scan, scan_path, truth, cache=WORK / "cache")
+
+
+def run_method(scan: str, method: str, model: Path | None) -> dict:
+    """One row of the table: ``method`` on ``scan``, timed end to end and scored against the truth."""
+    scan_path, truth = WORK / f"{scan}.zarr", WORK / f"{scan}.truth.zarr"
+    out = WORK / "maps" / f"{scan}.{method}.zarr"
+    if method == PY4DSTEM:
+        from peers import run_py4dstem
+
+        try:
+            timing = run_py4dstem(scan_path, out, processes=2)
+        except (StemstrainInputError, RuntimeError) as err:
+            return failed_row(scan, method, str(err))
+        return score_row(scan, method, out, truth, timing["seconds_total"])
+    if method == NETWORK and model is None:
+        return failed_row(scan, method, "no model (pass --model or ship models/)")
+    return timed_row(
+        scan, method, truth, out, lambda: strain_map(scan_path, out, method, model=model, fresh=True, progress=False)
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--simulate-only", action="store_true", help="build the suite's scans and stop")
+    parser.add_argument("--scans", nargs="*", help="scan names (default: all of bench/suite.yaml)")
+    parser.add_argument("--methods", nargs="*", default=METHODS, help=f"methods (default: {' '.join(METHODS)})")
+    parser.add_argument("--model", type=Path, help="network model (default: the shipped one)")
+    args = parser.parse_args(argv)
+    config = load_config(SUITE)
+    names = args.scans or [scan.name for scan in config.scans]
+    unknown = sorted(set(names) - {scan.name for scan in config.scans})
+    if unknown:
+        parser.error(f"--scans: unknown {unknown}; bench/suite.yaml has {[s.name for s in config.scans]}")
+    simulate(config, names)
+    if args.simulate_only:
+        return 0
+    model = args.model
+    if model is None and NETWORK in args.methods:
+        from stemstrain.model import default_model
+
+        model = default_model()
+    rows = [run_method(scan, method, model) for scan in names for method in args.methods]
+    table = suite_table(rows, args.methods)
+    (RESULTS / "accuracy.md").write_text(table)
+    write_result(
+        "accuracy",
+        {
+            "load_average": os.getloadavg(),
+            "model": str(model) if model else None,
+            "suite": str(SUITE.relative_to(HERE.parent)),
+            "rows": rows,
+        },
+    )
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
