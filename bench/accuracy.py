@@ -17,8 +17,10 @@ own venv). Writes ``bench/results/accuracy.json`` (every row, the machine and it
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -85,8 +87,14 @@ def main(argv=None) -> int:
         from stemstrain.model import default_model
 
         model = default_model()
-    rows = [run_method(scan, method, model) for scan in names for method in args.methods]
-    table = suite_table(rows, args.methods)
+    rows = []
+    for scan in names:
+        for method in args.methods:
+            load = os.getloadavg()
+            row = run_method(scan, method, model)
+            rows.append({**row, "load_average_before": load, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    rows = merged(rows, [scan.name for scan in config.scans], METHODS)
+    table = suite_table(rows, [m for m in METHODS if any(r["method"] == m for r in rows)])
     (RESULTS / "accuracy.md").write_text(table)
     write_result(
         "accuracy",
@@ -99,6 +107,20 @@ def main(argv=None) -> int:
     )
     print(table)
     return 0
+
+
+def merged(rows: list[dict], scans: list[str], methods: list[str]) -> list[dict]:
+    """This run's rows, and the previous accuracy.json's rows of the (scan, method) pairs not re-run.
+
+    A partial run (``--scans``/``--methods``) thus completes the table; each row keeps its own date
+    and load average. Rows come in suite order, methods in ``methods`` order.
+    """
+    previous = RESULTS / "accuracy.json"
+    by_key = {}
+    if previous.exists():
+        by_key = {(r["scan"], r["method"]): r for r in json.loads(previous.read_text()).get("rows", [])}
+    by_key |= {(r["scan"], r["method"]): r for r in rows}
+    return [by_key[(s, m)] for s in scans for m in methods if (s, m) in by_key]
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def tiny_training_set(tmp_path_factory):
     """A real abTEM training set (training-set contract of DESIGN.md), made once per session in seconds.
 
     24 patterns: 12 strain states (|ε|, |θ| ≤ 0.03) of Si [110], SrTiO3 [001] and Au [001] at 3 and 6 nm,
+    each crystal turned in-plane by a random angle,
     noisy inputs (dose 1e4-1e7) and Gaussian spot targets, reference calibration (128², 0.025 1/Å).
     Returns the store's path.
     """
@@ -87,6 +88,7 @@ def tiny_training_set(tmp_path_factory):
                 "n_samples": 12,
                 "chunk_size": 8,
                 "seed": 7,
+                "orientation": "random",
                 "cluster": {"kind": "none"},
             }
         }

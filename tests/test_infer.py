@@ -138,7 +138,7 @@ def _write(ds, path):
     return path
 
 
-def test_bad_inputs_give_clear_errors(scan, tmp_path):
+def test_bad_inputs_give_clear_errors(scan, tmp_path, monkeypatch):
     good = xr.open_zarr(scan).load()
     with pytest.raises(StemstrainInputError, match="dims"):
         strain_map(_write(good.isel(scan_y=0), tmp_path / "dims.zarr"), tmp_path / "o1.zarr", method="peaks")
@@ -149,6 +149,7 @@ def test_bad_inputs_give_clear_errors(scan, tmp_path):
         strain_map(_write(zero, tmp_path / "zero.zarr"), tmp_path / "o3.zarr", method="peaks")
     with pytest.raises(StemstrainInputError, match="--ref-roi"):
         strain_map(scan, tmp_path / "o4.zarr", method="peaks", reference_roi=(0, 9, 0, 3))
+    monkeypatch.setenv("STEMSTRAIN_MODEL", str(tmp_path / "missing.pt"))  # no model given, none by default
     with pytest.raises(StemstrainInputError, match="--model"):
         strain_map(scan, tmp_path / "o5.zarr", method="unet")
     with pytest.raises(StemstrainInputError, match="--method"):

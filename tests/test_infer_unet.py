@@ -80,3 +80,21 @@ def test_full_chain_on_the_trained_fixture_model(request, tmp_path):
     assert ds.attrs["method"] == "unet" and len(ds.attrs["model_hash"]) == 16
     assert ds.attrs["reference_roi"] == REFERENCE
     assert ds["mask"].values.any()
+
+
+def test_the_shipped_model_loads_and_strain_uses_it_by_default(tmp_path, monkeypatch):
+    """``models/general-v1.pt`` is small, loads, says what it was trained on, and is what ``strain`` runs."""
+    from test_infer import target_scan
+
+    from stemstrain.detect.network import model_hash
+    from stemstrain.model import default_model, load_model
+
+    monkeypatch.delenv("STEMSTRAIN_MODEL", raising=False)
+    path = default_model()
+    assert path.name == "general-v1.pt" and path.stat().st_size < 5e6
+    _, metadata = load_model(path)
+    assert len(metadata["trained_on"]["crystals"]) >= 8
+    out = strain_map(target_scan(tmp_path / "scan.zarr"), tmp_path / "strain.zarr", progress=False)
+    ds = xr.open_zarr(out)
+    assert ds.attrs["method"] == "unet" and ds.attrs["model_hash"] == model_hash(path)
+    assert ds["mask"].values.mean() > 0.9

@@ -307,7 +307,7 @@ class FitOptions:
     min_peaks : int or None
         Fewest inlier peaks for a valid fit; default: unknowns + 2 (5 with origin, 4 without).
     max_fit_error : float
-        Largest RMS residual for a valid fit, as a fraction of the shorter lattice vector [1].
+        Largest weighted RMS residual for a valid fit, as a fraction of the shorter lattice vector [1].
     rejection : float
         Outlier threshold of the robust fit, in robust standard deviations.
     n_iterations : int
@@ -350,7 +350,8 @@ def fit_patterns(
     -------
     dict of ndarray
         ``lattice`` (n, 2, 2) columns g1, g2; ``origin`` (n, 2); ``fit_error`` (n,) RMS residual of
-        the inliers (units of ``positions``); ``n_peaks`` (n,) inliers; ``valid`` (n,) bool.
+        the inliers, weighted by their fit weights (units of ``positions``); ``n_peaks`` (n,) inliers;
+        ``valid`` (n,) bool.
     """
     positions = np.asarray(positions, dtype=float)
     weights = np.asarray(weights, dtype=float)
@@ -373,7 +374,10 @@ def fit_patterns(
     n_peaks = inliers.sum(axis=-1)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # no inliers: NaN error
-        fit_error = np.sqrt(np.nanmean(np.where(inliers, residual, np.nan) ** 2, axis=-1))
+        # weighted as the fit is: faint peaks, which the fit barely heeds, do not decide its quality
+        inlier_weights = np.where(inliers & np.isfinite(residual), fit_weights, 0.0)
+        squares = np.where(inlier_weights > 0, residual, 0.0) ** 2
+        fit_error = np.sqrt((inlier_weights * squares).sum(axis=-1) / inlier_weights.sum(axis=-1))
     shortest = np.linalg.norm(np.asarray(lattice0, dtype=float), axis=-2).min(axis=-1)
     finite = np.all(np.isfinite(lattice), axis=(-2, -1))
     valid = finite & (n_peaks >= min_peaks) & (np.nan_to_num(fit_error, nan=np.inf) <= options.max_fit_error * shortest)

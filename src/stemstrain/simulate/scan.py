@@ -197,7 +197,6 @@ def simulate_scan(
         ``out`` and ``truth``.
     """
     optics = check_simulation(config, [scan.crystal])
-    spec = get_crystal(scan.crystal)
     shape = tuple(scan.scan_shape)
     roi = check_reference_roi(
         scan.reference_roi or default_reference_roi(shape), shape, f"scans[{scan.name}].reference_roi"
@@ -208,17 +207,7 @@ def simulate_scan(
     iy, ix = np.mgrid[0 : shape[0], 0 : shape[1]]
     scan_xy = 10.0 * scan.step_nm * np.stack([ix, iy], axis=-1).astype(float)
 
-    unique, group_of = np.unique(strain.reshape(-1, 4), axis=0, return_inverse=True)
-    tasks, members = [], {}
-    for group, state in enumerate(unique):
-        flat = np.flatnonzero(group_of.ravel() == group)
-        for part, start in enumerate(range(0, len(flat), MAX_POSITIONS_PER_TASK)):
-            indices = flat[start : start + MAX_POSITIONS_PER_TASK]
-            key = f"{group}-{part}"
-            members[key] = indices
-            args = (scan.crystal, state, scan_xy.reshape(-1, 2)[indices], scan.thickness_nm, optics)
-            seed = int(np.random.default_rng([scan.seed, group]).integers(2**31))
-            tasks.append((key, (*args, scan.frozen_phonons, seed, orientation)))
+    tasks, members, n_states = _scan_tasks(scan, strain, scan_xy, optics, orientation)
     clean = np.zeros((shape[0] * shape[1], optics.pixels, optics.pixels), dtype=np.float32)
     clean_patterns = scan.model_dump(mode="json", exclude={"name", "dose"})
     fingerprint = hashlib.sha256(repr((clean_patterns, optics)).encode()).hexdigest()
@@ -239,7 +228,7 @@ def simulate_scan(
         "simulate-scan %s: %d positions, %d strain states, %d tasks (%d to do)",
         scan.name,
         clean.shape[0],
-        len(unique),
+        n_states,
         len(finished) + len(tasks),
         len(tasks),
     )
@@ -257,6 +246,42 @@ def simulate_scan(
             for i, pattern in enumerate(clean)
         ]
     ).reshape(*shape, optics.pixels, optics.pixels)
+    _write_scan(scan, optics, counts, roi, field, out, truth)
+    if not keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+    return Path(out), Path(truth)
+
+
+def _scan_tasks(scan: ScanConfig, strain: np.ndarray, scan_xy: np.ndarray, optics, orientation: float):
+    """Multislice tasks of a scan: one per strain state (split into parts of ``MAX_POSITIONS_PER_TASK``).
+
+    Returns
+    -------
+    tasks : list of (key, args)
+        Arguments of :func:`simulate_positions`.
+    members : dict
+        Flat scan indices that each task key fills.
+    n_states : int
+        Distinct strain states.
+    """
+    unique, group_of = np.unique(strain.reshape(-1, 4), axis=0, return_inverse=True)
+    tasks, members = [], {}
+    for group, state in enumerate(unique):
+        flat = np.flatnonzero(group_of.ravel() == group)
+        for part, start in enumerate(range(0, len(flat), MAX_POSITIONS_PER_TASK)):
+            indices = flat[start : start + MAX_POSITIONS_PER_TASK]
+            key = f"{group}-{part}"
+            members[key] = indices
+            args = (scan.crystal, state, scan_xy.reshape(-1, 2)[indices], scan.thickness_nm, optics)
+            seed = int(np.random.default_rng([scan.seed, group]).integers(2**31))
+            tasks.append((key, (*args, scan.frozen_phonons, seed, orientation)))
+    return tasks, members, len(unique)
+
+
+def _write_scan(scan: ScanConfig, optics, counts: np.ndarray, roi, field: dict, out: Path, truth: Path) -> None:
+    """The 4D-data store of the counts and the strain-map store of the imposed field (atomic writes)."""
+    spec = get_crystal(scan.crystal)
+    shape = counts.shape[:2]
     thickness = float(exit_plane_periods(scan.crystal, [scan.thickness_nm])[0] * spec.period / 10.0)
     dataset = make_4d_dataset(
         counts,
@@ -279,7 +304,7 @@ def simulate_scan(
     chunk = {"scan_y": min(shape[0], 16), "scan_x": min(shape[1], 16), "k_y": -1, "k_x": -1}
     with atomic_output(out) as tmp:
         dataset.chunk(chunk).to_zarr(tmp, mode="w")
-    reference = rotation_matrix(orientation) @ reciprocal_vectors(projected_cell(scan.crystal))
+    reference = rotation_matrix(np.radians(scan.orientation_deg)) @ reciprocal_vectors(projected_cell(scan.crystal))
     truth_map = strain_map_dataset(
         field,
         dataset["scan_y"].values,
@@ -294,6 +319,3 @@ def simulate_scan(
         orientation_deg=scan.orientation_deg,
     )
     write_strain_map(truth_map, truth)
-    if not keep_cache:
-        shutil.rmtree(cache, ignore_errors=True)
-    return Path(out), Path(truth)
