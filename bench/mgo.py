@@ -11,7 +11,7 @@ vector map of the reference region (row ``py4dstem``) and, for comparison, of th
 the CLI (``stemstrain strain``) so that a failure is reported as the user would see it.
 Writes ``bench/results/mgo.json``; stores go to ``bench/work/mgo/``.
 
-Usage: ``python bench/mgo.py [--methods bragg cepstrum-multi] [--skip-py4dstem]`` (the latter keeps the
+Usage: ``python bench/mgo.py [--methods unet bragg cepstrum cepstrum-multi] [--skip-py4dstem]`` (the latter keeps the
 py4DSTEM row of the previous result).
 """
 
@@ -58,11 +58,17 @@ def ingested(raw: Path = RAW) -> tuple[Path, float | None]:
     return out, time.perf_counter() - start
 
 
-def ours(scan: Path, method: str) -> dict:
+TUNED = {"bragg_max_peaks_48": ("bragg", ["-o", "max_peaks=48"])}
+"""Rows of our methods with a user's option: this precession scan has ~75 disks inside the detector
+and, with the default cap of 100 (set on the simulated suite, where SrTiO3 needs it), noise peaks
+between them join the fit (94 % valid); a cap of 48 keeps the strongest disks. Chosen on this scan."""
+
+
+def ours(scan: Path, method: str, options: list[str] = ()) -> dict:
     """``stemstrain strain`` with one of our methods, timed; the region statistics or the error."""
-    out = WORK / f"{method}.zarr"
+    out = WORK / f"{method}{'-tuned' if options else ''}.zarr"
     command = ["stemstrain", "strain", str(scan), str(out), "--method", method, "--no-progress", "--fresh"]
-    command += ["--ref-roi", *map(str, REFERENCE_ROI)]
+    command += ["--ref-roi", *map(str, REFERENCE_ROI), *options]
     cpu, start = children_cpu_seconds(), time.perf_counter()
     run = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], capture_output=True, text=True)
     seconds, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu
@@ -75,9 +81,11 @@ def ours(scan: Path, method: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="*", default=["bragg", "cepstrum-multi"], help="our methods to run")
     parser.add_argument(
-        "--skip-py4dstem", action="store_true", help="do not run py4DSTEM; keep its row of the previous result"
+        "--methods", nargs="*", default=["unet", "bragg", "cepstrum", "cepstrum-multi"], help="our methods to run"
+    )
+    parser.add_argument(
+        "--skip-py4dstem", action="store_true", help="do not run py4DSTEM; keep its rows of the previous result"
     )
     parser.add_argument("--processes", type=int, default=2, help="py4DSTEM disk-detection processes")
     args = parser.parse_args()
@@ -89,10 +97,10 @@ def main() -> None:
         "region": {"rows": list(NANOCUBE[0]), "cols": list(NANOCUBE[1])},
     }
     previous = RESULTS / "mgo.json"
-    if args.skip_py4dstem:
-        if previous.exists():
-            results |= {k: v for k, v in json.loads(previous.read_text()).items() if k.startswith("py4dstem")}
-    else:
+    earlier = json.loads(previous.read_text()) if previous.exists() else {}
+    # rows of methods not re-run this time stay as they were (each carries its own run figures)
+    results |= {k: v for k, v in earlier.items() if isinstance(v, dict) and ("valid_fraction" in v or "error" in v)}
+    if not args.skip_py4dstem:
         # the basis on the reference region's Bragg vector map (fair), then on the whole scan's map
         # (py4DSTEM's default map; it mixes the nanocubes' lattices); the second reuses the disks
         for label, basis_map in (("py4dstem", "reference"), ("py4dstem_scan_map", "scan")):
@@ -109,6 +117,9 @@ def main() -> None:
             results[label] = {**region_spread(out, *NANOCUBE), "run": timing}
     for method in args.methods:
         results[method] = ours(scan, method)
+    for label, (method, options) in TUNED.items():
+        if method in args.methods:
+            results[label] = ours(scan, method, options)
     path = write_result("mgo", results)
     for label, row in results.items():
         if isinstance(row, dict) and ("valid_fraction" in row or "error" in row):

@@ -177,3 +177,21 @@ def test_multi_peak_cepstrum_skips_patterns_without_two_lattice_directions():
     near = _on_lattice(positions, primary, tolerance=0.1)
     assert not near[0].any()
     np.testing.assert_array_equal(near[1], [True, True, True, False])
+
+
+def test_cepstrum_takes_the_second_direction_from_the_strongest_off_line_pair():
+    """When one family of planes dominates (all primary peaks on one line), the strongest pair off
+    that line becomes primary too, so a 2-D lattice can be spanned; other patterns are unchanged."""
+    from stemstrain.detect.cepstrum import _second_direction
+
+    positions = np.array(
+        [
+            [[3.3, 0.0], [-3.3, 0.0], [1.0, 3.2], [-1.0, -3.2], [2.0, 3.0], [-2.0, -3.0]],
+            [[3.3, 0.0], [-3.3, 0.0], [1.0, 3.2], [-1.0, -3.2], [2.0, 3.0], [-2.0, -3.0]],
+        ]
+    )
+    relative = np.array([[1.0, 1.0, 0.44, 0.44, 0.2, 0.2], [1.0, 1.0, 0.9, 0.9, 0.2, 0.2]])
+    keep = np.ones((2, 6), bool)
+    primary = _second_direction(positions, relative, keep, relative >= 0.5)
+    np.testing.assert_array_equal(primary[0], [True, True, True, True, False, False])
+    np.testing.assert_array_equal(primary[1], [True, True, True, True, False, False])

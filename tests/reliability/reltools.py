@@ -28,10 +28,17 @@ def cli_environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
 
 
-def run_cli(*args, cwd: Path | None = None, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run ``stemstrain ARGS`` to completion and capture its output."""
+def run_cli(
+    *args, cwd: Path | None = None, timeout: float = TIMEOUT_S, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``stemstrain ARGS`` to completion and capture its output (``env``: extra environment)."""
     return subprocess.run(
-        [*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=cli_environment()
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**cli_environment(), **(env or {})},
     )
 
 

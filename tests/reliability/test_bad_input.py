@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ class Case:
     args: list
     fragments: tuple[str, ...]
     outputs: tuple[Path, ...]
+    env: dict = field(default_factory=dict)  # extra environment of the command
 
 
 CASES: dict[str, Callable[[Artifacts, Path], Case]] = {}
@@ -250,7 +251,13 @@ CASES["strain/zero-reference"] = strain_case(
     set_values("data", (slice(0, 4), slice(0, 1)), 0.0), ("scan.zarr", "reference region", "zero")
 )
 CASES["strain/unknown-method"] = strain_case(None, ("--method", "'hough'"), "--method", "hough")
-CASES["strain/unet-without-model"] = strain_case(None, ("--model",), "--method", "unet")
+
+
+@case("strain/unet-without-model")
+def _unet_without_model(a: Artifacts, tmp: Path) -> Case:
+    """No --model and no default model (``STEMSTRAIN_MODEL`` names a file that is not there)."""
+    bad = strain_case(None, ("--model", "STEMSTRAIN_MODEL"), "--method", "unet")(a, tmp)
+    return replace(bad, env={"STEMSTRAIN_MODEL": str(tmp / "absent.pt")})
 
 
 def unet_case(fragments, *options):
@@ -483,7 +490,7 @@ def matrix(request, artifacts, tmp_path_factory) -> dict:
         tmp.mkdir()
         prepared[name] = (CASES[name](artifacts, tmp), tmp)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        futures = {name: pool.submit(run_cli, *bad.args, cwd=tmp) for name, (bad, tmp) in prepared.items()}
+        futures = {name: pool.submit(run_cli, *bad.args, cwd=tmp, env=bad.env) for name, (bad, tmp) in prepared.items()}
         return {name: (prepared[name][0], future.result()) for name, future in futures.items()}
 
 

@@ -157,6 +157,7 @@ def _refine_by_offsets(outputs: np.ndarray, positions: np.ndarray) -> tuple[np.n
     inverse_variance = np.where(near, np.exp(-2.0 * log_sigma), 0.0)
     total = inverse_variance.sum(axis=(-2, -1))
     refined = np.stack([(x * inverse_variance).sum(axis=(-2, -1)), (y * inverse_variance).sum(axis=(-2, -1))], -1)
-    refined = refined / total[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):  # padding (no peak) has no weight: NaN, masked below
+        refined = refined / total[..., None]
     centre_variance = np.exp(2.0 * np.clip(outputs[image[..., 0, 0], 4, row, col], *LOG_SIGMA_RANGE))
     return np.where(found[..., None], refined, np.nan), np.where(found, 1.0 / centre_variance, 0.0)
