@@ -204,8 +204,11 @@ class BraggDetector:
         self.device = torch.device(device)
         self.shape = template.shape
         self._template_ft = self._centred_template_ft(np.asarray(template, dtype=np.float64))
-        y, x = np.indices(self.shape)
-        self._beyond_direct_beam = np.hypot(y - self.centre[0], x - self.centre[1]) > 2 * self.disk_radius_px + 1
+        self._beyond_direct_beam = self._off_direct_beam(*np.indices(self.shape)[::-1])
+
+    def _off_direct_beam(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Pixels (x, y) [px] farther from k = 0 than the undiffracted disk and its neighbours' edges."""
+        return np.hypot(y - self.centre[0], x - self.centre[1]) > 2 * self.disk_radius_px + 1
 
     def _centred_template_ft(self, template: np.ndarray) -> torch.Tensor:
         """Conjugate FT of the template moved (by a Fourier phase ramp) so its centre of mass is at pixel 0."""
@@ -283,7 +286,7 @@ class BraggDetector:
         margin = self.disk_radius_px + 1.0
         x, y = positions_px[..., 0], positions_px[..., 1]
         inside = (x >= margin) & (x <= self.shape[1] - 1 - margin) & (y >= margin) & (y <= self.shape[0] - 1 - margin)
-        diffracted = inside & (np.hypot(y - self.centre[0], x - self.centre[1]) > 2 * self.disk_radius_px + 1)
+        diffracted = inside & self._off_direct_beam(x, y)
         strongest = np.max(np.where(diffracted, intensity, 0.0), axis=-1, keepdims=True)
         relative = intensity / np.where(strongest > 0, strongest, 1.0)
         keep = inside & np.isfinite(x) & (relative >= self.min_relative_height)

@@ -210,6 +210,17 @@ class CepstrumDetector:
         return np.where(keep[..., None], positions, np.nan), np.where(keep, relative, 0.0)
 
 
+NOT_COLLINEAR = 0.3
+"""Smallest |sin| of the angle between two peak vectors for them to span a 2-D lattice."""
+
+
+def _sine_to(points: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """|sin| of the angle between each point (n, m, 2) and its pattern's ``direction`` (n, 2); NaN stays NaN."""
+    cross = direction[:, None, 0] * points[..., 1] - direction[:, None, 1] * points[..., 0]
+    norms = np.linalg.norm(points, axis=-1) * np.linalg.norm(direction, axis=-1)[:, None]
+    return np.abs(cross) / np.maximum(norms, 1e-12)
+
+
 def _second_direction(positions: np.ndarray, relative: np.ndarray, keep: np.ndarray, primary: np.ndarray) -> np.ndarray:
     """Primary peaks, plus the strongest ±r pair off their line where all of them lie on one line.
 
@@ -233,10 +244,8 @@ def _second_direction(positions: np.ndarray, relative: np.ndarray, keep: np.ndar
         The primary peaks with the added pair.
     """
     points = np.nan_to_num(positions)
-    length = np.linalg.norm(points, axis=-1)
     a1 = np.take_along_axis(points, np.argmax(np.where(primary, relative, -1.0), axis=-1)[:, None, None], axis=1)
-    cross = np.abs(a1[..., 0] * points[..., 1] - a1[..., 1] * points[..., 0])
-    off_line = keep & (cross > 0.3 * np.maximum(length * np.linalg.norm(a1, axis=-1), 1e-12))
+    off_line = keep & (_sine_to(points, a1[:, 0]) > NOT_COLLINEAR)
     missing = ~np.any(primary & off_line, axis=-1) & np.any(off_line, axis=-1)
     b = np.take_along_axis(points, np.argmax(np.where(off_line, relative, -1.0), axis=-1)[:, None, None], axis=1)
     gap = np.minimum(np.linalg.norm(points - b, axis=-1), np.linalg.norm(points + b, axis=-1))
@@ -268,9 +277,7 @@ def _on_lattice(positions: np.ndarray, primary: np.ndarray, tolerance: float) ->
     length = np.where(primary, np.linalg.norm(np.nan_to_num(positions), axis=-1), np.inf)
     first = np.argmin(length, axis=-1)
     a1 = np.take_along_axis(positions, first[:, None, None], axis=1)[:, 0]
-    cross = a1[:, None, 0] * positions[..., 1] - a1[:, None, 1] * positions[..., 0]
-    sine = np.abs(cross) / np.maximum(length * np.linalg.norm(a1, axis=-1)[:, None], 1e-12)
-    candidates = np.where(sine > 0.3, length, np.inf)  # primary peaks not collinear with a1
+    candidates = np.where(_sine_to(positions, a1) > NOT_COLLINEAR, length, np.inf)  # primary peaks off a1's line
     second = np.argmin(candidates, axis=-1)
     a2 = np.take_along_axis(positions, second[:, None, None], axis=1)[:, 0]
     basis = np.stack([a1, a2], axis=-1)  # (n, 2, 2) columns

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from abtem.core.energy import energy2wavelength
 
+from stemstrain.detect.bragg import disk_radius
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
 from stemstrain.model.encoding import decode_spots
@@ -122,7 +122,7 @@ class UNetDetector:
             return
         problems = []
         if radius_range:
-            radius = 1e-3 * float(semiangle) / energy2wavelength(float(energy))
+            radius = disk_radius(float(energy), float(semiangle))
             low, high = radius_range
             if not 0.9 * low <= radius <= 1.1 * high:
                 problems.append(

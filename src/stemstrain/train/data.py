@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-from abtem.core.energy import energy2wavelength
 
 from stemstrain.config import Config
+from stemstrain.detect.bragg import disk_radius
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import check_counts
 from stemstrain.train.augment import Batch
@@ -258,8 +258,7 @@ def trained_on(dataset: TrainingSet) -> dict:
     if energies is None and energy is not None and semiangle is not None:
         energies, semiangles = np.array(energy[:1]), np.array(semiangle[:1])
     if energies is not None:
-        wavelength = np.vectorize(energy2wavelength)(np.asarray(energies, dtype=float))
-        radius = 1e-3 * np.asarray(semiangles) / wavelength
+        radius = np.vectorize(disk_radius)(np.asarray(energies, dtype=float), np.asarray(semiangles, dtype=float))
         summary["disk_radius_inv_angstrom"] = [float(radius.min()), float(radius.max())]
     return summary
 
