@@ -58,7 +58,10 @@ def test_resumed_training_equals_uninterrupted(tiny_training_set, tiny_train_con
         monkeypatch.delenv(name, raising=False)
     config = tiny_train_config(epochs=2, deterministic=True, base_channels=4)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
+    threads = torch.get_num_threads()
     train(config, tiny_training_set, whole, progress=False)
+    # the run's process-wide torch settings end with it
+    assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
     assert train(config, tiny_training_set, parts, max_steps=3, progress=False) is None
     interrupted = torch.load(parts / CHECKPOINT, weights_only=False)
     assert interrupted["step"] == 3 and not (parts / "model.pt").exists()

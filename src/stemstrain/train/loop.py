@@ -85,6 +85,10 @@ def train(
     rank, world, local_rank, local_world = environment()
     device = setup(rank, world, local_rank, local_world)
     started = time.perf_counter()
+    # Process-wide torch settings this run changes, put back when it ends (a caller such as a
+    # notebook or a test session goes on in the same process).
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark, threads = torch.backends.cudnn.benchmark, torch.get_num_threads()
     try:
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -101,6 +105,9 @@ def train(
         return run.export(checksums, started)
     finally:
         dist.destroy_process_group()
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_num_threads(threads)
 
 
 def _check_on_rank_0(data: Path, config: Config, rank: int) -> None:
