@@ -15,7 +15,7 @@ from stemstrain.detect.bragg import probe_template
 from stemstrain.errors import StemstrainInputError
 from stemstrain.evaluate import evaluate_strain
 from stemstrain.io import open_4d, open_strain_map
-from stemstrain.lattice import fit_patterns, initial_lattice, reciprocal_vectors
+from stemstrain.lattice import fit_patterns, initial_lattice, reciprocal_vectors, reduced_basis
 from stemstrain.strain import reference_lattice, strain_from_lattice
 from stemstrain.strainmap import strain_map
 
@@ -195,3 +195,27 @@ def test_cepstrum_takes_the_second_direction_from_the_strongest_off_line_pair():
     primary = _second_direction(positions, relative, keep, relative >= 0.5)
     np.testing.assert_array_equal(primary[0], [True, True, True, True, False, False])
     np.testing.assert_array_equal(primary[1], [True, True, True, True, False, False])
+
+
+def test_cepstrum_primaries_span_the_whole_centred_lattice():
+    """A centred rectangular lattice (fcc/diamond [110]) whose cepstrum is strong at the rectangle's
+    corners in one pattern and at its centre in another: with the centring pair among the primaries,
+    both patterns span the primitive cell, so either indexes on the other's lattice (measured on
+    Cu [110] 40 nm: 57 % -> 100 % valid)."""
+    from stemstrain.detect.cepstrum import CepstrumDetector
+
+    a, b = np.array([3.6, 0.0]), np.array([0.0, 2.55])  # rectangle [angstrom]
+    c1, c2 = (a + b) / 2, (a - b) / 2  # centring vectors: the primitive cell is half the rectangle
+    corners = [(a, 1.0), (b, 0.9), (a + b, 0.6), (c1, 0.3), (c2, 0.25)]  # centre weak
+    centre = [(c2, 1.0), (a + b, 0.96), (c1, 0.35), (b, 0.3), (a, 0.2)]  # the other half strong
+    positions, heights = [], []
+    for peaks in (corners, centre):
+        positions.append([sign * r for r, _ in peaks for sign in (1, -1)])
+        heights.append([h for _, h in peaks for _ in (1, -1)])
+    detector = CepstrumDetector(0.025, (64.0, 64.0), (128, 128), mask_radius_px=5.0, r_min=1.5, r_max=9.0)
+    selected, _ = detector._select(np.array(positions), np.array(heights))
+    primitive = abs(np.cross(a, b)) / 2
+    for peaks in selected:
+        kept = peaks[np.isfinite(peaks[:, 0])]
+        cell = reduced_basis(np.vstack([np.zeros((1, 2)), kept]))
+        assert abs(np.linalg.det(cell)) == pytest.approx(primitive, rel=1e-6)

@@ -19,3 +19,17 @@ def test_report_table_and_links(tmp_path):
     text = out.read_text()
     assert "| unet | scan_a | Si_110 | 30 | 1000000.0 | 4.10e-04 | 4.40e-04 | 3.00e-04 | 4.40e-04 |" in text
     assert "](figures/unet/scan_a.png)" in text
+
+
+def test_report_names_the_shipped_model_row(tmp_path):
+    scores = {name: {"rmse": 1e-3, "median_abs_error": 5e-4} for name in ("e_xx", "e_yy", "e_xy", "theta")}
+    files = []
+    for method in ("unet", "unet-shipped"):
+        score = tmp_path / "results" / "evaluation" / method / "scan_a.json"
+        score.parent.mkdir(parents=True)
+        score.write_text(json.dumps(scores))
+        files.append(str(score))
+    config = {"name": "demo", "scans": [{"name": "scan_a", "crystal": "Si_110", "thickness_nm": 30, "dose": 1e6}]}
+    text = write_report(files, [], tmp_path / "results" / "report.md", config).read_text()
+    assert "| unet | scan_a |" in text and "| unet-shipped | scan_a |" in text
+    assert "unet-shipped: the pretrained model shipped with stemstrain" in text

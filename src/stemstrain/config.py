@@ -271,6 +271,11 @@ class StrainConfig(_Section):
         "(fp16 on GPUs without bf16).",
     )
     methods: list[Literal[METHODS]] = Field(["unet"], min_length=1, description="Methods run by the workflow.")
+    shipped_model: bool = Field(
+        False,
+        description="Workflow: also map each scan with the shipped pretrained model (models/), reported as "
+        "'unet-shipped' beside the methods (unet there is the model the workflow trains).",
+    )
     device: str = Field("auto", description="Where the network runs: auto (a GPU when there is one), cpu, cuda[:N].")
     compile: bool = Field(False, description="torch.compile the network (no gain measured on CPU).")
     unit_patterns: int = Field(1024, ge=1, description="Patterns per work unit (whole input chunks); bounds memory.")

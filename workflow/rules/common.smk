@@ -5,17 +5,20 @@ import shlex
 RUN = config["name"]
 SCANS = [scan["name"] for scan in config.get("scans", [])]
 METHODS = config.get("strain", {}).get("methods", ["unet"])
+# The shipped pretrained model (`stemstrain strain --method unet` without --model), beside the trained one.
+SHIPPED = "unet-shipped"
+REPORTED = METHODS + ([SHIPPED] if config.get("strain", {}).get("shipped_model", False) else [])
 
 
 wildcard_constraints:
     run=r"[A-Za-z0-9_.-]+",
     scan=r"[A-Za-z0-9_.-]+",
-    # the methods of the config, which the schema checks against stemstrain.detect.METHODS
-    method="|".join(re.escape(method) for method in METHODS),
+    # the methods of the config, which the schema checks against stemstrain.detect.METHODS, and SHIPPED
+    method="|".join(re.escape(method) for method in REPORTED),
 
 
 def strain_inputs(wildcards):
-    """The scan and the resolved config, plus the trained model for the network method."""
+    """The scan and the resolved config, plus the trained model for the network method (not for SHIPPED)."""
     inputs = {"scan": f"results/scans/{wildcards.scan}.zarr", "config": f"results/config/{RUN}.yaml"}
     if wildcards.method == "unet":
         inputs["model"] = f"results/train/{RUN}/model.pt"

@@ -1,7 +1,7 @@
 rule report:
     input:
-        scores=expand("results/evaluation/{method}/{scan}.json", method=METHODS, scan=SCANS),
-        figures=expand("results/figures/{method}/{scan}.png", method=METHODS, scan=SCANS),
+        scores=expand("results/evaluation/{method}/{scan}.json", method=REPORTED, scan=SCANS),
+        figures=expand("results/figures/{method}/{scan}.png", method=REPORTED, scan=SCANS),
     output:
         "results/report.md",
     log:

@@ -12,9 +12,10 @@ rule strain:
     resources:
         mem_mb=8000,
     params:
+        method=lambda wildcards: "unet" if wildcards.method == SHIPPED else wildcards.method,
         model=lambda wildcards, input: f"--model {input.model}" if wildcards.method == "unet" else "",
     conda:
         "../../envs/stemstrain.yaml"
     shell:
-        "stemstrain strain {input.scan} {output} --method {wildcards.method} {params.model}"
+        "stemstrain strain {input.scan} {output} --method {params.method} {params.model}"
         " --config {input.config} > {log} 2>&1"

@@ -73,7 +73,8 @@ class CepstrumDetector:
         that empty pixels give a finite log and shot noise in them is damped.
     multi : bool
         False: primary peaks only (those at least ``primary_height`` times the strongest, the
-        shortest lattice vectors); True: every peak with ``r_min <= |r| <= r_max`` above
+        shortest lattice vectors, with a second direction and a centring pair where those are
+        weaker: :func:`_second_direction`, :func:`_centring`); True: every peak with ``r_min <= |r| <= r_max`` above
         ``min_relative_height``. Peaks of the structure inside the cell (between lattice points)
         are left for the shared indexing to reject.
     r_min, r_max : float
@@ -203,6 +204,7 @@ class CepstrumDetector:
         relative = heights / np.where(strongest > 0, strongest, 1.0)
         keep = finite & (length >= self.r_min) & (length <= self.r_max) & (relative >= self.min_relative_height)
         primary = _second_direction(positions, relative, keep, keep & (relative >= self.primary_height))
+        primary |= _centring(positions, relative, keep & (relative >= CENTRING_HEIGHT), primary, self.lattice_tolerance)
         if self.multi:
             keep &= _on_lattice(positions, primary, self.lattice_tolerance)
         else:
@@ -253,6 +255,75 @@ def _second_direction(positions: np.ndarray, relative: np.ndarray, keep: np.ndar
     return primary | (missing[:, None] & pair)
 
 
+CENTRING_HEIGHT = 0.2
+"""Smallest relative height of a peak at a half-integer point of the primary lattice that makes it centred.
+
+Measured on the accuracy suite: 0.2 makes the Cu [110] maps 100 % valid (0.3: 62 %) and changes no
+other scan's validity (0.1: SrTiO3 [001] cepstrum-multi 96 %)."""
+
+HALF_COSETS = np.array([[0.5, 0.0], [0.0, 0.5], [0.5, 0.5]])
+"""The three half-integer points of a cell: adding any one of them gives a lattice of half the cell."""
+
+
+def _centring(
+    positions: np.ndarray, relative: np.ndarray, candidates: np.ndarray, primary: np.ndarray, tolerance: float
+) -> np.ndarray:
+    """The strongest ±r pair at a half-integer point of the primary peaks' lattice, where there is one.
+
+    The cepstral peaks of a centred lattice (fcc and diamond [110]: a rectangle with a point at its
+    centre) can be strong at the rectangle's corners and weaker at its centre in one pattern, and the
+    other way round in the next (measured: Cu [110] at 40 nm, the primaries of 43 % of a strain scan
+    spanned a different half of the lattice than those of the reference, which then indexed no second
+    direction). With the strongest centring pair among the primaries, every pattern, the reference
+    included, spans the whole (primitive) lattice, so any pattern's peaks index on the reference.
+
+    Parameters
+    ----------
+    positions : ndarray, shape (n, m, 2)
+        Peak positions (x, y); NaN for padding.
+    relative : ndarray, shape (n, m)
+        Peak heights relative to the strongest of the pattern.
+    candidates : ndarray of bool, shape (n, m)
+        Peaks that may be the centring pair (kept, and at least :data:`CENTRING_HEIGHT`).
+    primary : ndarray of bool, shape (n, m)
+        The primary peaks, which span the lattice.
+    tolerance : float
+        Largest distance from the half-integer point [fractions of the cell].
+
+    Returns
+    -------
+    ndarray of bool, shape (n, m)
+        The centring pair; none in a pattern without one, or whose primaries span no lattice.
+    """
+    basis, found = _primary_basis(positions, primary)
+    points = np.nan_to_num(positions)
+    fractional = np.einsum("nij,nmj->nmi", np.linalg.inv(basis), points)  # (n, m, 2)
+    shifted = fractional[:, :, None, :] - HALF_COSETS  # (n, m, 3, 2)
+    near = np.all(np.abs(shifted - np.round(shifted)) <= tolerance, axis=-1).any(axis=-1)
+    at_half = candidates & near & found[:, None]
+    b = np.take_along_axis(points, np.argmax(np.where(at_half, relative, -1.0), axis=-1)[:, None, None], axis=1)
+    gap = np.minimum(np.linalg.norm(points - b, axis=-1), np.linalg.norm(points + b, axis=-1))
+    return np.any(at_half, axis=-1)[:, None] & candidates & (gap <= 0.1 * np.linalg.norm(b, axis=-1))
+
+
+def _primary_basis(positions: np.ndarray, primary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pattern's basis: its shortest primary peak and the shortest primary peak not collinear with it.
+
+    Returns the bases (n, 2, 2) as columns (the identity where there is none) and whether each was found
+    (False where the primary peaks are all collinear, or there are none).
+    """
+    length = np.where(primary, np.linalg.norm(np.nan_to_num(positions), axis=-1), np.inf)
+    first = np.argmin(length, axis=-1)
+    a1 = np.take_along_axis(positions, first[:, None, None], axis=1)[:, 0]
+    candidates = np.where(_sine_to(positions, a1) > NOT_COLLINEAR, length, np.inf)  # primary peaks off a1's line
+    second = np.argmin(candidates, axis=-1)
+    a2 = np.take_along_axis(positions, second[:, None, None], axis=1)[:, 0]
+    basis = np.stack([a1, a2], axis=-1)  # (n, 2, 2) columns
+    found = np.isfinite(np.take_along_axis(candidates, second[:, None], axis=1)[:, 0]) & np.isfinite(basis).all((1, 2))
+    found &= np.abs(np.linalg.det(np.where(found[:, None, None], basis, np.eye(2)))) > 1e-12
+    return np.where(found[:, None, None], basis, np.eye(2)), found
+
+
 def _on_lattice(positions: np.ndarray, primary: np.ndarray, tolerance: float) -> np.ndarray:
     """Peaks near a point of the lattice spanned by each pattern's primary peaks.
 
@@ -274,18 +345,8 @@ def _on_lattice(positions: np.ndarray, primary: np.ndarray, tolerance: float) ->
     ndarray of bool, shape (n, m)
         False for every peak of a pattern without two non-collinear primary peaks.
     """
-    length = np.where(primary, np.linalg.norm(np.nan_to_num(positions), axis=-1), np.inf)
-    first = np.argmin(length, axis=-1)
-    a1 = np.take_along_axis(positions, first[:, None, None], axis=1)[:, 0]
-    candidates = np.where(_sine_to(positions, a1) > NOT_COLLINEAR, length, np.inf)  # primary peaks off a1's line
-    second = np.argmin(candidates, axis=-1)
-    a2 = np.take_along_axis(positions, second[:, None, None], axis=1)[:, 0]
-    basis = np.stack([a1, a2], axis=-1)  # (n, 2, 2) columns
-    # A pattern whose primary peaks are all collinear (or that has none) has no basis.
-    found = np.isfinite(np.take_along_axis(candidates, second[:, None], axis=1)[:, 0]) & np.isfinite(basis).all((1, 2))
-    found &= np.abs(np.linalg.det(np.where(found[:, None, None], basis, np.eye(2)))) > 1e-12
-    safe = np.where(found[:, None, None], basis, np.eye(2))
-    fractional = np.einsum("nij,nmj->nmi", np.linalg.inv(safe), np.nan_to_num(positions))
+    basis, found = _primary_basis(positions, primary)
+    fractional = np.einsum("nij,nmj->nmi", np.linalg.inv(basis), np.nan_to_num(positions))
     near = np.max(np.abs(fractional - np.round(fractional)), axis=-1) <= tolerance
     return near & found[:, None] & np.all(np.isfinite(positions), axis=-1)
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from stemstrain.io import atomic_output
 
+SHIPPED = "unet-shipped"
+"""Workflow name of the shipped model's strain maps (``strain.shipped_model``)."""
+
 
 def write_report(score_files: list[str], figure_files: list[str], out: str | Path, config: dict) -> Path:
     """Write the RMSE table (one row per method and scan) with links to the figures.
@@ -34,6 +37,12 @@ def write_report(score_files: list[str], figure_files: list[str], out: str | Pat
             f"| {method} | {scan} | {meta.get('crystal', '')} | {meta.get('thickness_nm', '')} | "
             f"{meta.get('dose', '')} | {rmse} |"
         )
+    if any(Path(path).parent.name == SHIPPED for path in score_files):
+        lines += [
+            "",
+            f"{SHIPPED}: the pretrained model shipped with stemstrain (`models/`), not trained on this config; "
+            "unet: the model this workflow trained.",
+        ]
     lines += ["", "## Figures", ""]
     out = Path(out)
     for figure in map(Path, figure_files):
