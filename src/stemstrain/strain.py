@@ -145,6 +145,7 @@ def reference_lattice(
     lattice: np.ndarray,
     reference_roi: tuple[int, int, int, int] | None = None,
     valid: np.ndarray | None = None,
+    label: str | None = None,
 ) -> np.ndarray:
     """Reference reciprocal lattice: median of a scan region, element-wise.
 
@@ -156,6 +157,9 @@ def reference_lattice(
         Half-open scan-index bounds of the reference region; the whole scan when omitted.
     valid : ndarray of bool, shape (scan_y, scan_x), optional
         Positions whose fit is valid; others are ignored.
+    label : str, optional
+        How the error names the region (e.g. the user's region and file, when ``lattice`` is already
+        cropped to it); default: ``reference region [y0, y1, x0, x1] = [...]``.
 
     Returns
     -------
@@ -180,5 +184,9 @@ def reference_lattice(
     if valid is not None:
         usable &= np.asarray(valid)[y0:y1, x0:x1].reshape(-1)
     if not usable.any():
-        raise StemstrainInputError(f"reference region [y0, y1, x0, x1] = {[y0, y1, x0, x1]} holds no valid lattice fit")
+        where = label or f"reference region [y0, y1, x0, x1] = {[y0, y1, x0, x1]}"
+        raise StemstrainInputError(
+            f"{where} holds no valid lattice fit ({usable.size} positions fitted; "
+            "choose a region of clean crystal with --ref-roi)"
+        )
     return np.median(region[usable], axis=0)

@@ -383,14 +383,9 @@ def write_strain(run: StrainRun) -> Path:
     fitted = xr.open_zarr(store.partial)
     y0, y1, x0, x1 = run.reference_roi
     region = fitted.isel(scan_y=slice(y0, y1), scan_x=slice(x0, x1))
-    valid = region["mask"].values
-    if not valid.any():
-        raise StemstrainInputError(
-            f"{run.job.scan_path} (--method {run.job.method}): reference region [y0, y1, x0, x1] = "
-            f"{list(run.reference_roi)} holds no valid lattice fit ({valid.size} positions fitted; "
-            "choose a region of clean crystal with --ref-roi)"
-        )
-    reference = reference_lattice(region["lattice"].values, None, valid=valid)
+    # the region is cropped before it is read: the error names it as the user gave it
+    label = f"{run.job.scan_path} (--method {run.job.method}): reference region [y0, y1, x0, x1] = {[y0, y1, x0, x1]}"
+    reference = reference_lattice(region["lattice"].values, None, valid=region["mask"].values, label=label)
     for unit in run.units:
         block = fitted.isel(unit.region)
         valid = block["mask"].values
