@@ -249,10 +249,14 @@ def _second_direction(positions: np.ndarray, relative: np.ndarray, keep: np.ndar
     a1 = np.take_along_axis(points, np.argmax(np.where(primary, relative, -1.0), axis=-1)[:, None, None], axis=1)
     off_line = keep & (_sine_to(points, a1[:, 0]) > NOT_COLLINEAR)
     missing = ~np.any(primary & off_line, axis=-1) & np.any(off_line, axis=-1)
-    b = np.take_along_axis(points, np.argmax(np.where(off_line, relative, -1.0), axis=-1)[:, None, None], axis=1)
+    return primary | (missing[:, None] & _strongest_pair(points, relative, off_line, keep))
+
+
+def _strongest_pair(points: np.ndarray, relative: np.ndarray, eligible: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The strongest ``eligible`` peak of each pattern and its mirror at -r, among the ``keep`` peaks (n, m)."""
+    b = np.take_along_axis(points, np.argmax(np.where(eligible, relative, -1.0), axis=-1)[:, None, None], axis=1)
     gap = np.minimum(np.linalg.norm(points - b, axis=-1), np.linalg.norm(points + b, axis=-1))
-    pair = keep & (gap <= 0.1 * np.linalg.norm(b, axis=-1))
-    return primary | (missing[:, None] & pair)
+    return keep & (gap <= 0.1 * np.linalg.norm(b, axis=-1))
 
 
 CENTRING_HEIGHT = 0.2
@@ -295,22 +299,20 @@ def _centring(
     ndarray of bool, shape (n, m)
         The centring pair; none in a pattern without one, or whose primaries span no lattice.
     """
-    basis, found = _primary_basis(positions, primary)
-    points = np.nan_to_num(positions)
-    fractional = np.einsum("nij,nmj->nmi", np.linalg.inv(basis), points)  # (n, m, 2)
+    fractional, found = _cell_coordinates(positions, primary)
     shifted = fractional[:, :, None, :] - HALF_COSETS  # (n, m, 3, 2)
     near = np.all(np.abs(shifted - np.round(shifted)) <= tolerance, axis=-1).any(axis=-1)
     at_half = candidates & near & found[:, None]
-    b = np.take_along_axis(points, np.argmax(np.where(at_half, relative, -1.0), axis=-1)[:, None, None], axis=1)
-    gap = np.minimum(np.linalg.norm(points - b, axis=-1), np.linalg.norm(points + b, axis=-1))
-    return np.any(at_half, axis=-1)[:, None] & candidates & (gap <= 0.1 * np.linalg.norm(b, axis=-1))
+    pair = _strongest_pair(np.nan_to_num(positions), relative, at_half, candidates)
+    return np.any(at_half, axis=-1)[:, None] & pair
 
 
-def _primary_basis(positions: np.ndarray, primary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each pattern's basis: its shortest primary peak and the shortest primary peak not collinear with it.
+def _cell_coordinates(positions: np.ndarray, primary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each peak in the cell of its pattern's primary peaks (n, m, 2), and whether that cell exists (n,).
 
-    Returns the bases (n, 2, 2) as columns (the identity where there is none) and whether each was found
-    (False where the primary peaks are all collinear, or there are none).
+    The cell is spanned by the shortest primary peak and the shortest primary peak not collinear with
+    it; there is none where the primary peaks are all collinear, or there are none (coordinates are
+    then those of the identity basis).
     """
     length = np.where(primary, np.linalg.norm(np.nan_to_num(positions), axis=-1), np.inf)
     first = np.argmin(length, axis=-1)
@@ -321,15 +323,16 @@ def _primary_basis(positions: np.ndarray, primary: np.ndarray) -> tuple[np.ndarr
     basis = np.stack([a1, a2], axis=-1)  # (n, 2, 2) columns
     found = np.isfinite(np.take_along_axis(candidates, second[:, None], axis=1)[:, 0]) & np.isfinite(basis).all((1, 2))
     found &= np.abs(np.linalg.det(np.where(found[:, None, None], basis, np.eye(2)))) > 1e-12
-    return np.where(found[:, None, None], basis, np.eye(2)), found
+    safe = np.where(found[:, None, None], basis, np.eye(2))
+    return np.einsum("nij,nmj->nmi", np.linalg.inv(safe), np.nan_to_num(positions)), found
 
 
 def _on_lattice(positions: np.ndarray, primary: np.ndarray, tolerance: float) -> np.ndarray:
     """Peaks near a point of the lattice spanned by each pattern's primary peaks.
 
     The cepstrum also has weaker peaks at vectors between atoms of the cell; they are not lattice
-    vectors, and left in they could make a finer lattice fit the peaks. The basis is the
-    shortest primary peak and the shortest primary peak not collinear with it.
+    vectors, and left in they could make a finer lattice fit the peaks. The cell is that of
+    :func:`_cell_coordinates`.
 
     Parameters
     ----------
@@ -345,8 +348,7 @@ def _on_lattice(positions: np.ndarray, primary: np.ndarray, tolerance: float) ->
     ndarray of bool, shape (n, m)
         False for every peak of a pattern without two non-collinear primary peaks.
     """
-    basis, found = _primary_basis(positions, primary)
-    fractional = np.einsum("nij,nmj->nmi", np.linalg.inv(basis), np.nan_to_num(positions))
+    fractional, found = _cell_coordinates(positions, primary)
     near = np.max(np.abs(fractional - np.round(fractional)), axis=-1) <= tolerance
     return near & found[:, None] & np.all(np.isfinite(positions), axis=-1)
 
