@@ -15,7 +15,7 @@ from stemstrain.detect.bragg import probe_template
 from stemstrain.errors import StemstrainInputError
 from stemstrain.evaluate import evaluate_strain
 from stemstrain.io import open_4d, open_strain_map
-from stemstrain.lattice import fit_patterns, initial_lattice, reciprocal_vectors, reduced_basis
+from stemstrain.lattice import FitOptions, fit_patterns, initial_lattice, reciprocal_vectors, reduced_basis
 from stemstrain.strain import reference_lattice, strain_from_lattice
 from stemstrain.strainmap import strain_map
 
@@ -61,12 +61,16 @@ def _strain_with_detector(scan_path, detector):
     return strain_from_lattice(lattice, reference)
 
 
-@pytest.mark.parametrize("method", ["bragg", "cepstrum", "cepstrum-multi"])
-def test_baseline_recovers_uniform_strain(uniform_scan, tmp_path, method):
+@pytest.mark.parametrize(
+    ("method", "static_offsets"), [("bragg", False), ("bragg", True), ("cepstrum", False), ("cepstrum-multi", False)]
+)
+def test_baseline_recovers_uniform_strain(uniform_scan, tmp_path, method, static_offsets):
     scan_path, truth_path = uniform_scan
-    out = strain_map(scan_path, tmp_path / f"{method}.zarr", method=method, progress=False)
+    options = FitOptions(static_offsets=static_offsets)
+    out = strain_map(scan_path, tmp_path / f"{method}.zarr", method=method, fit_options=options, progress=False)
     prediction, truth = open_strain_map(out), open_strain_map(truth_path)
     assert prediction.attrs["method"] == method
+    assert (len(prediction.attrs["reflection_offsets"]) >= 6) == static_offsets  # (h, k, dx, dy) rows
     assert bool(prediction["mask"].all()), "every position must give a valid fit"
     scores = evaluate_strain(prediction, truth)
     assert scores["n_scored"] == 9

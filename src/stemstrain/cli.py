@@ -292,6 +292,15 @@ def strain(
             "mask_radius_px, batch_size. Example: -o template=probe -o upsample=32.",
         ),
     ] = None,
+    static_offsets: Annotated[
+        bool,
+        typer.Option(
+            "--static-offsets",
+            help="Measure each reflection's fixed displacement from the lattice in the reference region "
+            "(detector distortion) and take it off every pattern before the fit. For real data: on the MgO "
+            "nanocube scan it lowers the bragg spread 2.4x. Off by default (distortion-free simulations gain nothing).",
+        ),
+    ] = False,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Discard OUT.partial of an interrupted run; default: resume.")
     ] = (False),
@@ -304,6 +313,7 @@ def strain(
     chunks it finished. The result follows the strain-map contract (e_xx, e_yy, e_xy, theta,
     fit_error, n_peaks, mask, plus the fitted lattice per position).
     """
+    from stemstrain.lattice import FitOptions
     from stemstrain.strainmap import strain_map
 
     flags = {"batch_size": batch, "device": device, "precision": precision, "unit_patterns": unit_patterns}
@@ -321,6 +331,7 @@ def strain(
         settings,
         reference_roi=ref_roi,
         detector_options=options,
+        fit_options=FitOptions(static_offsets=static_offsets),
         fresh=fresh,
         progress=progress,
     )

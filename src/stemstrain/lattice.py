@@ -26,6 +26,7 @@ __all__ = [
     "lattice_points",
     "reciprocal_vectors",
     "reduced_basis",
+    "reflection_offsets",
 ]
 
 
@@ -312,6 +313,13 @@ class FitOptions:
         Outlier threshold of the robust fit, in robust standard deviations.
     n_iterations : int
         Index-and-fit rounds (the second indexes with the first fit, for strong strain).
+    static_offsets : bool
+        Measure each reflection's static displacement from the lattice in the reference region and
+        take it off every pattern's spot before the fit (:func:`reflection_offsets`): a calibration
+        of detector distortion, for real data. Off by default: on the real MgO nanocube scan it
+        lowers the bragg spread 2.4x, but on the distortion-free multislice suite, where the offsets
+        are dynamical and change with the strain, it is better on Si [110] 75 nm (10.3 -> 9.5e-4)
+        and worse on SrTiO3 [001] (15.1 -> 16.4e-4) and Au [001] (6.3 -> 7.0e-4).
     """
 
     tolerance: float = 0.25
@@ -319,6 +327,7 @@ class FitOptions:
     max_fit_error: float = 0.05
     rejection: float = 3.0
     n_iterations: int = 2
+    static_offsets: bool = False
 
 
 def fit_patterns(
@@ -328,6 +337,7 @@ def fit_patterns(
     origin0: np.ndarray,
     fit_origin: bool = True,
     options: FitOptions = FitOptions(),
+    offsets: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Index the peaks of many patterns to an initial lattice and fit each lattice robustly.
 
@@ -345,13 +355,17 @@ def fit_patterns(
         Fit the (0, 0) position per pattern (reciprocal space: descan) or hold it at zero.
     options : FitOptions
         Indexing and validity settings.
+    offsets : ndarray, shape (r, 4), optional
+        Rows (h, k, dx, dy): a static displacement that is taken off every indexed peak (h, k) before
+        the fit (:func:`reflection_offsets`); reflections without a row are fitted as measured.
 
     Returns
     -------
     dict of ndarray
         ``lattice`` (n, 2, 2) columns g1, g2; ``origin`` (n, 2); ``fit_error`` (n,) RMS residual of
         the inliers, weighted by their fit weights (units of ``positions``); ``n_peaks`` (n,) inliers;
-        ``valid`` (n,) bool.
+        ``valid`` (n,) bool; ``hk`` (n, m, 2) indices, ``inliers`` (n, m) the peaks of the last fit
+        and ``displacement`` (n, m, 2) of each (offset-corrected) peak from its fitted lattice point.
     """
     positions = np.asarray(positions, dtype=float)
     weights = np.asarray(weights, dtype=float)
@@ -368,8 +382,9 @@ def fit_patterns(
         origin_guess = np.where(usable[:, None], origin, origin0 if fit_origin else 0.0)
         hk, indexed = index_peaks(positions, lattice_guess, origin_guess, options.tolerance)
         fit_weights = np.where(indexed, weights, 0.0)
+        corrected = positions - _offset_of(offsets, hk)
         lattice, origin, residual, inliers = fit_lattice_robust(
-            positions, hk, fit_weights, fit_origin=fit_origin, rejection=options.rejection
+            corrected, hk, fit_weights, fit_origin=fit_origin, rejection=options.rejection
         )
     n_peaks = inliers.sum(axis=-1)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -381,7 +396,82 @@ def fit_patterns(
     shortest = np.linalg.norm(np.asarray(lattice0, dtype=float), axis=-2).min(axis=-1)
     finite = np.all(np.isfinite(lattice), axis=(-2, -1))
     valid = finite & (n_peaks >= min_peaks) & (np.nan_to_num(fit_error, nan=np.inf) <= options.max_fit_error * shortest)
-    return {"lattice": lattice, "origin": origin, "fit_error": fit_error, "n_peaks": n_peaks, "valid": valid}
+    displacement = corrected - lattice_points(lattice, hk, origin)
+    return {
+        "lattice": lattice,
+        "origin": origin,
+        "fit_error": fit_error,
+        "n_peaks": n_peaks,
+        "valid": valid,
+        "hk": hk,
+        "inliers": inliers,
+        "displacement": displacement,
+    }
+
+
+def _offset_of(offsets: np.ndarray | None, hk: np.ndarray) -> np.ndarray:
+    """The static displacement (dx, dy) of each peak's reflection (zero for those without a row)."""
+    shift = np.zeros(hk.shape[:-1] + (2,))
+    if offsets is None or not len(offsets):
+        return shift
+    table = np.asarray(offsets, dtype=float)
+    reach = int(np.abs(table[:, :2]).max())
+    lookup = np.zeros((2 * reach + 1, 2 * reach + 1, 2))
+    lookup[table[:, 0].astype(int) + reach, table[:, 1].astype(int) + reach] = table[:, 2:]
+    inside = np.all(np.abs(hk) <= reach, axis=-1)
+    index = np.clip(hk + reach, 0, 2 * reach)
+    return np.where(inside[..., None], lookup[index[..., 0], index[..., 1]], 0.0)
+
+
+def reflection_offsets(
+    positions: np.ndarray,
+    weights: np.ndarray,
+    lattice0: np.ndarray,
+    origin0: np.ndarray,
+    fit_origin: bool = True,
+    options: FitOptions = FitOptions(),
+    min_fraction: float = 0.5,
+) -> np.ndarray:
+    """Static displacement of each reflection from the fitted lattice, over patterns of one crystal.
+
+    A spot can sit off its lattice point by the same amount in every pattern: detector distortion,
+    or the shift that dynamical scattering and the disk's inner structure give a reflection. In a
+    lattice fit such offsets are noise that changes with the set of spots found, which changes from
+    pattern to pattern. Measured in the reference region and taken off every pattern
+    (``fit_patterns(offsets=...)``), they leave the strain relative to that region unchanged and
+    remove their noise: on the real MgO nanocube scan the bragg spread fell 2.4x (e_xx 3.0e-3 ->
+    1.2e-3), where the strong reflections sat 0.2-0.5 px off the lattice with 0.07-0.1 px scatter.
+
+    Parameters
+    ----------
+    positions : ndarray, shape (n, m, 2)
+        Peak positions (x, y) of n patterns, NaN-padded.
+    weights : ndarray, shape (n, m)
+        Peak weights.
+    lattice0, origin0, fit_origin, options
+        As in :func:`fit_patterns`.
+    min_fraction : float
+        Only reflections that are inliers in at least this fraction of the valid fits get a row.
+
+    Returns
+    -------
+    ndarray, shape (r, 4)
+        Rows (h, k, dx, dy): mean displacement of reflection (h, k) [units of ``positions``];
+        empty when no pattern has a valid fit.
+    """
+    fit = fit_patterns(positions, weights, lattice0, origin0, fit_origin, options)
+    used = fit["inliers"] & fit["valid"][:, None]
+    n_valid = int(fit["valid"].sum())
+    if n_valid == 0:
+        return np.zeros((0, 4))
+    hk = fit["hk"][used]
+    displacement = fit["displacement"][used]
+    reflections, where, counts = np.unique(hk, axis=0, return_inverse=True, return_counts=True)
+    where = where.reshape(-1)
+    mean = np.stack([np.bincount(where, displacement[:, c], len(reflections)) for c in range(2)], axis=-1)
+    mean /= counts[:, None]
+    kept = counts >= min_fraction * n_valid
+    return np.concatenate([reflections[kept].astype(float), mean[kept]], axis=-1)
 
 
 def initial_lattice(

@@ -40,7 +40,7 @@ from stemstrain.io import (
     read_values,
     strain_map_dataset,
 )
-from stemstrain.lattice import FitOptions, initial_lattice, lagrange_reduce, reciprocal_vectors
+from stemstrain.lattice import FitOptions, initial_lattice, lagrange_reduce, reciprocal_vectors, reflection_offsets
 from stemstrain.runtime import Timings
 from stemstrain.strain import STRAIN_COMPONENTS, reference_lattice, strain_from_lattice
 from stemstrain.strainmap.units import Job, WorkUnit, fit_unit_task, local_worker, plan_units
@@ -183,6 +183,12 @@ def plan_strain_map(
     lattice0, origin0 = initial_lattice(
         positions[0], weights[0], detector.space, fit_options, fallback=material_lattice(scan.attrs, detector.space)
     )
+    offsets = np.zeros((0, 4))
+    if fit_options.static_offsets:
+        with timings.measure("read"):
+            sample = _reference_patterns(scan, roi)
+        positions, weights = detector(sample)
+        offsets = reflection_offsets(positions, weights, lattice0, origin0, detector.space == "reciprocal", fit_options)
     unit_shape, units = plan_units(scan["data"], config.unit_patterns)
     settings = {
         "method": method,
@@ -191,12 +197,14 @@ def plan_strain_map(
         "initial_g1": lattice0[:, 0].tolist(),
         "initial_g2": lattice0[:, 1].tolist(),
         "initial_origin": origin0.tolist(),
+        "fit_options": dataclasses.asdict(fit_options),
+        "reflection_offsets": offsets.tolist(),
         "lattice_space": detector.space,
         "source": str(scan_path),
         "precision": getattr(detector, "precision", None),
     }
     store = ResumableStore(out)
-    lattice0, origin0 = _start_store(store, scan, unit_shape, settings, fresh)
+    lattice0, origin0, offsets = _start_store(store, scan, unit_shape, settings, fresh)
     job = Job(
         str(scan_path.resolve()),
         str(out.resolve()),
@@ -206,6 +214,7 @@ def plan_strain_map(
         tuple(map(tuple, lattice0)),
         tuple(origin0),
         fit_options,
+        tuple(map(tuple, offsets)),
     )
     return StrainRun(job, config, scan, detector, roi, units, store, timings)
 
@@ -234,15 +243,29 @@ def _reference_roi(scan: xr.Dataset, scan_path: Path, roi) -> tuple[int, int, in
     return check_reference_roi(roi, shape, "--ref-roi")
 
 
-def _reference_mean(scan: xr.Dataset, roi, max_patterns: int = 4096) -> np.ndarray:
-    """Mean pattern of the reference region, from at most ``max_patterns`` positions."""
+def _reference_block(scan: xr.Dataset, roi, max_patterns: int) -> xr.DataArray:
+    """Patterns of the reference region on a regular sub-grid of at most ``max_patterns`` positions."""
     y0, y1, x0, x1 = roi
     stride = max(1, int(math.ceil(math.sqrt((y1 - y0) * (x1 - x0) / max_patterns))))
-    block = scan["data"].isel(scan_y=slice(y0, y1, stride), scan_x=slice(x0, x1, stride))
+    return scan["data"].isel(scan_y=slice(y0, y1, stride), scan_x=slice(x0, x1, stride))
+
+
+def _reference_mean(scan: xr.Dataset, roi, max_patterns: int = 4096) -> np.ndarray:
+    """Mean pattern of the reference region, from at most ``max_patterns`` positions."""
+    block = _reference_block(scan, roi, max_patterns)
     source, where = scan.encoding.get("source", "4D data"), f" in the reference region {list(roi)}"
     mean = read_values(block.astype(np.float64).mean(dim=("scan_y", "scan_x")), source, where)
     check_counts(mean[None], source, "data", where)
     return mean.astype(np.float32)
+
+
+def _reference_patterns(scan: xr.Dataset, roi, max_patterns: int = 256) -> np.ndarray:
+    """Patterns (n, k_y, k_x) of the reference region, at most ``max_patterns`` of them."""
+    block = _reference_block(scan, roi, max_patterns)
+    source, where = scan.encoding.get("source", "4D data"), f" in the reference region {list(roi)}"
+    patterns = read_values(block.astype(np.float32), source, where).reshape(-1, *block.shape[2:])
+    check_counts(patterns, source, "data", where)
+    return patterns
 
 
 def material_lattice(attrs: dict, space: str) -> np.ndarray | None:
@@ -281,23 +304,26 @@ def _start_store(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Start the partial store, or resume one left by a run with the same settings.
 
-    Returns the initial lattice and origin the units are indexed with: a resumed run keeps exactly
-    those its finished units were indexed with.
+    Returns the initial lattice, origin and reflection offsets the units are fitted with: a resumed
+    run keeps exactly those its finished units were fitted with.
     """
+    measured = ("initial_g1", "initial_g2", "reflection_offsets")  # numbers a rerun may round differently
     lattice0 = np.stack([settings["initial_g1"], settings["initial_g2"]], axis=-1)
     origin0 = np.asarray(settings["initial_origin"])
+    offsets = np.asarray(settings["reflection_offsets"], dtype=float).reshape(-1, 4)
     if store.started and not fresh:
         previous = xr.open_zarr(store.partial).attrs
-        if any(previous.get(k) != v for k, v in settings.items() if k not in ("initial_g1", "initial_g2")):
+        if any(previous.get(k) != v for k, v in settings.items() if k not in measured):
             warnings.warn(f"{store.partial}: left by a run with other settings; starting afresh", stacklevel=3)
             fresh = True
         else:
             lattice0 = np.stack([previous["initial_g1"], previous["initial_g2"]], axis=-1)
             origin0 = np.asarray(previous["initial_origin"])
+            offsets = np.asarray(previous.get("reflection_offsets", []), dtype=float).reshape(-1, 4)
     fit_units = "1/angstrom" if settings["lattice_space"] == "reciprocal" else "angstrom"
     attrs = {k: v for k, v in settings.items() if v is not None}
     store.start(_template(scan, unit_shape, attrs, fit_units), fresh)
-    return lattice0, origin0
+    return lattice0, origin0, offsets
 
 
 def _template(scan: xr.Dataset, unit_shape: tuple[int, int], attrs: dict, fit_units: str) -> xr.Dataset:
