@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from stemstrain.lattice import FitOptions, fit_patterns, initial_lattice, reduced_basis, reflection_offsets
+from stemstrain.lattice import (
+    FitOptions,
+    fit_patterns,
+    index_peaks,
+    initial_lattice,
+    reduced_basis,
+    reflection_offsets,
+)
 from stemstrain.peaks import find_peaks
 from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image
 from stemstrain.strain import deformation_from_strain, reference_lattice, strain_from_lattice
@@ -133,3 +140,17 @@ def test_static_reflection_offsets_measured_in_the_reference_leave_only_the_stra
     # lattice, so it scales the strain by ~1 % (the same in any fit); the rest is gone.
     assert errors["corrected"] < 2e-4
     assert errors["as measured"] > 5 * errors["corrected"]
+
+
+def test_a_collinear_lattice_indexes_nothing_and_the_others_still_fit():
+    """One pattern with a collinear initial basis (a training validation step once raised
+    'Singular matrix' on one): its peaks are not indexed, its fit is invalid, the others fit."""
+    lattice = np.array([[0.3, 0.0], [0.0, 0.25]])
+    hk = np.array([(h, k) for h in range(-2, 3) for k in range(-2, 3)], dtype=float)
+    positions = np.broadcast_to(hk @ lattice.T, (3, len(hk), 2)).copy()
+    guesses = np.stack([lattice, np.array([[0.3, 0.6], [0.0, 0.0]]), lattice])  # the second: g2 = 2 g1
+    _, indexed = index_peaks(positions, guesses)
+    assert indexed[[0, 2]].all() and not indexed[1].any()
+    fit = fit_patterns(positions, np.ones(positions.shape[:2]), guesses, np.zeros(2))
+    assert fit["valid"].tolist() == [True, False, True]
+    np.testing.assert_allclose(fit["lattice"][[0, 2]], np.stack([lattice, lattice]), atol=1e-12)

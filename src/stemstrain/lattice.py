@@ -95,14 +95,18 @@ def index_peaks(
     hk : ndarray of int, shape (..., n, 2)
         Nearest integer indices (0 where the peak is missing).
     indexed : ndarray of bool, shape (..., n)
-        True where the peak lies within ``tolerance`` of a lattice point.
+        True where the peak lies within ``tolerance`` of a lattice point; False for every peak of a
+        pattern whose lattice is not finite or has (nearly) collinear basis vectors.
     """
     relative = np.asarray(positions, dtype=float)
     if origin is not None:
         relative = relative - np.asarray(origin)[..., None, :]
-    inverse = np.linalg.inv(lattice)
+    lattice = np.asarray(lattice, dtype=float)
+    # A collinear basis spans no cell: nothing can be indexed on it (inverting it would raise).
+    regular = np.abs(np.linalg.det(lattice)) > 1e-9 * np.sum(lattice**2, axis=(-2, -1))
+    inverse = np.linalg.inv(np.where(regular[..., None, None], lattice, np.eye(2)))
     fractional = np.einsum("...ij,...nj->...ni", inverse, relative)
-    finite = np.all(np.isfinite(fractional), axis=-1)
+    finite = np.all(np.isfinite(fractional), axis=-1) & regular[..., None]
     nearest = np.where(finite[..., None], np.round(fractional), 0.0)
     distance = np.max(np.abs(fractional - nearest), axis=-1)
     indexed = finite & (distance <= tolerance)
