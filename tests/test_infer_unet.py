@@ -83,7 +83,7 @@ def test_full_chain_on_the_trained_fixture_model(request, tmp_path):
 
 
 def test_the_shipped_model_loads_and_strain_uses_it_by_default(tmp_path, monkeypatch):
-    """``models/general-v1.pt`` is small, loads, says what it was trained on, and is what ``strain`` runs."""
+    """``models/general-v2.pt`` is small, loads, says what it was trained on, and is what ``strain`` runs."""
     from test_infer import target_scan
 
     from stemstrain.detect.network import model_hash
@@ -91,7 +91,7 @@ def test_the_shipped_model_loads_and_strain_uses_it_by_default(tmp_path, monkeyp
 
     monkeypatch.delenv("STEMSTRAIN_MODEL", raising=False)
     path = default_model()
-    assert path.name == "general-v1.pt" and path.stat().st_size < 5e6
+    assert path.name == "general-v2.pt" and path.stat().st_size < 5e6
     _, metadata = load_model(path)
     assert len(metadata["trained_on"]["crystals"]) >= 8
     out = strain_map(target_scan(tmp_path / "scan.zarr"), tmp_path / "strain.zarr", progress=False)

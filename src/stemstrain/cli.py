@@ -211,7 +211,7 @@ def strain(
         Path | None,
         typer.Option(
             help="Exported network (CKPT_DIR/model.pt) for --method unet; default: the shipped model "
-            "models/general-v1.pt (or $STEMSTRAIN_MODEL), see models/general-v1.md for what it was trained on."
+            "models/general-v2.pt (or $STEMSTRAIN_MODEL), see models/general-v2.md for what it was trained on."
         ),
     ] = None,
     config: Annotated[

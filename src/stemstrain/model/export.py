@@ -20,7 +20,7 @@ from stemstrain.model.unet import UNet
 
 # The shipped model: models/ at the top of the source tree (beside src/), or $STEMSTRAIN_MODEL.
 SHIPPED_MODELS = Path(__file__).resolve().parents[3] / "models"
-DEFAULT_MODEL = "general-v1.pt"
+DEFAULT_MODEL = "general-v2.pt"
 MODEL_ENV = "STEMSTRAIN_MODEL"
 
 FORMAT = "stemstrain-model"
