@@ -19,8 +19,10 @@ RESULTS = HERE / "results"
 
 
 def scripts() -> list[list[str]]:
-    """The benchmarks in order: the accuracy suite (every method and tuned py4DSTEM) and the real MgO scan."""
-    runs = [["simulate.py"], ["train.py"], ["infer.py"], ["baselines.py"], ["accuracy.py"], ["mgo.py"]]
+    """The benchmarks in order: the accuracy suite (every method and tuned py4DSTEM), the response to a
+    known stretch, and the real MgO scan."""
+    runs = [["simulate.py"], ["train.py"], ["infer.py"], ["baselines.py"], ["accuracy.py"], ["warp_response.py"]]
+    runs.append(["mgo.py"])
     if os.environ.get("BENCH_SCALE") == "1":
         runs.append(["scale.py"])
     return runs
