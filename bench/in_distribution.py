@@ -9,8 +9,9 @@ known deformation) is compared with the pattern's strain. Set against the accura
 compression that the network has on a crystal at all from one that comes with a suite scan's
 conditions.
 
-Usage: ``python bench/in_distribution.py DATA [--model PATH] [--start 5712] [--crystals SrTiO3_001 ...]``;
-writes ``bench/results/in_distribution.json``.
+Usage: ``python bench/in_distribution.py DATA [--model PATH] [--start 5712] [--crystals SrTiO3_001 ...]
+[--frozen-phonons N]``; writes ``bench/results/in_distribution.json`` (``in_distribution_fp<N>.json``
+with ``--frozen-phonons``).
 """
 
 from __future__ import annotations
@@ -73,26 +74,32 @@ def main() -> None:
     parser.add_argument("--crystals", nargs="*", default=["SrTiO3_001", "Si_110", "Au_001"])
     parser.add_argument("--thickness", nargs=2, type=float, default=(20.0, 80.0), help="range [nm]")
     parser.add_argument("--min-dose", type=float, default=1e5, help="lowest dose [e-]")
+    parser.add_argument("--frozen-phonons", type=int, help="only patterns with this many (0: static)")
     args = parser.parse_args()
     model = args.model or default_model()
     network, _ = load_model(model, device="cpu")
     network.eval()
     precision = resolve_precision("auto", "cpu")
     data = xr.open_zarr(args.data, consolidated=False).isel(sample=slice(args.start, None))
-    material, thickness, dose = (data[v].values for v in ("material", "thickness_nm", "dose"))
+    material, thickness, dose, phonons = (
+        data[v].values for v in ("material", "thickness_nm", "dose", "frozen_phonons")
+    )
     rows = {}
     for crystal in args.crystals:
         chosen = (material == crystal) & (thickness >= args.thickness[0]) & (thickness <= args.thickness[1])
-        index = np.flatnonzero(chosen & (dose >= args.min_dose))
+        chosen &= (dose >= args.min_dose) & (
+            (phonons == args.frozen_phonons) if args.frozen_phonons is not None else True
+        )
+        index = np.flatnonzero(chosen)
         if not len(index):
             sys.exit(f"{args.data}: no held-out pattern of {crystal} in the chosen thickness and dose")
         rows[crystal] = crystal_row(data, index, network, precision)
         slopes = " / ".join(f"{rows[crystal][c]['slope']:.3f}" for c in ("e_xx", "e_yy"))
         print(f"{crystal:12s} {len(index)} patterns, slopes e_xx/e_yy {slopes}", flush=True)
     selection = {"start": args.start, "thickness_nm": list(args.thickness), "min_dose": args.min_dose}
-    path = write_result(
-        "in_distribution", {"data": str(args.data), "model": str(model), "selection": selection, "rows": rows}
-    )
+    selection["frozen_phonons"] = args.frozen_phonons
+    name = "in_distribution" if args.frozen_phonons is None else f"in_distribution_fp{args.frozen_phonons}"
+    path = write_result(name, {"data": str(args.data), "model": str(model), "selection": selection, "rows": rows})
     print(json.dumps({"wrote": str(path)}))
 
 
