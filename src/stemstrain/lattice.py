@@ -368,8 +368,7 @@ def fit_patterns(
     dict of ndarray
         ``lattice`` (n, 2, 2) columns g1, g2; ``origin`` (n, 2); ``fit_error`` (n,) RMS residual of
         the inliers, weighted by their fit weights (units of ``positions``); ``n_peaks`` (n,) inliers;
-        ``valid`` (n,) bool; ``hk`` (n, m, 2) indices, ``inliers`` (n, m) the peaks of the last fit
-        and ``displacement`` (n, m, 2) of each (offset-corrected) peak from its fitted lattice point.
+        ``valid`` (n,) bool; ``hk`` (n, m, 2) indices and ``inliers`` (n, m), the peaks of the last fit.
     """
     positions = np.asarray(positions, dtype=float)
     weights = np.asarray(weights, dtype=float)
@@ -400,7 +399,6 @@ def fit_patterns(
     shortest = np.linalg.norm(np.asarray(lattice0, dtype=float), axis=-2).min(axis=-1)
     finite = np.all(np.isfinite(lattice), axis=(-2, -1))
     valid = finite & (n_peaks >= min_peaks) & (np.nan_to_num(fit_error, nan=np.inf) <= options.max_fit_error * shortest)
-    displacement = corrected - lattice_points(lattice, hk, origin)
     return {
         "lattice": lattice,
         "origin": origin,
@@ -409,7 +407,6 @@ def fit_patterns(
         "valid": valid,
         "hk": hk,
         "inliers": inliers,
-        "displacement": displacement,
     }
 
 
@@ -469,7 +466,7 @@ def reflection_offsets(
     if n_valid == 0:
         return np.zeros((0, 4))
     hk = fit["hk"][used]
-    displacement = fit["displacement"][used]
+    displacement = (positions - lattice_points(fit["lattice"], fit["hk"], fit["origin"]))[used]
     reflections, where, counts = np.unique(hk, axis=0, return_inverse=True, return_counts=True)
     where = where.reshape(-1)
     mean = np.stack([np.bincount(where, displacement[:, c], len(reflections)) for c in range(2)], axis=-1)

@@ -243,29 +243,28 @@ def _reference_roi(scan: xr.Dataset, scan_path: Path, roi) -> tuple[int, int, in
     return check_reference_roi(roi, shape, "--ref-roi")
 
 
-def _reference_block(scan: xr.Dataset, roi, max_patterns: int) -> xr.DataArray:
-    """Patterns of the reference region on a regular sub-grid of at most ``max_patterns`` positions."""
+def _read_reference(scan: xr.Dataset, roi, max_patterns: int, reduce) -> np.ndarray:
+    """``reduce`` of the reference region's patterns on a regular sub-grid of at most ``max_patterns``
+    positions, read and checked (a damaged chunk, NaN/inf or negative counts are bad input)."""
     y0, y1, x0, x1 = roi
     stride = max(1, int(math.ceil(math.sqrt((y1 - y0) * (x1 - x0) / max_patterns))))
-    return scan["data"].isel(scan_y=slice(y0, y1, stride), scan_x=slice(x0, x1, stride))
+    block = scan["data"].isel(scan_y=slice(y0, y1, stride), scan_x=slice(x0, x1, stride))
+    source, where = scan.encoding.get("source", "4D data"), f" in the reference region {list(roi)}"
+    values = read_values(reduce(block), source, where)
+    check_counts(values.reshape(-1, *values.shape[-2:]), source, "data", where)
+    return values
 
 
 def _reference_mean(scan: xr.Dataset, roi, max_patterns: int = 4096) -> np.ndarray:
     """Mean pattern of the reference region, from at most ``max_patterns`` positions."""
-    block = _reference_block(scan, roi, max_patterns)
-    source, where = scan.encoding.get("source", "4D data"), f" in the reference region {list(roi)}"
-    mean = read_values(block.astype(np.float64).mean(dim=("scan_y", "scan_x")), source, where)
-    check_counts(mean[None], source, "data", where)
+    mean = _read_reference(scan, roi, max_patterns, lambda b: b.astype(np.float64).mean(dim=("scan_y", "scan_x")))
     return mean.astype(np.float32)
 
 
 def _reference_patterns(scan: xr.Dataset, roi, max_patterns: int = 256) -> np.ndarray:
     """Patterns (n, k_y, k_x) of the reference region, at most ``max_patterns`` of them."""
-    block = _reference_block(scan, roi, max_patterns)
-    source, where = scan.encoding.get("source", "4D data"), f" in the reference region {list(roi)}"
-    patterns = read_values(block.astype(np.float32), source, where).reshape(-1, *block.shape[2:])
-    check_counts(patterns, source, "data", where)
-    return patterns
+    patterns = _read_reference(scan, roi, max_patterns, lambda b: b.astype(np.float32))
+    return patterns.reshape(-1, *patterns.shape[-2:])
 
 
 def material_lattice(attrs: dict, space: str) -> np.ndarray | None:
@@ -319,7 +318,7 @@ def _start_store(
         else:
             lattice0 = np.stack([previous["initial_g1"], previous["initial_g2"]], axis=-1)
             origin0 = np.asarray(previous["initial_origin"])
-            offsets = np.asarray(previous.get("reflection_offsets", []), dtype=float).reshape(-1, 4)
+            offsets = np.asarray(previous["reflection_offsets"], dtype=float).reshape(-1, 4)
     fit_units = "1/angstrom" if settings["lattice_space"] == "reciprocal" else "angstrom"
     attrs = {k: v for k, v in settings.items() if v is not None}
     store.start(_template(scan, unit_shape, attrs, fit_units), fresh)
