@@ -180,6 +180,32 @@ def test_dose_thinning_gives_counts_at_a_lower_dose():
     assert torch.equal(untouched, counts)
 
 
+def test_camera_effects_add_a_poisson_halo_a_point_spread_and_saturation():
+    from stemstrain.config import Augment
+    from stemstrain.train.augment import camera_effects
+
+    generator = torch.Generator().manual_seed(2)
+    spots = [(64.0, 64.0), (80.3, 57.6), (47.7, 70.2)]
+    counts = torch.poisson(
+        (gaussian_image(spots, pixels=128, sigma=1.5) * 200)[None, None].expand(256, 1, 128, 128), generator=generator
+    )
+    halo = camera_effects(counts, Augment(halo=3.0), generator)
+    added = (halo - counts).sum(dim=(1, 2, 3)) / counts.sum(dim=(1, 2, 3))
+    assert torch.equal(halo, halo.round()) and torch.all(halo >= counts), "Poisson counts are added"
+    assert 0.4 < (added < 1e-3).float().mean() < 0.6, "half of the patterns get no halo"
+    assert added.max() <= 3.0 * 1.05 and added.max() > 2.0, "up to 3x the pattern's counts [1]"
+    # the halo is broad: far from the spots it adds counts, at the corner too
+    assert halo[:, 0, :8, :8].sum() > counts[:, 0, :8, :8].sum() + 100
+    blurred = camera_effects(counts, Augment(psf_px=2.0), generator)
+    assert torch.allclose(blurred.sum(dim=(1, 2, 3)), counts.sum(dim=(1, 2, 3)), rtol=1e-3), (
+        "the point-spread keeps counts"
+    )
+    assert (blurred.amax(dim=(1, 2, 3)) < 0.8 * counts.amax(dim=(1, 2, 3))).float().mean() > 0.3
+    clipped = camera_effects(counts, Augment(saturation=1.0), generator)
+    ratio = clipped.amax(dim=(1, 2, 3)) / counts.amax(dim=(1, 2, 3))
+    assert torch.all((ratio >= 0.05 - 1e-6) & (ratio <= 0.5 + 1e-6)), "clipped at 5-50 % of the brightest pixel"
+
+
 def test_spot_positions_are_subpixel_and_matched():
     truth = np.array([[10.3, 12.8], [30.6, 20.1], [50.45, 47.7]])
     image = gaussian_image(truth)[None]

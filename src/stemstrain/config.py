@@ -220,6 +220,26 @@ class Augment(_Section):
         "applied to pattern and target alike, so that no fixed spot position is a safe guess [1]; with spot lists "
         "in the training set the targets move exactly, the patterns by bilinear interpolation.",
     )
+    halo: float = Field(
+        0.0,
+        ge=0,
+        description="Largest diffuse halo added to a pattern (inelastic and amorphous scattering of a real specimen "
+        "and its support), as a multiple of the pattern's counts; the halo's counts are Poisson, its shape a "
+        "random broad Lorentzian around the beam; drawn for half of the patterns [1].",
+    )
+    psf_px: float = Field(
+        0.0,
+        ge=0,
+        description="Largest extra point-spread σ of the camera (a Gaussian applied after the counting noise, as a "
+        "scintillator does); drawn for half of the patterns [px].",
+    )
+    saturation: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fraction of patterns clipped at a random level between 5 % and 50 % of their brightest pixel, "
+        "as a saturating detector clips the undiffracted beam [1].",
+    )
 
 
 class TrainConfig(_Section):

@@ -1,12 +1,13 @@
 """On-the-fly augmentation of training batches. Every draw comes from the generator of the step.
 
-In order: dose thinning (Poisson statistics of a lower dose); one of the eight symmetries of the
-detector grid about k = 0 (90° turns and mirrors, exact on the pixel grid: a mirror image of a crystal
-is a crystal); a random affine map (a descan shift, and a symmetric stretch whose principal values lie
-within ± ``augment.strain``, so that no fixed spot position, lattice spacing or angle is a safe guess);
-the ellipticity of the projector. Stored spot lists move exactly with the pattern and the targets are
-rendered from them (:func:`stemstrain.model.encoding.render_targets`); a training set without spot
-lists moves its target images by the same bilinear warp as the patterns.
+In order: dose thinning (Poisson statistics of a lower dose); what a real specimen and camera add
+(a diffuse halo, a wider point-spread, saturation); one of the eight symmetries of the detector grid
+about k = 0 (90° turns and mirrors, exact on the pixel grid: a mirror image of a crystal is a
+crystal); a random affine map (a descan shift, and a symmetric stretch whose principal values lie
+within ± ``augment.strain``, so that no fixed spot position, lattice spacing or angle is a safe
+guess); the ellipticity of the projector. Stored spot lists move exactly with the pattern and the
+targets are rendered from them (:func:`stemstrain.model.encoding.render_targets`); a training set
+without spot lists moves its target images by the same bilinear warp as the patterns.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from stemstrain.config import Augment
 from stemstrain.model.encoding import SpotTargets, render_targets
 from stemstrain.model.loss import normalise_target
 
-__all__ = ["Batch", "augment_batch", "symmetry", "thin_dose", "warp"]
+__all__ = ["Batch", "augment_batch", "camera_effects", "symmetry", "thin_dose", "warp"]
 
 
 class Batch(NamedTuple):
@@ -70,6 +71,62 @@ def thin_dose(inputs: torch.Tensor, augment: Augment, generator: torch.Generator
     if torch.equal(counts, counts.round()):
         return torch.binomial(counts, keep, generator=generator)
     return torch.poisson(counts * keep, generator=generator)
+
+
+def camera_effects(inputs: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Add what a real specimen and camera add to simulated counts: a halo, a point-spread, saturation.
+
+    The halo's counts are Poisson (a sum of Poisson counts is Poisson) with the shape of a broad
+    Lorentzian, (1 + r²/w²)^-1.5 with w of 15-60 px, elliptical by up to 30 % and off the beam by up
+    to 8 px; its total is up to ``augment.halo`` times the pattern's counts. The point-spread is a
+    Gaussian of σ up to ``augment.psf_px`` applied after the counting noise. Saturation clips a
+    fraction ``augment.saturation`` of the patterns at 5-50 % of their brightest pixel.
+
+    Parameters
+    ----------
+    inputs : Tensor (N, 1, H, W)
+        Raw patterns [counts].
+    """
+    n, _, height, width = inputs.shape
+    device = inputs.device
+
+    def uniform(*shape):
+        return torch.rand(shape, generator=generator, device=device)
+
+    def half(values):
+        return torch.where(uniform(n) < 0.5, values, torch.zeros_like(values))
+
+    counts = inputs.clamp_min(0.0)
+    if augment.halo > 0:
+        ys, xs = torch.meshgrid(
+            torch.arange(height, device=device, dtype=torch.float32),
+            torch.arange(width, device=device, dtype=torch.float32),
+            indexing="ij",
+        )
+        centre = torch.tensor([width // 2, height // 2], device=device) + 8.0 * (2 * uniform(n, 2) - 1)
+        widths = (15.0 + 45.0 * uniform(n, 1, 1, 1)) * (1 + 0.3 * (2 * uniform(n, 2, 1, 1) - 1))
+        r2 = ((xs - centre[:, 0, None, None]) / widths[:, 0]) ** 2 + (
+            (ys - centre[:, 1, None, None]) / widths[:, 1]
+        ) ** 2
+        shape = (1 + r2) ** -1.5
+        total = half(augment.halo * uniform(n)) * counts.sum(dim=(1, 2, 3))
+        counts = counts + torch.poisson(
+            shape[:, None] * (total / shape.sum(dim=(1, 2)))[:, None, None, None], generator
+        )
+    if augment.psf_px > 0:
+        sigma = half(augment.psf_px * uniform(n)).clamp_min(1e-3)
+        radius = max(1, math.ceil(3 * augment.psf_px))
+        offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2)
+        kernel = (kernel / kernel.sum(dim=1, keepdim=True))[:, None, None, :]  # (N, 1, 1, K)
+        image = F.conv2d(counts.transpose(0, 1), kernel, padding=(0, radius), groups=n)
+        counts = F.conv2d(image, kernel.transpose(-1, -2), padding=(radius, 0), groups=n).transpose(0, 1)
+    if augment.saturation > 0:
+        level = counts.amax(dim=(1, 2, 3)) * (0.05 + 0.45 * uniform(n))
+        clipped = uniform(n) < augment.saturation
+        level = torch.where(clipped, level, torch.full_like(level, math.inf))
+        counts = torch.minimum(counts, level[:, None, None, None])
+    return counts
 
 
 def symmetry(images: torch.Tensor, spots: torch.Tensor | None, ops: torch.Tensor, centre: int):
@@ -183,6 +240,8 @@ def augment_batch(
     centre = size // 2
     if augment.dose_fraction > 0:
         inputs = thin_dose(inputs, augment, generator)
+    if augment.halo > 0 or augment.psf_px > 0 or augment.saturation > 0:
+        inputs = camera_effects(inputs, augment, generator)
     if batch.spots is None:
         return _augment_images(inputs, normalise_target(batch.targets, power), augment, generator)
     spots = batch.spots
