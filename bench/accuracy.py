@@ -31,6 +31,7 @@ from common import RESULTS, write_result  # noqa: E402
 from stemstrain.config import BASELINES, NETWORK, load_config  # noqa: E402
 from stemstrain.errors import StemstrainInputError  # noqa: E402
 from stemstrain.evaluate.suite import failed_row, score_row, suite_table, timed_row  # noqa: E402
+from stemstrain.model import default_model, resolve_model  # noqa: E402
 from stemstrain.simulate import simulate_scan  # noqa: E402
 from stemstrain.strainmap import strain_map  # noqa: E402
 
@@ -72,7 +73,11 @@ def main(argv=None) -> int:
     parser.add_argument("--simulate-only", action="store_true", help="build the suite's scans and stop")
     parser.add_argument("--scans", nargs="*", help="scan names (default: all of bench/suite.yaml)")
     parser.add_argument("--methods", nargs="*", default=METHODS, help=f"methods (default: {' '.join(METHODS)})")
-    parser.add_argument("--model", type=Path, help="network model (default: the shipped one)")
+    parser.add_argument(
+        "--model",
+        help="network model, a path or a shipped model's name (default: the shipped default; "
+        "another model's rows are labelled unet@NAME)",
+    )
     args = parser.parse_args(argv)
     config = load_config(SUITE)
     names = args.scans or [scan.name for scan in config.scans]
@@ -82,25 +87,26 @@ def main(argv=None) -> int:
     simulate(config, names)
     if args.simulate_only:
         return 0
-    model = args.model
-    if model is None and NETWORK in args.methods:
-        from stemstrain.model import default_model
-
-        model = default_model()
+    model, label = None, NETWORK
+    if NETWORK in args.methods:
+        model = resolve_model(args.model) if args.model else default_model()
+        label = NETWORK if model == default_model() else f"{NETWORK}@{model.stem}"
     rows = []
     for scan in names:
         for method in args.methods:
             load = os.getloadavg()
             row = run_method(scan, method, model)
+            if method == NETWORK:
+                row = {**row, "method": label, "model": str(model)}
             rows.append({**row, "load_average_before": load, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     rows = merged(rows, [scan.name for scan in config.scans], METHODS)
-    table = suite_table(rows, [m for m in METHODS if any(r["method"] == m for r in rows)])
+    table = suite_table(rows, list(dict.fromkeys(r["method"] for r in rows)))
     (RESULTS / "accuracy.md").write_text(table)
     write_result(
         "accuracy",
         {
             "load_average": os.getloadavg(),
-            "model": str(model) if model else None,
+            "model": str(default_model()),  # the unet column's; rows of other models name theirs
             "suite": str(SUITE.relative_to(HERE.parent)),
             "rows": rows,
         },
@@ -113,14 +119,16 @@ def merged(rows: list[dict], scans: list[str], methods: list[str]) -> list[dict]
     """This run's rows, and the previous accuracy.json's rows of the (scan, method) pairs not re-run.
 
     A partial run (``--scans``/``--methods``) thus completes the table; each row keeps its own date
-    and load average. Rows come in suite order, methods in ``methods`` order.
+    and load average. Rows come in suite order, methods in ``methods`` order, then other models'
+    rows (``unet@NAME``).
     """
     previous = RESULTS / "accuracy.json"
     by_key = {}
     if previous.exists():
         by_key = {(r["scan"], r["method"]): r for r in json.loads(previous.read_text()).get("rows", [])}
     by_key |= {(r["scan"], r["method"]): r for r in rows}
-    return [by_key[(s, m)] for s in scans for m in methods if (s, m) in by_key]
+    others = sorted({m for _, m in by_key} - set(methods))  # other models' rows (unet@NAME)
+    return [by_key[(s, m)] for s in scans for m in [*methods, *others] if (s, m) in by_key]
 
 
 if __name__ == "__main__":

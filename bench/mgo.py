@@ -11,8 +11,9 @@ vector map of the reference region (row ``py4dstem``) and, for comparison, of th
 the CLI (``stemstrain strain``) so that a failure is reported as the user would see it.
 Writes ``bench/results/mgo.json``; stores go to ``bench/work/mgo/``.
 
-Usage: ``python bench/mgo.py [--methods unet bragg cepstrum cepstrum-multi] [--skip-py4dstem]`` (the latter keeps the
-py4DSTEM row of the previous result).
+Usage: ``python bench/mgo.py [--methods unet bragg cepstrum cepstrum-multi] [--skip-py4dstem] [--model NAME]``
+(``--skip-py4dstem`` keeps the py4DSTEM rows of the previous result; ``--model camera-v1`` runs the unet
+rows with that shipped model, labelled ``unet@camera-v1``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def ingested(raw: Path = RAW) -> tuple[Path, float | None]:
 TUNED = {
     "bragg_max_peaks_48": ("bragg", ["-o", "max_peaks=48"]),
     "bragg_static_offsets": ("bragg", ["--static-offsets"]),
+    "unet_static_offsets": ("unet", ["--static-offsets"]),
 }
 """Rows of our methods with a user's option. ``max_peaks=48``: this precession scan has ~75 disks
 inside the detector and, with the default cap of 100 (set on the simulated suite, where SrTiO3 needs
@@ -88,8 +90,11 @@ def ours(scan: Path, method: str, options: list[str] = (), label: str | None = N
     return {**region_spread(out, *NANOCUBE), "run": {**timing, "patterns_per_cpu_s": patterns / cpu}}
 
 
-FIGURE = ("bragg_static_offsets", HERE.parent / "docs" / "mgo_bragg.png")
-"""The row whose map the README shows, and the figure's path."""
+FIGURES = {
+    "bragg_static_offsets": HERE.parent / "docs" / "mgo_bragg.png",
+    "unet_static_offsets@camera-v1": HERE.parent / "docs" / "mgo_unet.png",
+}
+"""The rows whose maps the README shows, and the figures' paths."""
 
 
 def figure(store: Path, out: Path) -> None:
@@ -114,6 +119,11 @@ def main() -> None:
         "--skip-py4dstem", action="store_true", help="do not run py4DSTEM; keep its rows of the previous result"
     )
     parser.add_argument("--processes", type=int, default=2, help="py4DSTEM disk-detection processes")
+    parser.add_argument(
+        "--model",
+        help="network of the unet rows, a path or a shipped model's name; rows are labelled unet@NAME "
+        "(default: the shipped default model, rows unet)",
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     scan, seconds_ingest = ingested()
@@ -141,15 +151,24 @@ def main() -> None:
                 basis_map=basis_map,
             )
             results[label] = {**region_spread(out, *NANOCUBE), "run": timing}
+    network = ["--model", args.model] if args.model else []
+    suffix = f"@{Path(args.model).stem}" if args.model else ""
     for method in args.methods:
-        results[method] = ours(scan, method)
+        if method == "unet":
+            row = ours(scan, method, network, method + suffix)
+            results[method + suffix] = {**row, "model": args.model or "default"}
+        else:
+            results[method] = ours(scan, method)
     for label, (method, options) in TUNED.items():
-        if method in args.methods:
+        if method == "unet" and method in args.methods:
+            row = ours(scan, method, [*options, *network], label + suffix)
+            results[label + suffix] = {**row, "model": args.model or "default"}
+        elif method in args.methods:
             results[label] = ours(scan, method, options, label)
     path = write_result("mgo", results)
-    label, out = FIGURE
-    if "valid_fraction" in results.get(label, {}):
-        figure(WORK / f"{label}.zarr", out)
+    for label, out in FIGURES.items():
+        if "valid_fraction" in results.get(label, {}):
+            figure(WORK / f"{label}.zarr", out)
     for label, row in results.items():
         if isinstance(row, dict) and ("valid_fraction" in row or "error" in row):
             if "error" in row:

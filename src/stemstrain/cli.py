@@ -210,8 +210,9 @@ def strain(
     model: Annotated[
         Path | None,
         typer.Option(
-            help="Exported network (CKPT_DIR/model.pt) for --method unet; default: the shipped model "
-            "models/general-v2.pt (or $STEMSTRAIN_MODEL), see models/general-v2.md for what it was trained on."
+            help="Exported network (CKPT_DIR/model.pt) or the name of a shipped model for --method unet; default: "
+            "the shipped general-v2 (or $STEMSTRAIN_MODEL), see models/general-v2.md. On real detector data "
+            "(diffuse halo, blur, saturated beam) try camera-v1, see models/camera-v1.md."
         ),
     ] = None,
     config: Annotated[

@@ -1,7 +1,7 @@
 """The network of the method: U-Net, loss, spot encoding and read-out, export and loading."""
 
 from stemstrain.model.encoding import SpotTargets, decode_spots, render_targets
-from stemstrain.model.export import default_model, export_model, load_model
+from stemstrain.model.export import default_model, export_model, load_model, resolve_model
 from stemstrain.model.loss import SpotLoss, normalise_target, spot_loss
 from stemstrain.model.unet import UNet, normalise_patterns
 
@@ -16,5 +16,6 @@ __all__ = [
     "normalise_patterns",
     "normalise_target",
     "render_targets",
+    "resolve_model",
     "spot_loss",
 ]

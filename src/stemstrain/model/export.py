@@ -116,3 +116,22 @@ def default_model() -> Path:
             f"(set {MODEL_ENV} or pass --model CKPT_DIR/model.pt)"
         )
     return path
+
+
+def resolve_model(model):
+    """A model given by path, or by the name of a shipped model (``camera-v1`` for ``models/camera-v1.pt``).
+
+    Anything that is not a string or path (a loaded network) passes through unchanged.
+
+    Raises
+    ------
+    StemstrainInputError
+        If a string or path is neither a file nor the name of a shipped model.
+    """
+    if not isinstance(model, (str, Path)) or Path(model).is_file():
+        return model
+    shipped = SHIPPED_MODELS / f"{Path(model).name.removesuffix('.pt')}.pt"
+    if str(model) == Path(model).name and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in SHIPPED_MODELS.glob("*.pt"))) or "none installed"
+    raise StemstrainInputError(f"--model: {model} is neither a model file nor a shipped model ({names})")
