@@ -20,8 +20,9 @@ RESULTS = HERE / "results"
 
 def scripts() -> list[list[str]]:
     """The benchmarks in order: the accuracy suite (every method and tuned py4DSTEM), the response to a
-    known stretch, and the real MgO scan."""
+    known stretch, uniform strains by thickness, and the real MgO scan."""
     runs = [["simulate.py"], ["train.py"], ["infer.py"], ["baselines.py"], ["accuracy.py"], ["warp_response.py"]]
+    runs.append(["uniform_series.py"])
     runs.append(["mgo.py"])
     if os.environ.get("BENCH_SCALE") == "1":
         runs.append(["scale.py"])

@@ -1,0 +1,124 @@
+"""Dynamical bias by thickness: uniform strains at the suite's optics, per crystal and thickness.
+
+For each crystal of the accuracy suite (SrTiO3 [001] turned 61°, Si [110] 23.5°, Au [001] 12°, its
+orientations), real multislice patterns of a uniformly strained crystal (static lattice, one probe
+position, the suite's 200 kV and 1.5 mrad) are simulated at 10, 25, 37, 50 and 75 nm for the states:
+no strain, e_xx, e_yy and e_xy each at ±1 and ±2 %. Every pattern gets 4 Poisson draws at
+``--dose``. Each method's strain is measured against the median lattice of the unstrained
+patterns, as in a strain run. Per crystal and thickness the result gives the slope of measured
+against applied strain for each component and the RMSE over all strained patterns. A scan's field
+mixes these errors; here each thickness shows its own, so a method's bias from dynamical scattering
+is seen where it arises. The clean patterns are cached in ``bench/work/uniform_series/``.
+
+Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]``; writes
+``bench/results/uniform_series.json`` (``uniform_series_d1e+05.json`` for another dose). Needs the
+suite's scans for each method's calibration
+(``python bench/accuracy.py --simulate-only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+
+from stemstrain.config import load_config  # noqa: E402
+from stemstrain.detect import make_detector  # noqa: E402
+from stemstrain.io import open_4d  # noqa: E402
+from stemstrain.lattice import fit_patterns, initial_lattice  # noqa: E402
+from stemstrain.model import default_model, resolve_model  # noqa: E402
+from stemstrain.simulate.dataset import check_simulation  # noqa: E402
+from stemstrain.simulate.multislice import probe_positions_in_cell, simulate_patterns  # noqa: E402
+from stemstrain.simulate.noise import PatternNoise, apply_noise  # noqa: E402
+from stemstrain.strain import deformation_from_strain, rotation_matrix, strain_from_lattice  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SUITE = HERE / "suite.yaml"
+WORK = HERE / "work"
+CASES = {"SrTiO3_001": "sto001_t50_fp4_d1e5", "Si_110": "si110_t37_d1e6", "Au_001": "au001_t30_d1e5"}
+"""Crystal -> the suite scan whose orientation and calibration it takes."""
+THICKNESSES_NM = (10.0, 25.0, 37.0, 50.0, 75.0)
+AMPLITUDES = (-0.02, -0.01, 0.01, 0.02)
+COMPONENTS = ("e_xx", "e_yy", "e_xy")
+STATES = np.array(
+    [(0.0, 0.0, 0.0, 0.0)] + [tuple(a if i == c else 0.0 for i in range(4)) for c in range(3) for a in AMPLITUDES]
+)
+"""Strain states (e_xx, e_yy, e_xy, θ): unstrained, then each component at each amplitude."""
+DRAWS = 4
+"""Poisson draws per clean pattern."""
+
+
+def clean_patterns(config, crystal: str, orientation_deg: float) -> np.ndarray:
+    """Clean patterns (state, thickness, H, W) of ``STATES``, cached per crystal and orientation."""
+    cache = WORK / "uniform_series" / f"{crystal}_{orientation_deg:g}.npy"
+    if cache.exists():
+        return np.load(cache)
+    optics = check_simulation(config, [crystal])
+    patterns = []
+    for state in STATES:
+        deformation = deformation_from_strain(*state) @ rotation_matrix(np.radians(orientation_deg))
+        position = probe_positions_in_cell(crystal, deformation, np.zeros((1, 2)), optics.box)
+        series, _ = simulate_patterns(crystal, deformation, THICKNESSES_NM, position, optics, seed=5)
+        patterns.append(series[0])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, np.stack(patterns))
+    return np.load(cache)
+
+
+def thickness_row(detector, clean: np.ndarray, dose: float, k_sampling: float) -> dict:
+    """Slopes and RMSE of one method's strain on the noisy draws of one thickness's patterns."""
+    rng = np.random.default_rng(0)
+    noisy = np.stack(
+        [apply_noise(p, PatternNoise(dose=dose), k_sampling, rng) for p in clean for _ in range(DRAWS)]
+    ).astype(np.float32)
+    truth = np.repeat(STATES, DRAWS, axis=0)
+    positions, weights = detector(noisy)
+    lattice0, origin0 = initial_lattice(positions[0], weights[0], detector.space)
+    fit = fit_patterns(positions, weights, lattice0, origin0, detector.space == "reciprocal")
+    unstrained = fit["valid"][:DRAWS]
+    measured = strain_from_lattice(fit["lattice"], np.median(fit["lattice"][:DRAWS][unstrained], axis=0))
+    strained = np.arange(len(truth)) >= DRAWS
+    error = np.stack([measured[c] - truth[:, i] for i, c in enumerate(COMPONENTS)], axis=-1)[strained]
+    row = {"valid_fraction": float(fit["valid"].mean()), "rmse": float(np.sqrt(np.nanmean(error**2)))}
+    for i, name in enumerate(COMPONENTS):
+        chosen = strained & (truth[:, i] != 0) & fit["valid"]
+        row[f"slope_{name}"] = float(np.polyfit(truth[chosen, i], measured[name][chosen], 1)[0])
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="*", default=["unet", "bragg"])
+    parser.add_argument("--model", help="network model, a path or a shipped model's name (default: the shipped one)")
+    parser.add_argument("--dose", type=float, default=1e6, help="electrons per pattern [e-]")
+    args = parser.parse_args()
+    config = load_config(SUITE)
+    orientation = {scan.name: scan.orientation_deg for scan in config.scans}
+    model = resolve_model(args.model) if args.model else default_model()
+    rows = {}
+    for crystal, scan_name in CASES.items():
+        scan_path = WORK / "suite" / f"{scan_name}.zarr"
+        if not scan_path.exists():
+            sys.exit(f"{scan_path}: missing; build the suite first (python bench/accuracy.py --simulate-only)")
+        scan = open_4d(scan_path)
+        clean = clean_patterns(config, crystal, orientation[scan_name])
+        for method in args.methods:
+            detector = make_detector(method, scan, model=model if method == "unet" else None)
+            for index, thickness in enumerate(THICKNESSES_NM):
+                row = thickness_row(detector, clean[:, index], args.dose, config.detector.k_sampling)
+                rows[f"{crystal}/{thickness:g}nm/{method}"] = row
+                slopes = "/".join(f"{row[f'slope_{c}']:.2f}" for c in COMPONENTS)
+                print(f"{crystal:11s} {thickness:4.0f} nm {method:6s} rmse {row['rmse'] * 1e4:5.1f}e-4 slopes {slopes}")
+    payload = {"dose": args.dose, "model": str(model), "thicknesses_nm": THICKNESSES_NM, "rows": rows}
+    path = write_result("uniform_series" if args.dose == 1e6 else f"uniform_series_d{args.dose:.0e}", payload)
+    print(json.dumps({"wrote": str(path)}))
+
+
+if __name__ == "__main__":
+    main()
