@@ -121,12 +121,14 @@ PY4DSTEM_MGO_SPREAD = (2.79e-3, 3.31e-3, 2.62e-3, 1.94e-3)
 def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_path):
     """Real SPED data (precession, halo, saturated beam): the MgO cube is relaxed, so its spread is noise.
 
-    general-v2 finds no lattice in these patterns; camera-v1 with ``--static-offsets`` maps the
+    general-v2 finds no lattice in these patterns, and the error points to camera-v1; camera-v1 with
+    ``--static-offsets`` maps the
     cube (rows 85-100, columns 14-29, reference rows 89-92, columns 18-23) all valid, each
     component's spread below tuned py4DSTEM's on the same positions.
     """
     from test_ingest import MGO, _write_zspy_crop
 
+    from stemstrain.errors import StemstrainInputError
     from stemstrain.ingest import ingest
     from stemstrain.lattice import FitOptions
 
@@ -134,6 +136,8 @@ def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_
         pytest.skip(f"MgO SPED data not found at {MGO}")
     raw = _write_zspy_crop(tmp_path / "cube.zspy", (slice(85, 101), slice(14, 30)))
     scan = ingest(raw, tmp_path / "cube.zarr")
+    with pytest.raises(StemstrainInputError, match="holds no valid lattice fit.*try --model camera-v1"):
+        strain_map(scan, tmp_path / "default.zarr", reference_roi=(4, 8, 4, 10), progress=False)
     out = strain_map(
         scan,
         tmp_path / "strain.zarr",

@@ -21,6 +21,8 @@ from stemstrain.model.unet import UNet
 # The shipped model: models/ at the top of the source tree (beside src/), or $STEMSTRAIN_MODEL.
 SHIPPED_MODELS = Path(__file__).resolve().parents[3] / "models"
 DEFAULT_MODEL = "general-v2.pt"
+CAMERA_MODEL = "camera-v1"
+"""The shipped model for real detector data (diffuse halo, camera blur, saturation), by name."""
 MODEL_ENV = "STEMSTRAIN_MODEL"
 
 FORMAT = "stemstrain-model"

@@ -410,7 +410,17 @@ def write_strain(run: StrainRun) -> Path:
     region = fitted.isel(scan_y=slice(y0, y1), scan_x=slice(x0, x1))
     # the region is cropped before it is read: the error names it as the user gave it
     label = f"{run.job.scan_path} (--method {run.job.method}): reference region [y0, y1, x0, x1] = {[y0, y1, x0, x1]}"
-    reference = reference_lattice(region["lattice"].values, None, valid=region["mask"].values, label=label)
+    try:
+        reference = reference_lattice(region["lattice"].values, None, valid=region["mask"].values, label=label)
+    except StemstrainInputError as err:
+        from stemstrain.model.export import CAMERA_MODEL
+
+        if run.job.method != NETWORK or Path(str(run.job.model)).stem == CAMERA_MODEL:
+            raise
+        raise StemstrainInputError(
+            f"{err}; on real detector data (a diffuse halo, blurred spots, a saturated beam) "
+            f"try --model {CAMERA_MODEL} (models/{CAMERA_MODEL}.md)"
+        ) from None
     for unit in run.units:
         block = fitted.isel(unit.region)
         valid = block["mask"].values
