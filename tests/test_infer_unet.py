@@ -122,9 +122,8 @@ def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_
     """Real SPED data (precession, halo, saturated beam): the MgO cube is relaxed, so its spread is noise.
 
     general-v2 finds no lattice in these patterns, and the error points to camera-v1; camera-v1 with
-    ``--static-offsets`` maps the
-    cube (rows 85-100, columns 14-29, reference rows 89-92, columns 18-23) all valid, each
-    component's spread below tuned py4DSTEM's on the same positions.
+    ``--static-offsets`` maps the cube (rows 85-100, columns 14-29, reference rows 89-92, columns
+    18-23) all valid, each component's spread below tuned py4DSTEM's on the same positions.
     """
     from test_ingest import MGO, _write_zspy_crop
 
