@@ -136,4 +136,4 @@ def resolve_model(model):
     if str(model) == Path(model).name and shipped.is_file():
         return shipped
     names = ", ".join(sorted(p.stem for p in SHIPPED_MODELS.glob("*.pt"))) or "none installed"
-    raise StemstrainInputError(f"--model: {model} is neither a model file nor a shipped model ({names})")
+    raise StemstrainInputError(f"--model: {model}: model file not found, nor a shipped model of that name ({names})")
