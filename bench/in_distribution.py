@@ -77,8 +77,7 @@ def main() -> None:
     parser.add_argument("--frozen-phonons", type=int, help="only patterns with this many (0: static)")
     args = parser.parse_args()
     model = args.model or default_model()
-    network, _ = load_model(model, device="cpu")
-    network.eval()
+    network, _ = load_model(model, device="cpu")  # in eval mode
     precision = resolve_precision("auto", "cpu")
     data = xr.open_zarr(args.data, consolidated=False).isel(sample=slice(args.start, None))
     material, thickness, dose, phonons = (

@@ -151,20 +151,21 @@ def main() -> None:
                 basis_map=basis_map,
             )
             results[label] = {**region_spread(out, *NANOCUBE), "run": timing}
-    network = ["--model", args.model] if args.model else []
-    suffix = f"@{Path(args.model).stem}" if args.model else ""
-    for method in args.methods:
-        if method == "unet":
-            row = ours(scan, method, network, method + suffix)
-            results[method + suffix] = {**row, "model": args.model or "default"}
-        else:
-            results[method] = ours(scan, method)
-    for label, (method, options) in TUNED.items():
-        if method == "unet" and method in args.methods:
-            row = ours(scan, method, [*options, *network], label + suffix)
-            results[label + suffix] = {**row, "model": args.model or "default"}
-        elif method in args.methods:
+
+    def run(label: str, method: str, options: list[str] = ()) -> None:
+        """One row; the network's rows run ``--model`` and are labelled ``label@NAME`` with it."""
+        if method != "unet":
             results[label] = ours(scan, method, options, label)
+            return
+        if args.model:
+            label, options = f"{label}@{Path(args.model).stem}", [*options, "--model", args.model]
+        results[label] = {**ours(scan, method, options, label), "model": args.model or "default"}
+
+    for method in args.methods:
+        run(method, method)
+    for label, (method, options) in TUNED.items():
+        if method in args.methods:
+            run(label, method, options)
     path = write_result("mgo", results)
     for label, out in FIGURES.items():
         if "valid_fraction" in results.get(label, {}):
