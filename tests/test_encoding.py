@@ -82,6 +82,8 @@ def test_offset_loss_rewards_the_right_offsets_and_trains():
     right[:, 2:4] = rendered.offsets
     args = (rendered.image, 1.0, rendered.offsets, rendered.offset_mask)
     assert spot_loss(right, *args).offset < spot_loss(outputs, *args).offset - 0.1
+    # Seeded: a tiny unnormalised network's random start has dead ReLUs before the head about 1 in 30 times.
+    torch.manual_seed(0)
     network = UNet(ModelConfig(base_channels=4, depth=2, norm="none", offsets=True))
     out = network(torch.rand(2, 1, 128, 128) * 100)
     assert out.shape == (2, 5, 128, 128)
