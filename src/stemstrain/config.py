@@ -196,12 +196,6 @@ class ModelConfig(_Section):
         "offset's uncertainty (three more output channels); the read-out then places each spot by them and "
         "weights the lattice fit by 1/sigma^2.",
     )
-    antialias: bool = Field(
-        False,
-        description="Blur before each 2x downsampling and upsample bilinearly instead of by transposed "
-        "convolution, so that the spots follow a sub-pixel shift of the pattern; a max-pool U-Net is "
-        "shift-equivariant only for shifts by 2**(depth-1) px and misplaces spots by up to 0.09 px.",
-    )
 
 
 class Augment(_Section):

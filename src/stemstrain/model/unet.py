@@ -54,44 +54,13 @@ class _DoubleConv(nn.Sequential):
         )
 
 
-class _BlurDown(nn.Module):
-    """Anti-aliased 2x downsampling: max over 2x2 windows at stride 1, then a binomial blur at stride 2.
-
-    Zhang (2019), "Making convolutional networks shift-invariant again" (MaxBlurPool): a plain
-    stride-2 max pool aliases, so what the network computes depends on where a spot lies modulo the
-    pooling grid, not only on the pattern.
-    """
-
-    def __init__(self, channels: int):
-        super().__init__()
-        taps = torch.tensor([1.0, 2.0, 1.0])
-        kernel = torch.outer(taps, taps) / 16.0
-        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).contiguous(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
-        return F.conv2d(x, self.kernel.to(x.dtype), stride=2, padding=1, groups=x.shape[1])
-
-
-class _BilinearUp(nn.Module):
-    """2x upsampling: a 1x1 convolution at the coarse level, then bilinear interpolation (no checkerboard)."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=False)
-
-
 class UNet(nn.Module):
     """U-Net of ``depth`` levels; level ``l`` has ``base_channels * 2**l`` channels.
 
     Parameters
     ----------
     config : ModelConfig
-        ``base_channels``, ``depth``, ``norm`` (batch, group or none), ``offsets`` and ``antialias``
-        (blurred downsampling and bilinear upsampling instead of max pool and transposed convolution).
+        ``base_channels``, ``depth`` and ``norm`` (batch, group or none).
 
     Notes
     -----
@@ -107,20 +76,14 @@ class UNet(nn.Module):
         self.config = config
         widths = [config.base_channels * 2**level for level in range(config.depth)]
         self.encoders = nn.ModuleList()
-        self.downsamples = nn.ModuleList()
         in_channels = 1
-        for level, width in enumerate(widths):
-            if level:
-                self.downsamples.append(_BlurDown(in_channels) if config.antialias else nn.MaxPool2d(2))
+        for width in widths:
             self.encoders.append(_DoubleConv(in_channels, width, config.norm))
             in_channels = width
         self.upsamples = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for width in reversed(widths[:-1]):
-            if config.antialias:
-                self.upsamples.append(_BilinearUp(in_channels, width))
-            else:
-                self.upsamples.append(nn.ConvTranspose2d(in_channels, width, 2, stride=2))
+            self.upsamples.append(nn.ConvTranspose2d(in_channels, width, 2, stride=2))
             self.decoders.append(_DoubleConv(2 * width, width, config.norm))
             in_channels = width
         self.head = nn.Conv2d(in_channels, self.channels, 1)
@@ -143,7 +106,7 @@ class UNet(nn.Module):
         skips = []
         for level, encoder in enumerate(self.encoders):
             if level:
-                x = self.downsamples[level - 1](x)
+                x = F.max_pool2d(x, 2)
             x = encoder(x)
             skips.append(x)
         for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips[:-1]), strict=True):
