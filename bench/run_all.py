@@ -23,6 +23,7 @@ def scripts() -> list[list[str]]:
     known stretch, uniform strains by thickness, and the real MgO scan."""
     runs = [["simulate.py"], ["train.py"], ["infer.py"], ["baselines.py"], ["accuracy.py"], ["warp_response.py"]]
     runs.append(["uniform_series.py"])
+    runs.append(["shift_response.py"])
     runs.append(["mgo.py"])
     if os.environ.get("BENCH_SCALE") == "1":
         runs.append(["scale.py"])
