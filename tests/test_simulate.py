@@ -227,6 +227,21 @@ def test_deleted_chunk_is_recreated_alone_and_store_equals_uninterrupted(uninter
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
 
 
+def test_a_complete_set_is_not_simulated_again(uninterrupted, tmp_path, caplog):
+    """Rerunning a finished simulation does nothing; other settings are refused, naming what differs."""
+    done = tmp_path / "train.zarr"
+    shutil.copytree(uninterrupted, done)
+    written = (done / "inputs" / "c" / "0").stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="stemstrain"):
+        # where it runs does not count: the same set on a dask cluster
+        assert simulate_training_set(tiny_config(cluster={"kind": "local", "workers": 2}), done) == done
+    assert "nothing to do" in caplog.text and not done.with_name("train.zarr.partial").exists()
+    assert (done / "inputs" / "c" / "0").stat().st_mtime_ns == written
+    with pytest.raises(StemstrainInputError, match=r"differ in .*simulate\.seed\).*--fresh"):
+        simulate_training_set(tiny_config(seed=4), done)
+    assert (done / "inputs" / "c" / "0").stat().st_mtime_ns == written
+
+
 def test_local_dask_cluster_gives_the_same_store(uninterrupted, tmp_path):
     config = tiny_config(cluster={"kind": "local", "workers": 2})
     out = simulate_training_set(config, tmp_path / "train.zarr")

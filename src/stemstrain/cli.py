@@ -87,7 +87,12 @@ def simulate(
     config: Annotated[Path, typer.Argument(help="Configuration YAML (see config.yaml).")],
     out: Annotated[Path, typer.Argument(help="Training-set Zarr store to write.")],
     fresh: Annotated[
-        bool, typer.Option("--fresh", help="Discard a partial store of an interrupted run instead of resuming it.")
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Discard a partial store of an interrupted run instead of resuming it; a complete OUT is "
+            "simulated again (by default it is kept when made from the same settings).",
+        ),
     ] = False,
 ) -> None:
     """Simulate a training set (abTEM multislice) into a chunked Zarr store.

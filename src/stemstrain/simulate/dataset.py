@@ -28,6 +28,7 @@ import xarray as xr
 
 from stemstrain import __version__
 from stemstrain.config import Config
+from stemstrain.errors import StemstrainInputError
 from stemstrain.execute import run_tasks
 from stemstrain.io import ResumableStore, reference_k
 from stemstrain.lattice import reciprocal_vectors
@@ -337,6 +338,34 @@ def _template(config: Config, n_patterns: int, chunk_patterns: int) -> xr.Datase
     )
 
 
+def _check_finished(out: Path, attrs: dict) -> None:
+    """Raise unless the finished store ``out`` was simulated with the settings in ``attrs``.
+
+    Where the simulation ran (``simulate.cluster``) and the software version do not count.
+    """
+
+    def settings(values: dict) -> dict:
+        flat = json.loads(json.dumps({k: v for k, v in values.items() if k != "software_version"}))
+        simulate = flat.pop("simulate_config", None)
+        simulate = json.loads(simulate) if isinstance(simulate, str) else {}
+        simulate.pop("cluster", None)
+        return flat | {f"simulate.{k}": v for k, v in simulate.items()}
+
+    try:
+        found = settings(dict(xr.open_zarr(out).attrs))
+    except Exception as err:  # zarr and xarray raise many types for unreadable stores
+        raise StemstrainInputError(
+            f"{out}: exists but is not a readable training set ({err}); remove it or pass --fresh"
+        ) from err
+    wanted = settings(attrs)
+    differ = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
+    if differ:
+        raise StemstrainInputError(
+            f"{out}: a complete training set made from other settings is there (they differ in "
+            f"{', '.join(differ)}); write to another path, remove it, or pass --fresh to simulate it again"
+        )
+
+
 def _optics_attrs(config: Config) -> dict:
     """Beam energy and semiangle of the set: one value each, or the ranges drawn per strain state."""
     sim = config.simulate
@@ -357,21 +386,33 @@ def simulate_training_set(config: Config, out: Path, fresh: bool = False) -> Pat
     out : Path
         Final store path; a run interrupted earlier resumes from ``<out>.partial``.
     fresh : bool
-        Discard a partial store of an earlier run instead of resuming it.
+        Discard a partial store of an earlier run instead of resuming it, and simulate a complete
+        ``out`` again (it is replaced when the new one is complete).
 
     Returns
     -------
     Path
         ``out``.
+
+    Raises
+    ------
+    StemstrainInputError
+        ``out`` is a complete training set simulated from other settings (and ``fresh`` is not set).
     """
     sim = config.simulate
     check_simulation(config, sim.crystals)
     per_state, states_per_chunk, n_chunks = training_layout(config)
     n_patterns = sim.n_samples * per_state
     chunk_patterns = states_per_chunk * per_state
+    template = _template(config, n_patterns, chunk_patterns)
+    if Path(out).exists() and not fresh:
+        # A complete set is hours of multislice: never redo it unasked.
+        _check_finished(Path(out), template.attrs)
+        log.info("simulate: %s is complete and made from these settings; nothing to do (--fresh redoes it)", out)
+        return Path(out)
     store = ResumableStore(out)
     with _fixed_width_strings():
-        store.start(_template(config, n_patterns, chunk_patterns), fresh=fresh)
+        store.start(template, fresh=fresh)
     todo = [(f"chunk-{c}", (config, c)) for c in range(n_chunks) if not store.is_done(f"chunk-{c}")]
     log.info(
         "simulate: %d strain states x %d patterns in %d chunks (%d to do), crystals %s, thicknesses %s nm",
