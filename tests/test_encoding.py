@@ -92,32 +92,6 @@ def test_offset_loss_rewards_the_right_offsets_and_trains():
     assert network.head.weight.grad[2:].abs().sum() > 0  # the offset channels get a gradient
 
 
-def test_beta_nll_lets_uncertain_offsets_learn():
-    """Plain NLL: an offset's gradient falls as 1/σ²; β-NLL (β = 0.5): as 1/σ. The best σ is unchanged."""
-    from stemstrain.model.loss import offset_nll
-
-    mask = torch.ones(1, 1, 2, dtype=torch.bool)
-    true = torch.zeros(1, 2, 1, 2)
-    sigma = torch.tensor([0.1, 1.0])
-    slopes = {}
-    for beta in (0.0, 0.5):
-        predicted = torch.zeros(1, 3, 1, 2)
-        predicted[0, 0] = 0.05  # the same offset error at both pixels
-        predicted[0, 2] = torch.log(sigma)
-        predicted.requires_grad_(True)
-        offset_nll(predicted, true, mask, beta).backward()
-        gradient = predicted.grad[0, 0, 0]
-        slopes[beta] = float(gradient[0] / gradient[1])  # sure pixel over unsure one
-    assert np.isclose(slopes[0.0], 100.0, rtol=1e-4) and np.isclose(slopes[0.5], 10.0, rtol=1e-4)
-    # the σ that minimises the loss is still set by the error: d/dlog σ vanishes at σ² = |d|² / 2
-    predicted = torch.zeros(1, 3, 1, 1)
-    predicted[0, 0] = 0.2
-    predicted[0, 2] = np.log(0.2 / np.sqrt(2.0))
-    predicted.requires_grad_(True)
-    offset_nll(predicted, torch.zeros(1, 2, 1, 1), torch.ones(1, 1, 1, dtype=torch.bool), 0.5).backward()
-    assert abs(float(predicted.grad[0, 2, 0, 0])) < 1e-5
-
-
 def test_validation_lattice_error_is_the_strain_of_the_read_out():
     """The validation metric fits each pattern's lattice as inference does: zero for a perfect read-out, and
     the strain itself when the read-out reports a lattice strained against the truth."""

@@ -257,14 +257,6 @@ class TrainConfig(_Section):
         description="Weight λ of the offset term (L + λ NLL of the sub-pixel offsets) for a network with "
         "model.offsets; it needs spot lists in the training set.",
     )
-    offset_beta: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="beta of the beta-NLL of the offsets (Seitzer et al. 2022): each pixel's NLL is scaled by "
-        "sigma^(2 beta), held fixed in the gradient, so that the offsets of uncertain spots (faint, low dose) "
-        "still learn; 0 is the plain NLL, whose offset gradient falls as 1/sigma^2, 0.5 makes it 1/sigma.",
-    )
     target_power: float = Field(
         0.5, gt=0, le=1, description="Targets are scaled to peak 1 and raised to this power (keeps weak spots) [1]."
     )

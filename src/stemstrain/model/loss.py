@@ -62,7 +62,6 @@ def spot_loss(
     offsets: torch.Tensor | None = None,
     offset_mask: torch.Tensor | None = None,
     offset_weight: float = 1.0,
-    offset_beta: float = 0.0,
 ) -> SpotLoss:
     """L = BCE(mask logit, target > 0) + MSE(spot image, target)^γ [+ λ NLL(offsets)], averaged over pixels.
 
@@ -82,8 +81,6 @@ def spot_loss(
     offset_weight : float
         λ of the offset term: the Gaussian negative log-likelihood ``|d - d̂|² / 2σ² + 2 log σ`` of the
         predicted offset d̂ and log σ, averaged over the pixels of ``offset_mask``.
-    offset_beta : float
-        β of the β-NLL (:func:`offset_nll`); 0 is the plain NLL.
 
     Returns
     -------
@@ -98,17 +95,12 @@ def spot_loss(
     mse_term = torch.where(mse > _MSE_EPS, safe**gamma, mse * _MSE_EPS ** (gamma - 1))
     offset = torch.zeros((), device=outputs.device)
     if offsets is not None and outputs.shape[1] >= 5:
-        offset = offset_nll(outputs[:, 2:5], offsets.float(), offset_mask, offset_beta)
+        offset = offset_nll(outputs[:, 2:5], offsets.float(), offset_mask)
     return SpotLoss(bce + mse_term + offset_weight * offset, bce, mse, offset)
 
 
-def offset_nll(predicted: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+def offset_nll(predicted: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean Gaussian negative log-likelihood of 2-D offsets with an isotropic predicted σ.
-
-    With ``beta`` > 0 each pixel's NLL is scaled by σ^(2β), a factor held fixed in the gradient (β-NLL,
-    Seitzer et al. 2022, "On the pitfalls of heteroscedastic uncertainty estimation"). In the plain
-    NLL the gradient of an offset falls as 1/σ², so the spots the network is unsure of (faint ones,
-    low dose) barely train their offsets; β = 0.5 makes it 1/σ.
 
     Parameters
     ----------
@@ -118,13 +110,9 @@ def offset_nll(predicted: torch.Tensor, offsets: torch.Tensor, mask: torch.Tenso
         True offsets [px].
     mask : Tensor of bool (N, H, W)
         Pixels where the true offset is defined; the mean runs over them (0 when there are none).
-    beta : float
-        β of the β-NLL in [0, 1]; 0 is the plain NLL.
     """
     log_sigma = predicted[:, 2].clamp(*LOG_SIGMA_RANGE)
     squared = ((predicted[:, :2] - offsets) ** 2).sum(dim=1)
     nll = 0.5 * squared * torch.exp(-2.0 * log_sigma) + 2.0 * log_sigma
-    if beta:
-        nll = nll * torch.exp(2.0 * beta * log_sigma).detach()
     weight = mask.float()
     return (nll * weight).sum() / weight.sum().clamp_min(1.0)

@@ -270,13 +270,7 @@ class _Training:
         with autocast(self.device, self.precision):
             outputs = self.ddp(inputs)
         loss = spot_loss(
-            outputs,
-            targets.image,
-            settings.gamma,
-            targets.offsets,
-            targets.offset_mask,
-            settings.offset_weight,
-            settings.offset_beta,
+            outputs, targets.image, settings.gamma, targets.offsets, targets.offset_mask, settings.offset_weight
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()

@@ -79,7 +79,7 @@ def validate(model, dataset, indices, train: TrainConfig, precision: str, device
                 outputs = model(batch.inputs.contiguous(memory_format=torch.channels_last))
             outputs = outputs.float()
             image, offsets, offset_mask = targets
-            loss = spot_loss(outputs, image, train.gamma, offsets, offset_mask, train.offset_weight, train.offset_beta)
+            loss = spot_loss(outputs, image, train.gamma, offsets, offset_mask, train.offset_weight)
             b = len(outputs)
             values = [loss.total.item(), loss.bce.item(), loss.mse.item(), loss.offset.item()]
             sums += torch.tensor([*(v * b for v in values), b], dtype=torch.float64)
