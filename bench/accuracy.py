@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         return 0
     model, label = None, NETWORK
     if NETWORK in args.methods:
-        model = resolve_model(args.model) if args.model else default_model()
+        model = resolve_model(args.model)
         label = NETWORK if model == default_model() else f"{NETWORK}@{model.stem}"
     rows = []
     for scan in names:

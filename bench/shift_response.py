@@ -29,7 +29,7 @@ from common import write_result  # noqa: E402
 
 from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.io import k_calibration, open_4d  # noqa: E402
-from stemstrain.model import default_model, resolve_model  # noqa: E402
+from stemstrain.model import resolve_model  # noqa: E402
 from stemstrain.simulate.noise import PatternNoise, apply_noise  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -97,7 +97,7 @@ def main() -> None:
     k_sampling, _ = k_calibration(scan)
     data = scan["data"].values.astype(np.float64)
     base = data[: data.shape[0] // 4].reshape(-1, *data.shape[2:]).mean(axis=0)  # reference rows
-    model = resolve_model(args.model) if args.model else default_model()
+    model = resolve_model(args.model)
     rows = {}
     for method in args.methods:
         detector = make_detector(method, scan, model=model if method == "unet" else None)

@@ -32,7 +32,7 @@ from stemstrain.config import load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.io import open_4d  # noqa: E402
 from stemstrain.lattice import fit_patterns, initial_lattice  # noqa: E402
-from stemstrain.model import default_model, resolve_model  # noqa: E402
+from stemstrain.model import resolve_model  # noqa: E402
 from stemstrain.simulate.dataset import check_simulation  # noqa: E402
 from stemstrain.simulate.multislice import probe_positions_in_cell, simulate_patterns  # noqa: E402
 from stemstrain.simulate.noise import PatternNoise, apply_noise  # noqa: E402
@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(SUITE)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}
-    model = resolve_model(args.model) if args.model else default_model()
+    model = resolve_model(args.model)
     rows = {}
     for crystal, scan_name in CASES.items():
         scan_path = WORK / "suite" / f"{scan_name}.zarr"

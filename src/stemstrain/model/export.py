@@ -120,16 +120,19 @@ def default_model() -> Path:
     return path
 
 
-def resolve_model(model):
+def resolve_model(model=None):
     """A model given by path, or by the name of a shipped model (``camera-v1`` for ``models/camera-v1.pt``).
 
-    Anything that is not a string or path (a loaded network) passes through unchanged.
+    None is the default model (:func:`default_model`); anything else that is not a string or path (a
+    loaded network) passes through unchanged.
 
     Raises
     ------
     StemstrainInputError
         If a string or path is neither a file nor the name of a shipped model.
     """
+    if model is None:
+        return default_model()
     if not isinstance(model, (str, Path)) or Path(model).is_file():
         return model
     shipped = SHIPPED_MODELS / f"{Path(model).name.removesuffix('.pt')}.pt"

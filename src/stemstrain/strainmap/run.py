@@ -169,9 +169,9 @@ def plan_strain_map(
     scan = open_4d(scan_path)
     roi = _reference_roi(scan, scan_path, reference_roi)
     if method == NETWORK:
-        from stemstrain.model import default_model, resolve_model
+        from stemstrain.model import resolve_model
 
-        model = default_model() if model is None else resolve_model(model)
+        model = resolve_model(model)
     options = {**detector_settings(method, config), **(detector_options or {})}
     detector = make_detector(method, scan, model=model, **options)
     timings = Timings()
