@@ -89,6 +89,25 @@ def test_resume_after_a_config_change_trains_from_the_start(
     assert [row["step"] for row in read_metrics(tmp_path)] == []
 
 
+def test_a_finished_run_frees_its_ddp_wrapper_before_the_process_group(
+    tiny_training_set, tiny_train_config, tmp_path, monkeypatch
+):
+    """Left in a reference cycle, the wrapper's reducer freed the old gloo group inside a later train() and hung."""
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    gc.disable()  # no collection may free it by chance
+    try:
+        train(tiny_train_config(epochs=1, base_channels=4), tiny_training_set, tmp_path, max_steps=1, progress=False)
+        alive = sum(type(o) is DistributedDataParallel for o in gc.get_objects())  # no isinstance: dead weak proxies
+    finally:
+        gc.enable()
+    assert alive == 0
+
+
 def test_two_process_ddp_on_cpu_keeps_ranks_identical(tiny_training_set, tiny_train_config, tmp_path):
     config = tiny_train_config(epochs=1, base_channels=4)
     config_path = tmp_path / "config.yaml"

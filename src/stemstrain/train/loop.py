@@ -12,6 +12,7 @@ run resumed from a checkpoint (taken at any step) continues exactly as the unint
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import time
@@ -89,6 +90,7 @@ def train(
     # notebook or a test session goes on in the same process).
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     benchmark, threads = torch.backends.cudnn.benchmark, torch.get_num_threads()
+    run = None
     try:
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -104,6 +106,11 @@ def train(
             return None
         return run.export(checksums, started)
     finally:
+        # The run sits in a reference cycle, and its DDP reducer holds the process group. Left to a later
+        # garbage collection, the group's gloo threads were joined inside the next train() of the same
+        # process, with a new group up, and hung there (seen once in CI). Free it here, before the group goes.
+        run = None
+        gc.collect()
         dist.destroy_process_group()
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark = benchmark
