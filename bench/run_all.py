@@ -24,6 +24,7 @@ def scripts() -> list[list[str]]:
     runs = [["simulate.py"], ["train.py"], ["infer.py"], ["baselines.py"], ["accuracy.py"], ["warp_response.py"]]
     runs.append(["uniform_series.py"])
     runs.append(["shift_response.py"])
+    runs.append(["spot_noise.py"])
     runs.append(["mgo.py"])
     if os.environ.get("BENCH_SCALE") == "1":
         runs.append(["scale.py"])
