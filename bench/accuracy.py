@@ -87,10 +87,11 @@ def main(argv=None) -> int:
     simulate(config, names)
     if args.simulate_only:
         return 0
+    shipped = default_model()
     model, label = None, NETWORK
     if NETWORK in args.methods:
         model = resolve_model(args.model)
-        label = NETWORK if model == default_model() else f"{NETWORK}@{model.stem}"
+        label = NETWORK if model == shipped else f"{NETWORK}@{model.stem}"
     rows = []
     for scan in names:
         for method in args.methods:
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
         "accuracy",
         {
             "load_average": os.getloadavg(),
-            "model": str(default_model()),  # the unet column's; rows of other models name theirs
+            "model": str(shipped),  # the unet column's; rows of other models name theirs
             "suite": str(SUITE.relative_to(HERE.parent)),
             "rows": rows,
         },
