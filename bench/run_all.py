@@ -20,7 +20,8 @@ RESULTS = HERE / "results"
 
 def scripts() -> list[list[str]]:
     """The benchmarks in order: the accuracy suite (every method and tuned py4DSTEM), the response to a
-    known stretch, uniform strains by thickness, and the real MgO scan."""
+    known stretch, uniform strains by thickness, spot precision under a shift, spot noise at low dose,
+    and the real MgO scan."""
     runs = [["simulate.py"], ["train.py"], ["infer.py"], ["baselines.py"], ["accuracy.py"], ["warp_response.py"]]
     runs.append(["uniform_series.py"])
     runs.append(["shift_response.py"])
