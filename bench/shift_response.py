@@ -1,7 +1,7 @@
 """How exactly a method's spots follow a shift of the whole pattern (a descan shift), in pixels.
 
 A method that measures strain to 1e-4 must place a spot 40 px from the centre to 0.004 px. Here the
-mean of the reference rows of one suite scan (64 patterns, zero strain) is moved by whole pixels
+mean of the reference region of one suite scan (64 patterns, zero strain) is moved by whole pixels
 (``numpy.roll``: exact) and by tenths of a pixel (Fourier shift), given Poisson noise at ``--dose``
 (``DRAWS`` draws per shift), and each method's spots are matched to those of the unshifted pattern.
 The error of a spot is its measured displacement minus the applied one. Reported per method and
@@ -22,13 +22,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 from scipy.ndimage import fourier_shift
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from stemstrain.detect import make_detector  # noqa: E402
-from stemstrain.io import k_calibration, open_4d  # noqa: E402
+from stemstrain.io import check_reference_roi, k_calibration, open_4d  # noqa: E402
 from stemstrain.model import resolve_model  # noqa: E402
 from stemstrain.simulate.noise import PatternNoise, apply_noise  # noqa: E402
 
@@ -53,6 +54,17 @@ def matched(found: np.ndarray, expected: np.ndarray, radius: float = 0.5) -> np.
     nearest = np.nanargmin(np.where(np.isfinite(distance), distance, np.inf), axis=0)
     spots = found[nearest]
     return np.where(np.linalg.norm(spots - expected, axis=-1, keepdims=True) < radius, spots, np.nan)
+
+
+def reference_patterns(name: str) -> tuple[np.ndarray, xr.Dataset]:
+    """Patterns (n, H, W) [counts] of a suite scan's reference region (attribute ``reference_roi``), and the scan."""
+    path = WORK / f"{name}.zarr"
+    if not path.exists():
+        sys.exit(f"{path}: missing; build the suite first (python bench/accuracy.py --simulate-only)")
+    scan = open_4d(path)
+    y0, y1, x0, x1 = check_reference_roi(scan.attrs.get("reference_roi"), (scan.sizes["scan_y"], scan.sizes["scan_x"]))
+    data = scan["data"].isel(scan_y=slice(y0, y1), scan_x=slice(x0, x1)).values.astype(np.float32)
+    return data.reshape(-1, *data.shape[2:]), scan
 
 
 def spot_errors(detector, base: np.ndarray, shifts, dose: float, k_sampling: float) -> dict:
@@ -87,16 +99,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", default=["unet", "bragg"])
     parser.add_argument("--model", help="network model, a path or a shipped model's name (default: the shipped one)")
-    parser.add_argument("--scan", default="si110_t37_d1e6", help="suite scan whose reference rows are moved")
+    parser.add_argument("--scan", default="si110_t37_d1e6", help="suite scan whose reference region is moved")
     parser.add_argument("--dose", type=float, default=1e7, help="electrons per pattern [e-]")
     args = parser.parse_args()
-    path = WORK / f"{args.scan}.zarr"
-    if not path.exists():
-        sys.exit(f"{path}: missing; build the suite first (python bench/accuracy.py --simulate-only)")
-    scan = open_4d(path)
+    patterns, scan = reference_patterns(args.scan)
     k_sampling, _ = k_calibration(scan)
-    data = scan["data"].values.astype(np.float64)
-    base = data[: data.shape[0] // 4].reshape(-1, *data.shape[2:]).mean(axis=0)  # reference rows
+    base = patterns.astype(np.float64).mean(axis=0)
     model = resolve_model(args.model)
     rows = {}
     for method in args.methods:

@@ -28,27 +28,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from shift_response import WORK, matched  # noqa: E402
+from shift_response import matched, reference_patterns  # noqa: E402
 
 from stemstrain.detect import make_detector  # noqa: E402
-from stemstrain.io import k_calibration, open_4d  # noqa: E402
+from stemstrain.io import k_calibration  # noqa: E402
 from stemstrain.model import resolve_model  # noqa: E402
 
 BANDS = (0.0, 0.5, 0.75, 0.9, 1.0)
 """Quantiles of the low-dose weight that bound the bands."""
 UNDIFFRACTED_PX = 4.0
 MATCH_PX = 1.0
-
-
-def reference_patterns(name: str):
-    """Patterns (n, H, W) of a suite scan's reference region, its k-sampling [1/angstrom] and the scan."""
-    path = WORK / f"{name}.zarr"
-    if not path.exists():
-        sys.exit(f"{path}: missing; build the suite first (python bench/accuracy.py --simulate-only)")
-    scan = open_4d(path)
-    y0, y1, x0, x1 = scan.attrs["reference_roi"]
-    data = scan["data"].values[y0:y1, x0:x1].astype(np.float32)
-    return data.reshape(-1, *data.shape[2:]), k_calibration(scan)[0], scan
 
 
 def displacements(detector, high: np.ndarray, low: np.ndarray, k_sampling: float) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +86,8 @@ def main() -> None:
         help="two suite scans that differ only in dose",
     )
     args = parser.parse_args()
-    (high, k_sampling, scan), (low, _, _) = reference_patterns(args.pair[0]), reference_patterns(args.pair[1])
+    (high, scan), (low, _) = reference_patterns(args.pair[0]), reference_patterns(args.pair[1])
+    k_sampling, _ = k_calibration(scan)
     model = resolve_model(args.model)
     rows = {}
     for method in args.methods:
