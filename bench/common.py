@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmarks: machine description and atomic JSON results.
+"""Shared helpers of the benchmarks: machine description, atomic JSON results, lattice fits.
 
 Every benchmark writes ``bench/results/<name>.json`` with the machine it ran on, so that figures
 from different machines are never compared by accident. Compare ratios measured in one run.
@@ -12,7 +12,10 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
+
+from stemstrain.lattice import fit_patterns, initial_lattice
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,6 +56,32 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def fitted_lattices(detector, patterns: np.ndarray, first: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each pattern's lattice, fitted to the detector's spots as a strain run fits them.
+
+    Parameters
+    ----------
+    detector
+        A detector of :func:`stemstrain.detect.make_detector`.
+    patterns : ndarray (n, H, W)
+        Diffraction patterns [counts].
+    first : ndarray (H, W), optional
+        The pattern whose spots index the others (default: ``patterns[0]``).
+
+    Returns
+    -------
+    lattice : ndarray (n, 2, 2)
+        Basis vectors as columns [1/angstrom, or angstrom for a real-space detector].
+    valid : ndarray of bool (n,)
+        Patterns whose fit passed the validity checks.
+    """
+    positions, weights = detector(patterns)
+    first_positions, first_weights = detector(first[None]) if first is not None else (positions, weights)
+    lattice0, origin0 = initial_lattice(first_positions[0], first_weights[0], detector.space)
+    fit = fit_patterns(positions, weights, lattice0, origin0, detector.space == "reciprocal")
+    return fit["lattice"], fit["valid"]
 
 
 def write_result(name: str, payload: dict) -> Path:

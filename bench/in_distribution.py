@@ -9,7 +9,7 @@ known deformation) is compared with the pattern's strain. Set against the accura
 compression that the network has on a crystal at all from one that comes with a suite scan's
 conditions.
 
-Usage: ``python bench/in_distribution.py DATA [--model PATH] [--start 5712] [--crystals SrTiO3_001 ...]
+Usage: ``python bench/in_distribution.py DATA [--model NAME] [--start 5712] [--crystals SrTiO3_001 ...]
 [--frozen-phonons N]``; writes ``bench/results/in_distribution.json`` (``in_distribution_fp<N>.json``
 with ``--frozen-phonons``).
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from stemstrain.lattice import fit_patterns, reduced_basis  # noqa: E402
-from stemstrain.model import default_model, load_model  # noqa: E402
+from stemstrain.model import load_model, resolve_model  # noqa: E402
 from stemstrain.model.encoding import decode_spots  # noqa: E402
 from stemstrain.runtime import autocast, resolve_precision  # noqa: E402
 from stemstrain.strain import deformation_from_strain, strain_from_lattice  # noqa: E402
@@ -69,14 +69,14 @@ def crystal_row(data: xr.Dataset, index: np.ndarray, network, precision: str) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="training-set Zarr store")
-    parser.add_argument("--model", type=Path, help="network model (default: the shipped one)")
+    parser.add_argument("--model", help="network model, a path or a shipped model's name (default: the shipped one)")
     parser.add_argument("--start", type=int, default=5712, help="first held-out sample (the model's set ends before)")
     parser.add_argument("--crystals", nargs="*", default=["SrTiO3_001", "Si_110", "Au_001"])
     parser.add_argument("--thickness", nargs=2, type=float, default=(20.0, 80.0), help="range [nm]")
     parser.add_argument("--min-dose", type=float, default=1e5, help="lowest dose [e-]")
     parser.add_argument("--frozen-phonons", type=int, help="only patterns with this many (0: static)")
     args = parser.parse_args()
-    model = args.model or default_model()
+    model = resolve_model(args.model)
     network, _ = load_model(model, device="cpu")  # in eval mode
     precision = resolve_precision("auto", "cpu")
     data = xr.open_zarr(args.data, consolidated=False).isel(sample=slice(args.start, None))

@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import fitted_lattices, write_result  # noqa: E402
 
 from stemstrain.config import load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.io import open_4d  # noqa: E402
-from stemstrain.lattice import fit_patterns, initial_lattice  # noqa: E402
 from stemstrain.model import resolve_model  # noqa: E402
 from stemstrain.simulate.dataset import check_simulation  # noqa: E402
 from stemstrain.simulate.multislice import probe_positions_in_cell, simulate_patterns  # noqa: E402
@@ -78,16 +77,13 @@ def thickness_row(detector, clean: np.ndarray, dose: float, k_sampling: float) -
         [apply_noise(p, PatternNoise(dose=dose), k_sampling, rng) for p in clean for _ in range(DRAWS)]
     ).astype(np.float32)
     truth = np.repeat(STATES, DRAWS, axis=0)
-    positions, weights = detector(noisy)
-    lattice0, origin0 = initial_lattice(positions[0], weights[0], detector.space)
-    fit = fit_patterns(positions, weights, lattice0, origin0, detector.space == "reciprocal")
-    unstrained = fit["valid"][:DRAWS]
-    measured = strain_from_lattice(fit["lattice"], np.median(fit["lattice"][:DRAWS][unstrained], axis=0))
+    lattice, valid = fitted_lattices(detector, noisy)
+    measured = strain_from_lattice(lattice, np.median(lattice[:DRAWS][valid[:DRAWS]], axis=0))
     strained = np.arange(len(truth)) >= DRAWS
     error = np.stack([measured[c] - truth[:, i] for i, c in enumerate(COMPONENTS)], axis=-1)[strained]
-    row = {"valid_fraction": float(fit["valid"].mean()), "rmse": float(np.sqrt(np.nanmean(error**2)))}
+    row = {"valid_fraction": float(valid.mean()), "rmse": float(np.sqrt(np.nanmean(error**2)))}
     for i, name in enumerate(COMPONENTS):
-        chosen = strained & (truth[:, i] != 0) & fit["valid"]
+        chosen = strained & (truth[:, i] != 0) & valid
         row[f"slope_{name}"] = float(np.polyfit(truth[chosen, i], measured[name][chosen], 1)[0])
     return row
 

@@ -8,7 +8,7 @@ the unwarped patterns. A ratio of measured to applied strain below 1 that shows 
 method's response to geometry; one that shows only on the real strained scans (``bench/accuracy.py``)
 comes with the strained crystal's patterns (dynamical scattering), which no warp imitates.
 
-Usage: ``python bench/warp_response.py [--methods unet bragg] [--model PATH]``; writes
+Usage: ``python bench/warp_response.py [--methods unet bragg] [--model NAME]``; writes
 ``bench/results/warp_response.json``. Needs the suite's scans (``python bench/accuracy.py --simulate-only``).
 """
 
@@ -23,13 +23,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import fitted_lattices, write_result  # noqa: E402
 
 from stemstrain.config import load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.io import open_4d  # noqa: E402
-from stemstrain.lattice import fit_patterns, initial_lattice  # noqa: E402
-from stemstrain.model import default_model  # noqa: E402
+from stemstrain.model import resolve_model  # noqa: E402
 from stemstrain.strain import strain_from_lattice  # noqa: E402
 from stemstrain.train.augment import warp  # noqa: E402
 
@@ -56,22 +55,14 @@ def response(scan_path: Path, roi: tuple, method: str, model: Path | None) -> di
     y0, y1, x0, x1 = roi
     patterns = np.asarray(scan["data"].values[y0:y1, x0:x1], dtype=np.float32).reshape(-1, *scan["data"].shape[2:])
     detector = make_detector(method, scan, model=model)
-    fit_origin = detector.space == "reciprocal"
-
-    def lattices(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        positions, weights = detector(images)
-        fit = fit_patterns(positions, weights, lattice0, origin0, fit_origin)
-        return fit["lattice"], fit["valid"]
-
-    positions, weights = detector(patterns.mean(axis=0)[None])
-    lattice0, origin0 = initial_lattice(positions[0], weights[0], detector.space)
-    lattice, valid = lattices(patterns)
+    mean = patterns.mean(axis=0)  # indexes every fit below
+    lattice, valid = fitted_lattices(detector, patterns, mean)
     reference = np.median(lattice[valid], axis=0)
     stretches = [(f"{c} {s:+.2f}", c, s) for c in ("e_xx", "e_yy") for s in (-APPLIED, APPLIED)]
     cases = [("identity", "e_xx", 0.0), *stretches]
     result = {}
     for label, component, strain in cases:
-        lattice, valid = lattices(stretched(patterns, component, strain))
+        lattice, valid = fitted_lattices(detector, stretched(patterns, component, strain), mean)
         measured = strain_from_lattice(lattice[valid], reference)
         result[label] = {
             "applied": strain,
@@ -87,7 +78,7 @@ def response(scan_path: Path, roi: tuple, method: str, model: Path | None) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", default=["unet", "bragg"])
-    parser.add_argument("--model", type=Path, help="network model (default: the shipped one)")
+    parser.add_argument("--model", help="network model, a path or a shipped model's name (default: the shipped one)")
     args = parser.parse_args()
     scans = load_config(SUITE).scans
     rows = {}
@@ -96,7 +87,7 @@ def main() -> None:
         if not path.exists():
             sys.exit(f"{path}: missing; build the suite first (python bench/accuracy.py --simulate-only)")
         for method in args.methods:
-            model = (args.model or default_model()) if method == "unet" else None
+            model = resolve_model(args.model) if method == "unet" else None
             rows[f"{scan.name}/{method}"] = response(path, tuple(scan.reference_roi), method, model)
             ratios = [v["ratio"] for v in rows[f"{scan.name}/{method}"].values() if "ratio" in v]
             print(f"{scan.name:22s} {method:8s} ratio {min(ratios):.3f}-{max(ratios):.3f}", flush=True)

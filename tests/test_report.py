@@ -1,8 +1,12 @@
 """The workflow report: one row per method and scan, figure links relative to the report."""
 
+import ast
 import json
+from pathlib import Path
 
-from stemstrain.evaluate.report import write_report
+from stemstrain.evaluate.report import SHIPPED, write_report
+
+COMMON_RULES = Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk"
 
 
 def test_report_table_and_links(tmp_path):
@@ -33,3 +37,11 @@ def test_report_names_the_shipped_model_row(tmp_path):
     text = write_report(files, [], tmp_path / "results" / "report.md", config).read_text()
     assert "| unet | scan_a |" in text and "| unet-shipped | scan_a |" in text
     assert "unet-shipped: the pretrained model shipped with stemstrain" in text
+
+
+def test_workflow_and_report_name_the_shipped_model_alike():
+    # The Snakefile does not import the package (it may run where stemstrain is not installed), so
+    # the name is written in both places; this keeps them in step.
+    text = COMMON_RULES.read_text()
+    line = next(line for line in text.splitlines() if line.startswith("SHIPPED ="))
+    assert ast.literal_eval(line.split("=", 1)[1].strip()) == SHIPPED

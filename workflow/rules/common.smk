@@ -6,7 +6,7 @@ RUN = config["name"]
 SCANS = [scan["name"] for scan in config.get("scans", [])]
 METHODS = config.get("strain", {}).get("methods", ["unet"])
 # The shipped pretrained model (`stemstrain strain --method unet` without --model), beside the trained one.
-SHIPPED = "unet-shipped"
+SHIPPED = "unet-shipped"  # stemstrain.evaluate.report.SHIPPED (tests/test_report.py keeps them alike)
 REPORTED = METHODS + ([SHIPPED] if config.get("strain", {}).get("shipped_model", False) else [])
 
 
