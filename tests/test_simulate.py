@@ -20,7 +20,7 @@ from stemstrain.simulate import simulate_scan, simulate_training_set
 from stemstrain.simulate.crystals import CRYSTALS, crystal_unit, projected_cell
 from stemstrain.simulate.multislice import SimulationOptics, probe_positions_in_cell, simulate_patterns, vacuum_probe
 from stemstrain.simulate.noise import PatternNoise, apply_noise, distort_points
-from stemstrain.simulate.scan import strain_field
+from stemstrain.simulate.scan import clean_scan_patterns, strain_field
 from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image
 from stemstrain.strain import deformation_from_strain, strain_from_lattice
 
@@ -310,6 +310,39 @@ def test_scan_contract_and_truth(tmp_path):
     spots, _, _ = strong_spots("SrTiO3_001", deformation)
     errors = np.linalg.norm(disk_centres(data[0, 3], spots) - spots, axis=1)
     assert np.median(errors) < 0.5
+
+
+def test_cached_clean_patterns_are_the_scans_before_noise(tmp_path):
+    """Scans differing only in dose share the cached multislice; its patterns are what the counts were drawn from."""
+    scan_options = {
+        "crystal": "Si_110",
+        "thickness_nm": 2.0,
+        "field": "uniform",
+        "amplitude": 0.01,
+        "scan_shape": [1, 3],
+        "reference_roi": [0, 1, 0, 1],
+        "seed": 3,
+    }
+    config = parse_config(
+        {
+            "simulate": {"cluster": {"kind": "none"}},
+            "scans": [{"name": "high", "dose": 1e6, **scan_options}, {"name": "low", "dose": 1e4, **scan_options}],
+        }
+    )
+    cache = tmp_path / "cache"
+    high, _ = simulate_scan(config, config.scans[0], tmp_path / "high.zarr", tmp_path / "high.truth.zarr", cache=cache)
+    (tasks,) = [folder for folder in cache.iterdir() if folder.is_dir()]
+    stamps = {path: path.stat().st_mtime_ns for path in tasks.glob("*.npy")}
+    low, _ = simulate_scan(config, config.scans[1], tmp_path / "low.zarr", tmp_path / "low.truth.zarr", cache=cache)
+    clean = clean_scan_patterns(config, config.scans[1], cache)
+    assert {path: path.stat().st_mtime_ns for path in tasks.glob("*.npy")} == stamps  # nothing simulated again
+    assert clean.shape == (1, 3, 128, 128) and 0.5 < clean[0, 0].sum() <= 1.0
+    for scan, store in zip(config.scans, (high, low), strict=True):
+        data = open_4d(store)["data"].values
+        for i, pattern in enumerate(clean.reshape(-1, 128, 128)):
+            noise = PatternNoise(dose=scan.dose)
+            expected = apply_noise(pattern, noise, config.detector.k_sampling, np.random.default_rng([scan.seed, i]))
+            np.testing.assert_array_equal(data.reshape(-1, 128, 128)[i], expected)
 
 
 def test_tiny_training_set_fixture(tiny_training_set):

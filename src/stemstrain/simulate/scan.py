@@ -40,7 +40,7 @@ from stemstrain.simulate.multislice import SimulationOptics, exit_plane_periods,
 from stemstrain.simulate.noise import PatternNoise, apply_noise
 from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix
 
-__all__ = ["default_reference_roi", "simulate_scan", "strain_field"]
+__all__ = ["clean_scan_patterns", "default_reference_roi", "simulate_scan", "strain_field"]
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,43 @@ def simulate_scan(
     """
     optics = check_simulation(config, [scan.crystal])
     shape = tuple(scan.scan_shape)
+    keep_cache = cache is not None
+    folder = Path(cache) if keep_cache else Path(out).with_name(Path(out).name + ".partial.tasks")
+    clean, roi, field, task_folder = _clean_patterns(config, scan, folder, subfolder=keep_cache)
+    counts = np.stack(
+        [
+            apply_noise(pattern, PatternNoise(dose=scan.dose), optics.k_sampling, np.random.default_rng([scan.seed, i]))
+            for i, pattern in enumerate(clean.reshape(-1, optics.pixels, optics.pixels))
+        ]
+    ).reshape(*shape, optics.pixels, optics.pixels)
+    _write_scan(scan, optics, counts, roi, field, out, truth)
+    if not keep_cache:
+        shutil.rmtree(task_folder, ignore_errors=True)
+    return Path(out), Path(truth)
+
+
+def clean_scan_patterns(config: Config, scan: ScanConfig, cache: Path) -> np.ndarray:
+    """The noise-free patterns of a scan, from its cached multislice tasks (simulating what is missing).
+
+    Parameters
+    ----------
+    config, scan
+        As for :func:`simulate_scan`.
+    cache : Path
+        The cache folder given to :func:`simulate_scan`.
+
+    Returns
+    -------
+    ndarray (scan_y, scan_x, k_y, k_x) float32
+        Intensity as a fraction of the incident beam (counts are this times the dose).
+    """
+    return _clean_patterns(config, scan, Path(cache), subfolder=True)[0]
+
+
+def _clean_patterns(config: Config, scan: ScanConfig, folder: Path, subfolder: bool):
+    """Clean patterns (scan_y, scan_x, k_y, k_x), reference region, strain field and the task folder used."""
+    optics = check_simulation(config, [scan.crystal])
+    shape = tuple(scan.scan_shape)
     roi = check_reference_roi(
         scan.reference_roi or default_reference_roi(shape), shape, f"scans[{scan.name}].reference_roi"
     )
@@ -211,9 +248,7 @@ def simulate_scan(
     clean = np.zeros((shape[0] * shape[1], optics.pixels, optics.pixels), dtype=np.float32)
     clean_patterns = scan.model_dump(mode="json", exclude={"name", "dose"})
     fingerprint = hashlib.sha256(repr((clean_patterns, optics)).encode()).hexdigest()
-    keep_cache = cache is not None
-    folder = Path(cache) / fingerprint[:16] if keep_cache else Path(out).with_name(Path(out).name + ".partial.tasks")
-    cache = _task_cache(folder, fingerprint)
+    cache = _task_cache(folder / fingerprint[:16] if subfolder else folder, fingerprint)
     finished = [key for key, _ in tasks if (cache / f"{key}.npy").is_file()]
     for key in finished:
         clean[members[key]] = np.load(cache / f"{key}.npy")
@@ -240,16 +275,7 @@ def simulate_scan(
         f"simulate-scan {scan.name}",
         items_per_task=[len(members[k]) for k, _ in tasks],
     )
-    counts = np.stack(
-        [
-            apply_noise(pattern, PatternNoise(dose=scan.dose), optics.k_sampling, np.random.default_rng([scan.seed, i]))
-            for i, pattern in enumerate(clean)
-        ]
-    ).reshape(*shape, optics.pixels, optics.pixels)
-    _write_scan(scan, optics, counts, roi, field, out, truth)
-    if not keep_cache:
-        shutil.rmtree(cache, ignore_errors=True)
-    return Path(out), Path(truth)
+    return clean.reshape(*shape, optics.pixels, optics.pixels), roi, field, cache
 
 
 def _scan_tasks(scan: ScanConfig, strain: np.ndarray, scan_xy: np.ndarray, optics, orientation: float):
