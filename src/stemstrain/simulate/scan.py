@@ -246,8 +246,8 @@ def _clean_patterns(config: Config, scan: ScanConfig, folder: Path, subfolder: b
 
     tasks, members, n_states = _scan_tasks(scan, strain, scan_xy, optics, orientation)
     clean = np.zeros((shape[0] * shape[1], optics.pixels, optics.pixels), dtype=np.float32)
-    clean_patterns = scan.model_dump(mode="json", exclude={"name", "dose"})
-    fingerprint = hashlib.sha256(repr((clean_patterns, optics)).encode()).hexdigest()
+    recipe = scan.model_dump(mode="json", exclude={"name", "dose"})  # what makes the clean patterns
+    fingerprint = hashlib.sha256(repr((recipe, optics)).encode()).hexdigest()
     cache = _task_cache(folder / fingerprint[:16] if subfolder else folder, fingerprint)
     finished = [key for key, _ in tasks if (cache / f"{key}.npy").is_file()]
     for key in finished:
