@@ -6,7 +6,9 @@ import numpy as np
 import torch
 
 from stemstrain.config import ModelConfig
+from stemstrain.detect.bragg import aperture_disk
 from stemstrain.model import UNet, decode_spots, normalise_target, render_targets, spot_loss
+from stemstrain.model.encoding import disk_counts
 from stemstrain.simulate.targets import target_image
 
 RNG = np.random.default_rng(7)
@@ -72,6 +74,34 @@ def test_read_out_of_perfect_outputs_returns_the_spot_centres():
     # A network without offset channels reads the spot image alone, as before.
     plain_positions, plain_weights = decode_spots(outputs[:, :2].numpy(), max_peaks=100)
     assert np.all(plain_weights[np.isfinite(plain_positions[..., 0])] > 0)
+
+
+def test_weights_add_each_disks_counting_noise():
+    """With the patterns, a spot's weight is 1/(σ² + r²/N): bright disks weigh more than faint ones."""
+    spots, amplitudes = lattice_spots(2)
+    rendered = render_targets(spots, amplitudes, 128)
+    log_sigma = torch.full_like(rendered.image, np.log(0.1))
+    logit = torch.where(rendered.image > 0, 10.0, -10.0)
+    outputs = torch.cat([logit[:, None], rendered.image[:, None], rendered.offsets, log_sigma[:, None]], dim=1)
+    radius = 2.5  # [px]
+    patterns = np.zeros((2, 128, 128))
+    for i in range(2):
+        for (x, y), a in zip(spots[i].numpy(), amplitudes[i].numpy(), strict=True):
+            if np.isfinite(x):  # a disk of 1000 a counts centred on each spot
+                disk = aperture_disk((128, 128), 1.0, (y, x), radius)
+                patterns[i] += 1000 * a * disk / disk.sum()
+    positions, weights = decode_spots(outputs.numpy(), max_peaks=100, patterns=patterns, disk_radius_px=radius)
+    counts = disk_counts(patterns, positions, radius)
+    found = np.isfinite(positions[..., 0])
+    nearest = torch.cdist(torch.tensor(np.nan_to_num(positions, nan=1e6)), spots.nan_to_num(-1e6).double()).argmin(-1)
+    expected_counts = 1000 * np.take_along_axis(amplitudes.numpy(), nearest.numpy(), axis=1)
+    np.testing.assert_allclose(counts[found], expected_counts[found], rtol=0.02)  # the whole disk, nothing else
+    np.testing.assert_allclose(weights[found], 1 / (0.1**2 + radius**2 / counts[found]), rtol=1e-6)
+    bright, faint = np.argmax(np.where(found, counts, -1)[0]), np.argmin(np.where(found, counts, np.inf)[0])
+    assert weights[0, bright] > 3 * weights[0, faint]
+    # Without the patterns (or the radius) the weights are the network's 1/σ² alone.
+    _, plain = decode_spots(outputs.numpy(), max_peaks=100)
+    np.testing.assert_allclose(plain[found], 1 / 0.1**2, rtol=1e-4)
 
 
 def test_offset_loss_rewards_the_right_offsets_and_trains():

@@ -56,6 +56,17 @@ def test_calibration_far_from_the_model_is_refused_unless_overridden(untrained_m
         UNetDetector(untrained_model, scan, device="cpu", allow_calibration_mismatch=True)
 
 
+def test_disk_radius_for_the_counting_noise_comes_from_the_scans_optics(untrained_model):
+    # 1.5 mrad at 200 kV: alpha/lambda = 0.0598 1/angstrom, 2.39 px of 0.025 1/angstrom on the model's grid,
+    # whatever the scan's own pixel size.
+    for pixels, k_sampling in ((128, 0.025), (256, 0.0125)):
+        detector = UNetDetector(untrained_model, scan_at(pixels, k_sampling, 1.0), device="cpu")
+        assert detector.disk_radius_px == pytest.approx(2.39, abs=0.01)
+    without_optics = scan_at(128, 0.025, 1.0)
+    without_optics.attrs.pop("semiangle_mrad")
+    assert UNetDetector(untrained_model, without_optics, device="cpu").disk_radius_px is None
+
+
 def test_network_runs_in_fp32_and_bf16_with_the_same_output_shape(untrained_model):
     scan = scan_at(128, 0.025, 1.0)
     patterns = np.repeat(scan["data"].values[0], 3, axis=0)

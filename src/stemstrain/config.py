@@ -194,7 +194,7 @@ class ModelConfig(_Section):
         False,
         description="Also predict, at every pixel near a spot, the sub-pixel offset to its centre [px] and the "
         "offset's uncertainty (three more output channels); the read-out then places each spot by them and "
-        "weights the lattice fit by 1/sigma^2.",
+        "weights the lattice fit by 1/(sigma^2 + r^2/N), N the counts of the disk of radius r there.",
     )
 
 

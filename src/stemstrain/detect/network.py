@@ -4,7 +4,8 @@ Patterns are resampled from the scan's k coords to the model's calibration when 
 network runs in inference mode, channels_last, with BatchNorm folded into its convolutions, in the
 precision of :func:`stemstrain.runtime.resolve_precision` and optionally under ``torch.compile``.
 Spots are read out of its output by :func:`stemstrain.model.encoding.decode_spots`, as validation
-does during training.
+does during training, with each spot's counting noise in its weight when the scan records its beam
+energy and convergence semiangle.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ class UNetDetector:
         self.k_sampling = float(self.metadata["k_sampling"])
         self._grid = self._resampling_grid(scan, allow_calibration_mismatch)
         self._check_optics(scan)
+        energy, semiangle = scan.attrs.get("energy_eV"), scan.attrs.get("semiangle_mrad")
+        # The disk radius in model pixels adds each spot's counting noise to its fit weight (decode_spots);
+        # a scan without its optics is fitted with the network's σ alone.
+        self.disk_radius_px = (
+            disk_radius(float(energy), float(semiangle)) / self.k_sampling if energy and semiangle else None
+        )
         self.timings = Timings()
 
     def _check_optics(self, scan: xr.Dataset) -> None:
@@ -199,10 +206,14 @@ class UNetDetector:
         )
 
     def predict(self, patterns: np.ndarray) -> np.ndarray:
-        """Network output (n, 2, pixels, pixels) float32 at the model calibration: mask logit, spot image."""
+        """Network output (n, C, pixels, pixels) float32 at the model calibration (channels: ``decode_spots``)."""
+        return self._run(patterns)[0]
+
+    def _run(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network output and its input (the patterns at the model calibration, (n, pixels, pixels))."""
         import torch
 
-        outputs = []
+        outputs, inputs = [], []
         cuda = self.device.startswith("cuda")
         with torch.inference_mode(), autocast(self.device, self.precision):
             for start in range(0, len(patterns), self.batch_size):
@@ -212,11 +223,17 @@ class UNetDetector:
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
                 batch = self.resample(batch).contiguous(memory_format=torch.channels_last)
                 outputs.append(self.network(batch).float().cpu().numpy())
-        return np.concatenate(outputs) if outputs else np.zeros((0, 2, self.pixels, self.pixels), np.float32)
+                inputs.append(batch[:, 0].float().cpu().numpy())
+        if not outputs:
+            empty = np.zeros((0, self.pixels, self.pixels), np.float32)
+            return np.zeros((0, 2, self.pixels, self.pixels), np.float32), empty
+        return np.concatenate(outputs), np.concatenate(inputs)
 
     def __call__(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self.timings.measure("network"):
-            output = self.predict(patterns)
+            output, inputs = self._run(patterns)
         with self.timings.measure("peaks"):
-            positions, weights = decode_spots(output, **self.readout)
+            positions, weights = decode_spots(
+                output, **self.readout, patterns=inputs, disk_radius_px=self.disk_radius_px
+            )
         return (positions - self.pixels // 2) * self.k_sampling, weights

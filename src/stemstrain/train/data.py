@@ -263,5 +263,24 @@ def trained_on(dataset: TrainingSet) -> dict:
     return summary
 
 
+def disk_radii_px(dataset: TrainingSet) -> np.ndarray | None:
+    """Disk radius α/λ of every pattern of a training set [px], or None when the set records no optics.
+
+    Per-pattern ``energy_eV`` and ``semiangle_mrad`` labels where the set has them, else its one
+    ``energy_eV`` and ``semiangle_mrad`` attributes; the pixel size is its ``k_sampling`` attribute.
+    """
+    attrs = dict(dataset._open().attrs)
+    energies, semiangles = dataset.labels("energy_eV"), dataset.labels("semiangle_mrad")
+    if energies is None or semiangles is None:
+        if not (attrs.get("energy_eV") and attrs.get("semiangle_mrad")):
+            return None
+        energies = np.full(len(dataset), float(attrs["energy_eV"]))
+        semiangles = np.full(len(dataset), float(attrs["semiangle_mrad"]))
+    if not attrs.get("k_sampling"):
+        return None
+    radius = np.vectorize(disk_radius)(np.asarray(energies, dtype=float), np.asarray(semiangles, dtype=float))
+    return radius / float(attrs["k_sampling"])
+
+
 def _first(values, fallback):
     return fallback if values is None else np.unique(values)

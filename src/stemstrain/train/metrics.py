@@ -22,6 +22,7 @@ from stemstrain.peaks import find_peaks
 from stemstrain.runtime import autocast
 from stemstrain.strain import STRAIN_COMPONENTS, strain_from_lattice
 from stemstrain.train.augment import augment_batch
+from stemstrain.train.data import disk_radii_px
 from stemstrain.train.ddp import summed
 
 __all__ = ["lattice_strain_errors", "match_spots", "spot_positions", "validate"]
@@ -71,9 +72,11 @@ def validate(model, dataset, indices, train: TrainConfig, precision: str, device
     n_true = n_predicted = 0
     errors: list[float] = []
     strain_errors: list[np.ndarray] = []
+    radii = disk_radii_px(dataset)  # the read-out adds each spot's counting noise, as inference does
     with torch.no_grad():
         for start in range(0, len(share), train.batch_size):
-            batch = dataset[share[start : start + train.batch_size]].to(device)
+            chosen = share[start : start + train.batch_size]
+            batch = dataset[chosen].to(device)
             _, targets = augment_batch(batch, NO_AUGMENT, None, train.target_power, dataset.target_sigma_px)
             with autocast(device, precision):
                 outputs = model(batch.inputs.contiguous(memory_format=torch.channels_last))
@@ -83,7 +86,10 @@ def validate(model, dataset, indices, train: TrainConfig, precision: str, device
             b = len(outputs)
             values = [loss.total.item(), loss.bce.item(), loss.mse.item(), loss.offset.item()]
             sums += torch.tensor([*(v * b for v in values), b], dtype=torch.float64)
-            predicted, weights = decode_spots(_numpy(outputs))
+            radius = None if radii is None else radii[chosen]
+            predicted, weights = decode_spots(
+                _numpy(outputs), patterns=_numpy(batch.inputs[:, 0]), disk_radius_px=radius
+            )
             if batch.spots is None:
                 true = spot_positions(targets.image, targets.image > 0)
             else:
