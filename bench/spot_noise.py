@@ -9,9 +9,9 @@ The undiffracted disk (within 4 px of k = 0) is left out: it fixes the origin, n
 Reported per method, for the spots ranked by their low-dose fit weight (bands of the lowest 50 %, the
 next 25 %, the next 15 %, the top 10 %): the RMS and median displacement [px] and the band's share of
 the summed weight; and the weighted RMS displacement, the noise per spot that the lattice fit sees.
-For the network, whose weight is 1/σ² of its predicted spot uncertainty σ, also the calibration
-``rms(d/σ)/√2`` per band (1: σ matches the noise; below 1: σ overstates it and the spot weighs too
-little against the others).
+For the network, whose weight is 1/s² with s² = σ² + r²/N (its predicted spot uncertainty σ and the
+disk's counting noise, ``stemstrain.model.encoding``), also the calibration ``rms(d/s)/√2`` per band
+(1: s matches the noise; below 1: s overstates it and the spot weighs too little against the others).
 
 Usage: ``python bench/spot_noise.py [--methods unet bragg] [--model NAME] [--pair HIGH LOW]``;
 writes ``bench/results/spot_noise.json``. Needs the suite's scans (``python bench/accuracy.py --simulate-only``).
