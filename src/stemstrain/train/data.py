@@ -52,6 +52,7 @@ class TrainingSet(torch.utils.data.Dataset):
         self.chunk = int(group["inputs"].chunks[0])
         self.has_spots = all(name in group for name in ("spots", "spot_amplitudes"))
         self.target_sigma_px = float(group.attrs.get("target_sigma_px", 1.0))
+        self.k_sampling = float(group.attrs["k_sampling"]) if group.attrs.get("k_sampling") else None
 
     def _open(self):
         if self._group is None:
@@ -254,20 +255,17 @@ def trained_on(dataset: TrainingSet) -> dict:
     }
     phonons = dataset.labels("frozen_phonons")
     summary["frozen_phonon_fraction"] = float(np.mean(phonons > 0)) if phonons is not None else None
-    energies, semiangles = dataset.labels("energy_eV"), dataset.labels("semiangle_mrad")
-    if energies is None and energy is not None and semiangle is not None:
-        energies, semiangles = np.array(energy[:1]), np.array(semiangle[:1])
-    if energies is not None:
-        radius = np.vectorize(disk_radius)(np.asarray(energies, dtype=float), np.asarray(semiangles, dtype=float))
+    radius = disk_radii(dataset)
+    if radius is not None:
         summary["disk_radius_inv_angstrom"] = [float(radius.min()), float(radius.max())]
     return summary
 
 
-def disk_radii_px(dataset: TrainingSet) -> np.ndarray | None:
-    """Disk radius α/λ of every pattern of a training set [px], or None when the set records no optics.
+def disk_radii(dataset: TrainingSet) -> np.ndarray | None:
+    """Disk radius α/λ of every pattern of a training set [1/angstrom], or None when it records no optics.
 
     Per-pattern ``energy_eV`` and ``semiangle_mrad`` labels where the set has them, else its one
-    ``energy_eV`` and ``semiangle_mrad`` attributes; the pixel size is its ``k_sampling`` attribute.
+    ``energy_eV`` and ``semiangle_mrad`` attributes.
     """
     attrs = dict(dataset._open().attrs)
     energies, semiangles = dataset.labels("energy_eV"), dataset.labels("semiangle_mrad")
@@ -276,10 +274,7 @@ def disk_radii_px(dataset: TrainingSet) -> np.ndarray | None:
             return None
         energies = np.full(len(dataset), float(attrs["energy_eV"]))
         semiangles = np.full(len(dataset), float(attrs["semiangle_mrad"]))
-    if not attrs.get("k_sampling"):
-        return None
-    radius = np.vectorize(disk_radius)(np.asarray(energies, dtype=float), np.asarray(semiangles, dtype=float))
-    return radius / float(attrs["k_sampling"])
+    return np.vectorize(disk_radius)(np.asarray(energies, dtype=float), np.asarray(semiangles, dtype=float))
 
 
 def _first(values, fallback):
