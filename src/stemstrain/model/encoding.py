@@ -192,7 +192,7 @@ def disk_counts(patterns: np.ndarray, positions: np.ndarray, disk_radius_px: flo
     within = (cols - x[..., None, None]) ** 2 + (rows - y[..., None, None]) ** 2 <= (radius[..., None, None] + 0.5) ** 2
     image = np.arange(n)[:, None, None, None]
     values = patterns[image, rows.clip(0, height - 1), cols.clip(0, width - 1)]
-    return np.where(inside & within, values, 0.0).sum(axis=(-2, -1))
+    return np.where(inside & within, values, np.float32(0.0)).sum(axis=(-2, -1), dtype=np.float64)
 
 
 def _refine_by_offsets(outputs: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
