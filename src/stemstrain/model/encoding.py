@@ -19,6 +19,8 @@ could not remove as much as counting noise, and it varies less from spot to spot
 does; r²/N (four times the variance of the centroid of a uniform disk) puts the counting noise back.
 On the uniform series at 1e4 e⁻ (``bench/uniform_series.py``) it lowered general-v2's error from 19.8 to
 17.7e-4 in all 15 crystal × thickness cases, at 1e5 e⁻ from 9.8 to 9.2e-4, and left 1e6 e⁻ at 6.9e-4.
+N includes any diffuse background under the disk, so a faint disk on a strong halo weighs as if it
+were brighter than it is (on the MgO scan, whose counts are mostly halo, the map did not change).
 Positions are ``(x, y)`` pixels, x the column (k_x).
 """
 
