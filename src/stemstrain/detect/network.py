@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -207,33 +208,35 @@ class UNetDetector:
 
     def predict(self, patterns: np.ndarray) -> np.ndarray:
         """Network output (n, C, pixels, pixels) float32 at the model calibration (channels: ``decode_spots``)."""
-        return self._run(patterns)[0]
+        outputs = [output for output, _ in self._batches(patterns)]
+        return np.concatenate(outputs) if outputs else np.zeros((0, 2, self.pixels, self.pixels), np.float32)
 
-    def _run(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Network output and its input (the patterns at the model calibration, (n, pixels, pixels))."""
+    def _batches(self, patterns: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Per batch: the network's output and its input (the patterns at the model calibration, (n, H, W))."""
         import torch
 
-        outputs, inputs = [], []
         cuda = self.device.startswith("cuda")
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            for start in range(0, len(patterns), self.batch_size):
+        for start in range(0, len(patterns), self.batch_size):
+            with self.timings.measure("network"), torch.inference_mode(), autocast(self.device, self.precision):
                 batch = torch.from_numpy(np.ascontiguousarray(patterns[start : start + self.batch_size], np.float32))
                 if cuda:
                     # Page-locked host memory lets the copy run asynchronously to the GPU.
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
                 batch = self.resample(batch).contiguous(memory_format=torch.channels_last)
-                outputs.append(self.network(batch).float().cpu().numpy())
-                inputs.append(batch[:, 0].float().cpu().numpy())
-        if not outputs:
-            empty = np.zeros((0, self.pixels, self.pixels), np.float32)
-            return np.zeros((0, 2, self.pixels, self.pixels), np.float32), empty
-        return np.concatenate(outputs), np.concatenate(inputs)
+                output = self.network(batch).float().cpu().numpy()
+                inputs = batch[:, 0].float().cpu().numpy()
+            yield output, inputs
 
     def __call__(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self.timings.measure("network"):
-            output, inputs = self._run(patterns)
-        with self.timings.measure("peaks"):
-            positions, weights = decode_spots(
-                output, **self.readout, patterns=inputs, disk_radius_px=self.disk_radius_px
-            )
+        # Spots are read out batch by batch: only one batch of network output is held at a time.
+        found = []
+        for output, inputs in self._batches(patterns):
+            with self.timings.measure("peaks"):
+                found.append(decode_spots(output, **self.readout, patterns=inputs, disk_radius_px=self.disk_radius_px))
+        width = max((positions.shape[1] for positions, _ in found), default=0)
+        positions = np.concatenate(
+            [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=np.nan) for p, _ in found]
+            or [np.full((0, 0, 2), np.nan)]
+        )
+        weights = np.concatenate([np.pad(w, ((0, 0), (0, width - w.shape[1]))) for _, w in found] or [np.zeros((0, 0))])
         return (positions - self.pixels // 2) * self.k_sampling, weights
