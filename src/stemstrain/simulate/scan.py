@@ -197,16 +197,16 @@ def simulate_scan(
         ``out`` and ``truth``.
     """
     optics = check_simulation(config, [scan.crystal])
-    shape = tuple(scan.scan_shape)
+    roi, field = _scan_field(scan)
     keep_cache = cache is not None
     folder = Path(cache) if keep_cache else Path(out).with_name(Path(out).name + ".partial.tasks")
-    clean, roi, field, task_folder = _clean_patterns(config, scan, folder, subfolder=keep_cache)
+    clean, task_folder = _clean_patterns(config, scan, optics, field, folder, subfolder=keep_cache)
     counts = np.stack(
         [
             apply_noise(pattern, PatternNoise(dose=scan.dose), optics.k_sampling, np.random.default_rng([scan.seed, i]))
-            for i, pattern in enumerate(clean.reshape(-1, optics.pixels, optics.pixels))
+            for i, pattern in enumerate(clean)
         ]
-    ).reshape(*shape, optics.pixels, optics.pixels)
+    ).reshape(*scan.scan_shape, optics.pixels, optics.pixels)
     _write_scan(scan, optics, counts, roi, field, out, truth)
     if not keep_cache:
         shutil.rmtree(task_folder, ignore_errors=True)
@@ -228,17 +228,28 @@ def clean_scan_patterns(config: Config, scan: ScanConfig, cache: Path) -> np.nda
     ndarray (scan_y, scan_x, k_y, k_x) float32
         Intensity as a fraction of the incident beam (counts are this times the dose).
     """
-    return _clean_patterns(config, scan, Path(cache), subfolder=True)[0]
-
-
-def _clean_patterns(config: Config, scan: ScanConfig, folder: Path, subfolder: bool):
-    """Clean patterns (scan_y, scan_x, k_y, k_x), reference region, strain field and the task folder used."""
     optics = check_simulation(config, [scan.crystal])
+    _, field = _scan_field(scan)
+    clean, _ = _clean_patterns(config, scan, optics, field, Path(cache), subfolder=True)
+    return clean.reshape(*scan.scan_shape, optics.pixels, optics.pixels)
+
+
+def _scan_field(scan: ScanConfig) -> tuple[tuple[int, int, int, int], dict[str, np.ndarray]]:
+    """The scan's reference region (checked) and its strain field, zero there."""
     shape = tuple(scan.scan_shape)
     roi = check_reference_roi(
         scan.reference_roi or default_reference_roi(shape), shape, f"scans[{scan.name}].reference_roi"
     )
-    field = strain_field(scan.field, shape, roi, scan.amplitude)
+    return roi, strain_field(scan.field, shape, roi, scan.amplitude)
+
+
+def _clean_patterns(config: Config, scan: ScanConfig, optics, field: dict, folder: Path, subfolder: bool):
+    """Clean patterns (positions, k_y, k_x) of a scan, simulating the tasks not in ``folder``; and that folder.
+
+    ``folder`` holds the finished tasks, in a subfolder named by the fingerprint of the clean patterns when
+    ``subfolder`` is set (a shared cache), else directly.
+    """
+    shape = tuple(scan.scan_shape)
     orientation = np.radians(scan.orientation_deg)
     strain = np.stack([field[name] for name in STRAIN_COMPONENTS], axis=-1)
     iy, ix = np.mgrid[0 : shape[0], 0 : shape[1]]
@@ -275,7 +286,7 @@ def _clean_patterns(config: Config, scan: ScanConfig, folder: Path, subfolder: b
         f"simulate-scan {scan.name}",
         items_per_task=[len(members[k]) for k, _ in tasks],
     )
-    return clean.reshape(*shape, optics.pixels, optics.pixels), roi, field, cache
+    return clean, cache
 
 
 def _scan_tasks(scan: ScanConfig, strain: np.ndarray, scan_xy: np.ndarray, optics, orientation: float):
