@@ -108,29 +108,28 @@ class UNetDetector:
         self.pixels = int(self.metadata["pixels"])
         self.k_sampling = float(self.metadata["k_sampling"])
         self._grid = self._resampling_grid(scan, allow_calibration_mismatch)
-        self._check_optics(scan)
         energy, semiangle = scan.attrs.get("energy_eV"), scan.attrs.get("semiangle_mrad")
+        radius = disk_radius(float(energy), float(semiangle)) if energy and semiangle else None  # [1/angstrom]
+        self._check_optics(scan, radius)
         # The disk radius in model pixels adds each spot's counting noise to its fit weight (decode_spots);
         # a scan without its optics is fitted with the network's σ alone.
-        self.disk_radius_px = (
-            disk_radius(float(energy), float(semiangle)) / self.k_sampling if energy and semiangle else None
-        )
+        self.disk_radius_px = None if radius is None else radius / self.k_sampling
         self.timings = Timings()
 
-    def _check_optics(self, scan: xr.Dataset) -> None:
+    def _check_optics(self, scan: xr.Dataset, radius: float | None) -> None:
         """Warn when the scan's disks or beam energy lie outside what the model was trained on.
 
         The network works at the model's k calibration whatever the microscope; what changes with the
-        optics is the disk radius α/λ [1/angstrom] (and, with the energy, the dynamical contrast).
+        optics is the disk radius α/λ [1/angstrom] (``radius``: None when the scan does not record its
+        beam energy and semiangle) and, with the energy, the dynamical contrast.
         """
         trained = self.metadata.get("trained_on") or {}
         radius_range, energy_range = trained.get("disk_radius_inv_angstrom"), trained.get("energy_eV")
-        energy, semiangle = scan.attrs.get("energy_eV"), scan.attrs.get("semiangle_mrad")
-        if not (energy and semiangle):
+        if radius is None:
             return
+        energy, semiangle = scan.attrs["energy_eV"], scan.attrs["semiangle_mrad"]
         problems = []
         if radius_range:
-            radius = disk_radius(float(energy), float(semiangle))
             low, high = radius_range
             if not 0.9 * low <= radius <= 1.1 * high:
                 problems.append(
