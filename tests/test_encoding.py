@@ -28,6 +28,14 @@ def lattice_spots(n_images: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(spots, dtype=torch.float32), torch.tensor(amplitudes, dtype=torch.float32)
 
 
+def perfect_outputs(spots: torch.Tensor, amplitudes: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Network outputs equal to the rendered targets: a confident mask, the exact offsets, one σ [px]."""
+    rendered = render_targets(spots, amplitudes, 128)
+    log_sigma = torch.full_like(rendered.image, np.log(sigma_px))
+    logit = torch.where(rendered.image > 0, 10.0, -10.0)
+    return torch.cat([logit[:, None], rendered.image[:, None], rendered.offsets, log_sigma[:, None]], dim=1)
+
+
 def test_rendered_image_is_the_normalised_target_image():
     spots, amplitudes = lattice_spots(1)
     rendered = render_targets(spots, amplitudes, 128, sigma_px=1.0, power=0.5)
@@ -58,10 +66,7 @@ def test_offsets_point_from_each_pixel_to_its_spot_centre():
 def test_read_out_of_perfect_outputs_returns_the_spot_centres():
     """Outputs equal to the targets (confident mask, σ = 0.05 px) decode to the sub-pixel centres."""
     spots, amplitudes = lattice_spots(3)
-    rendered = render_targets(spots, amplitudes, 128)
-    log_sigma = torch.full_like(rendered.image, np.log(0.05))
-    logit = torch.where(rendered.image > 0, 10.0, -10.0)
-    outputs = torch.cat([logit[:, None], rendered.image[:, None], rendered.offsets, log_sigma[:, None]], dim=1)
+    outputs = perfect_outputs(spots, amplitudes, sigma_px=0.05)
     positions, weights = decode_spots(outputs.numpy(), max_peaks=100)
     for i in range(3):
         found = positions[i][np.isfinite(positions[i, :, 0])]
@@ -79,10 +84,7 @@ def test_read_out_of_perfect_outputs_returns_the_spot_centres():
 def test_weights_add_each_disks_counting_noise():
     """With the patterns, a spot's weight is 1/(σ² + r²/N): bright disks weigh more than faint ones."""
     spots, amplitudes = lattice_spots(2)
-    rendered = render_targets(spots, amplitudes, 128)
-    log_sigma = torch.full_like(rendered.image, np.log(0.1))
-    logit = torch.where(rendered.image > 0, 10.0, -10.0)
-    outputs = torch.cat([logit[:, None], rendered.image[:, None], rendered.offsets, log_sigma[:, None]], dim=1)
+    outputs = perfect_outputs(spots, amplitudes, sigma_px=0.1)
     radius = 2.5  # [px]
     patterns = np.zeros((2, 128, 128))
     for i in range(2):
