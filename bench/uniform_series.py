@@ -1,19 +1,21 @@
 """Dynamical bias by thickness: uniform strains at the suite's optics, per crystal and thickness.
 
 For each crystal of the accuracy suite (SrTiO3 [001] turned 61°, Si [110] 23.5°, Au [001] 12°, its
-orientations), real multislice patterns of a uniformly strained crystal (static lattice, one probe
-position, the suite's 200 kV and 1.5 mrad) are simulated at 10, 25, 37, 50 and 75 nm for the states:
-no strain, e_xx, e_yy and e_xy each at ±1 and ±2 %. Every pattern gets 4 Poisson draws at
-``--dose``. Each method's strain is measured against the median lattice of the unstrained
-patterns, as in a strain run. Per crystal and thickness the result gives the slope of measured
-against applied strain for each component and the RMSE over all strained patterns. A scan's field
-mixes these errors; here each thickness shows its own, so a method's bias from dynamical scattering
-is seen where it arises. The clean patterns are cached in ``bench/work/uniform_series/``.
+orientations), real multislice patterns of a uniformly strained crystal (one probe position, the
+suite's 200 kV and 1.5 mrad; a static lattice, or with ``--frozen-phonons N`` thermal diffuse
+scattering from N configurations drawn anew for each state) are simulated at 10, 25, 37, 50 and
+75 nm for the states: no strain, e_xx, e_yy and e_xy each at ±1 and ±2 %. Every pattern gets 4
+Poisson draws at ``--dose``. Each method's strain is measured against the median lattice of the
+unstrained patterns, as in a strain run. Per crystal and thickness the result gives the slope of
+measured against applied strain for each component and the RMSE over all strained patterns. A
+scan's field mixes these errors; here each thickness shows its own, so a method's bias from
+dynamical scattering is seen where it arises. The clean patterns are cached in
+``bench/work/uniform_series/``.
 
-Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]``; writes
-``bench/results/uniform_series.json`` (``uniform_series_d1e+05.json`` for another dose). Needs the
-suite's scans for each method's calibration
-(``python bench/accuracy.py --simulate-only``).
+Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]
+[--frozen-phonons 4]``; writes ``bench/results/uniform_series.json`` (``uniform_series_d1e+05.json``
+for another dose, ``uniform_series_fp4.json`` with frozen phonons). Needs the suite's scans for each
+method's calibration (``python bench/accuracy.py --simulate-only``).
 """
 
 from __future__ import annotations
@@ -53,17 +55,25 @@ DRAWS = 4
 """Poisson draws per clean pattern."""
 
 
-def clean_patterns(config, crystal: str, orientation_deg: float) -> np.ndarray:
-    """Clean patterns (state, thickness, H, W) of ``STATES``, cached per crystal and orientation."""
-    cache = WORK / "uniform_series" / f"{crystal}_{orientation_deg:g}.npy"
+def clean_patterns(config, crystal: str, orientation_deg: float, frozen_phonons: int = 0) -> np.ndarray:
+    """Clean patterns (state, thickness, H, W) of ``STATES``, cached per crystal, orientation and phonons.
+
+    With frozen phonons each state draws its own thermal displacements (seed 5 + state), as the
+    positions of a scan do.
+    """
+    suffix = f"_fp{frozen_phonons}" if frozen_phonons else ""
+    cache = WORK / "uniform_series" / f"{crystal}_{orientation_deg:g}{suffix}.npy"
     if cache.exists():
         return np.load(cache)
     optics = check_simulation(config, [crystal])
     patterns = []
-    for state in STATES:
+    for index, state in enumerate(STATES):
         deformation = deformation_from_strain(*state) @ rotation_matrix(np.radians(orientation_deg))
         position = probe_positions_in_cell(crystal, deformation, np.zeros((1, 2)), optics.box)
-        series, _ = simulate_patterns(crystal, deformation, THICKNESSES_NM, position, optics, seed=5)
+        seed = 5 + index if frozen_phonons else 5
+        series, _ = simulate_patterns(
+            crystal, deformation, THICKNESSES_NM, position, optics, frozen_phonons=frozen_phonons, seed=seed
+        )
         patterns.append(series[0])
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, np.stack(patterns))
@@ -93,6 +103,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=["unet", "bragg"])
     parser.add_argument("--model", help="network model, a path or a shipped model's name (default: the shipped one)")
     parser.add_argument("--dose", type=float, default=1e6, help="electrons per pattern [e-]")
+    parser.add_argument(
+        "--frozen-phonons", type=int, default=0, help="thermal configurations per pattern (default 0: static lattice)"
+    )
     args = parser.parse_args()
     config = load_config(SUITE)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}
@@ -103,7 +116,7 @@ def main() -> None:
         if not scan_path.exists():
             sys.exit(f"{scan_path}: missing; build the suite first (python bench/accuracy.py --simulate-only)")
         scan = open_4d(scan_path)
-        clean = clean_patterns(config, crystal, orientation[scan_name])
+        clean = clean_patterns(config, crystal, orientation[scan_name], args.frozen_phonons)
         for method in args.methods:
             detector = make_detector(method, scan, model=model if method == "unet" else None)
             for index, thickness in enumerate(THICKNESSES_NM):
@@ -111,8 +124,15 @@ def main() -> None:
                 rows[f"{crystal}/{thickness:g}nm/{method}"] = row
                 slopes = "/".join(f"{row[f'slope_{c}']:.2f}" for c in COMPONENTS)
                 print(f"{crystal:11s} {thickness:4.0f} nm {method:6s} rmse {row['rmse'] * 1e4:5.1f}e-4 slopes {slopes}")
-    payload = {"dose": args.dose, "model": str(model), "thicknesses_nm": THICKNESSES_NM, "rows": rows}
-    path = write_result("uniform_series" if args.dose == 1e6 else f"uniform_series_d{args.dose:.0e}", payload)
+    payload = {
+        "dose": args.dose,
+        "frozen_phonons": args.frozen_phonons,
+        "model": str(model),
+        "thicknesses_nm": THICKNESSES_NM,
+        "rows": rows,
+    }
+    name = "uniform_series" + (f"_fp{args.frozen_phonons}" if args.frozen_phonons else "")
+    path = write_result(name if args.dose == 1e6 else f"{name}_d{args.dose:.0e}", payload)
     print(json.dumps({"wrote": str(path)}))
 
 
