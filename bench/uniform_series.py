@@ -14,8 +14,8 @@ dynamical scattering is seen where it arises. The clean patterns are cached in
 
 Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]
 [--frozen-phonons 4]``; writes ``bench/results/uniform_series.json`` (``uniform_series_d1e+05.json``
-for another dose, ``uniform_series_fp4.json`` with frozen phonons). Needs the suite's scans for each
-method's calibration (``python bench/accuracy.py --simulate-only``).
+for another dose, ``uniform_series_fp4.json`` with frozen phonons). Each method is calibrated as for
+the suite's scan of the crystal (``CASES``): its optics, and the vacuum probe at the dose.
 """
 
 from __future__ import annotations
@@ -32,10 +32,14 @@ from common import fitted_lattices, write_result  # noqa: E402
 
 from stemstrain.config import load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
-from stemstrain.io import open_4d  # noqa: E402
+from stemstrain.io import make_4d_dataset  # noqa: E402
 from stemstrain.model import resolve_model  # noqa: E402
 from stemstrain.simulate.dataset import check_simulation  # noqa: E402
-from stemstrain.simulate.multislice import probe_positions_in_cell, simulate_patterns  # noqa: E402
+from stemstrain.simulate.multislice import (  # noqa: E402
+    probe_positions_in_cell,
+    simulate_patterns,
+    vacuum_probe,
+)
 from stemstrain.simulate.noise import PatternNoise, apply_noise  # noqa: E402
 from stemstrain.strain import deformation_from_strain, rotation_matrix, strain_from_lattice  # noqa: E402
 
@@ -80,6 +84,23 @@ def clean_patterns(config, crystal: str, orientation_deg: float, frozen_phonons:
     return np.load(cache)
 
 
+def calibration_scan(config, crystal: str, pattern: np.ndarray, dose: float):
+    """A one-position scan that calibrates a detector as the suite's scans do.
+
+    It carries the suite's optics, the reference k-sampling and the vacuum probe at ``dose``, which is
+    all a detector reads of a scan (``make_detector``); the suite's simulated scans are not needed.
+    """
+    optics = check_simulation(config, [crystal])
+    return make_4d_dataset(
+        pattern[None, None] * dose,
+        1.0,
+        config.detector.k_sampling,
+        optics.energy_eV,
+        optics.semiangle_mrad,
+        probe=vacuum_probe(optics) * dose,
+    )
+
+
 def thickness_row(detector, clean: np.ndarray, dose: float, k_sampling: float) -> dict:
     """Slopes and RMSE of one method's strain on the noisy draws of one thickness's patterns."""
     rng = np.random.default_rng(0)
@@ -112,11 +133,8 @@ def main() -> None:
     model = resolve_model(args.model)
     rows = {}
     for crystal, scan_name in CASES.items():
-        scan_path = WORK / "suite" / f"{scan_name}.zarr"
-        if not scan_path.exists():
-            sys.exit(f"{scan_path}: missing; build the suite first (python bench/accuracy.py --simulate-only)")
-        scan = open_4d(scan_path)
         clean = clean_patterns(config, crystal, orientation[scan_name], args.frozen_phonons)
+        scan = calibration_scan(config, crystal, clean[0, 0], args.dose)
         for method in args.methods:
             detector = make_detector(method, scan, model=model if method == "unet" else None)
             for index, thickness in enumerate(THICKNESSES_NM):
