@@ -89,6 +89,24 @@ def test_resume_after_a_config_change_trains_from_the_start(
     assert [row["step"] for row in read_metrics(tmp_path)] == []
 
 
+def test_fine_tuning_starts_from_the_given_model(
+    tiny_model, tiny_training_set, tiny_train_config, tmp_path, monkeypatch
+):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    config = tiny_train_config(epochs=1, lr=1e-5, init_model=str(tiny_model))
+    metadata = train(config, tiny_training_set, tmp_path, progress=False)
+    assert metadata["init_model"]["path"] == str(tiny_model)
+    # one epoch at a tiny learning rate keeps what the tiny model learned in 12
+    scratch, tuned = read_metrics(tiny_model.parent), read_metrics(tmp_path)
+    assert float(tuned[0]["val_loss"]) < float(scratch[0]["val_loss"])
+    assert float(tuned[0]["val_recall"]) >= float(scratch[-1]["val_recall"]) - 0.05
+
+    other = tiny_train_config(epochs=1, base_channels=4, init_model=str(tiny_model))
+    with pytest.raises(StemstrainInputError, match="train.init_model: .*model section"):
+        train(other, tiny_training_set, tmp_path / "other", progress=False)
+
+
 def test_a_finished_run_frees_its_ddp_wrapper_before_the_process_group(
     tiny_training_set, tiny_train_config, tmp_path, monkeypatch
 ):

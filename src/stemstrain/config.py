@@ -269,6 +269,12 @@ class TrainConfig(_Section):
         "auto", description="Autocast precision; auto: bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs."
     )
     augment: Augment = Field(default_factory=Augment)
+    init_model: str | None = Field(
+        None,
+        description="Start from the weights of this exported model (a path, or the name of a shipped model such "
+        "as general-v2) instead of random ones: fine-tuning, e.g. on simulations of the user's own crystal. "
+        "Its model section must equal model; default: random weights.",
+    )
     checkpoint_every: int = Field(0, ge=0, description="Also checkpoint every this many steps; 0: each epoch only.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training process.")
     cache_mb: float = Field(256.0, ge=0, description="Decoded Zarr chunks kept per process [MiB].")

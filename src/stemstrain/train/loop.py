@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from stemstrain.config import Config, TrainConfig
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import atomic_output, discard_temporaries
-from stemstrain.model import UNet, export_model, spot_loss
+from stemstrain.model import UNet, export_model, load_model, resolve_model, spot_loss
 from stemstrain.runtime import autocast, resolve_precision
 from stemstrain.train.augment import Batch, augment_batch
 from stemstrain.train.data import TrainingSet, check_training_set, data_hash, split_indices, trained_on
@@ -157,7 +157,7 @@ class _Training:
             )
         torch.manual_seed(settings.seed)
         model = UNet(config.model)
-        _init_mask_prior(model, self.dataset, self.train_indices)
+        self.init_model = _start_weights(model, config, self.dataset, self.train_indices)
         self.model = model.to(device).to(memory_format=torch.channels_last)
         self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -382,6 +382,7 @@ class _Training:
             "val_patterns": len(self.val_indices),
             "rank_parameter_checksums": checksums,
             "validation": {k: v for k, v in validation.items() if k.startswith("val_")},
+            "init_model": self.init_model,
         }
         export_model(self.model, self.ckpt_dir / MODEL, metadata)
         print(f"wrote {self.ckpt_dir / MODEL} ({time.perf_counter() - started:.0f} s)")
@@ -392,6 +393,41 @@ def _step_generator(seed: int, step: int, rank: int, device: torch.device) -> to
     generator = torch.Generator(device=device)
     generator.manual_seed((seed * 1_000_003 + step) * 4099 + rank)
     return generator
+
+
+def _start_weights(model: UNet, config: Config, dataset: TrainingSet, indices: np.ndarray) -> dict | None:
+    """Load ``train.init_model`` into the network (fine-tuning), else start the mask logit at its prior.
+
+    Returns
+    -------
+    dict or None
+        The starting model's file and the hash of the training set it was made on, for the
+        exported model's metadata; None from random weights.
+
+    Raises
+    ------
+    StemstrainInputError
+        If the starting model cannot be found or read, or its network or calibration differ from
+        the config's.
+    """
+    if config.train.init_model is None:
+        _init_mask_prior(model, dataset, indices)
+        return None
+    path = Path(resolve_model(config.train.init_model))
+    start, metadata = load_model(path)
+    if start.config != config.model:
+        raise StemstrainInputError(
+            f"train.init_model: {path} is a network {start.config.model_dump()}, but the config's model section "
+            f"is {config.model.model_dump()}; make them equal to fine-tune it"
+        )
+    if metadata["pixels"] != dataset.shape[1] or not math.isclose(metadata["k_sampling"], config.detector.k_sampling):
+        raise StemstrainInputError(
+            f"train.init_model: {path} was trained for {metadata['pixels']} px at {metadata['k_sampling']} 1/angstrom "
+            f"per pixel, the training set has {dataset.shape[1]} px and detector.k_sampling is "
+            f"{config.detector.k_sampling}"
+        )
+    model.load_state_dict(start.state_dict())
+    return {"path": str(path), "data_hash": metadata["data_hash"], "trained_on": metadata.get("trained_on")}
 
 
 def _init_mask_prior(model: UNet, dataset: TrainingSet, indices: np.ndarray, n: int = 64) -> None:
