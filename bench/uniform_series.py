@@ -13,9 +13,9 @@ dynamical scattering is seen where it arises. The clean patterns are cached in
 ``bench/work/uniform_series/``.
 
 Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]
-[--frozen-phonons 4] [--crystals SrTiO3_001]``; writes ``bench/results/uniform_series.json``
+[--frozen-phonons 4] [--crystals SrTiO3_001] [--tag NAME]``; writes ``bench/results/uniform_series.json``
 (``uniform_series_d1e+05.json`` for another dose, ``uniform_series_fp4.json`` with frozen phonons; a
-subset of crystals adds their names). Each method is calibrated as for the suite's scan of the
+subset of crystals adds their names, ``--tag`` its text). Each method is calibrated as for the suite's scan of the
 crystal (``CASES``): its optics, and the vacuum probe at the dose.
 """
 
@@ -34,7 +34,7 @@ from common import fitted_lattices, write_result  # noqa: E402
 from stemstrain.config import load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.io import make_4d_dataset  # noqa: E402
-from stemstrain.model import resolve_model  # noqa: E402
+from stemstrain.model import load_model, resolve_model  # noqa: E402
 from stemstrain.simulate.dataset import check_simulation  # noqa: E402
 from stemstrain.simulate.multislice import (  # noqa: E402
     probe_positions_in_cell,
@@ -58,6 +58,8 @@ STATES = np.array(
 """Strain states (e_xx, e_yy, e_xy, θ): unstrained, then each component at each amplitude."""
 DRAWS = 4
 """Poisson draws per clean pattern."""
+TRAINING_KEYS = ("data_path", "data_hash", "steps", "train_patterns", "init_model")
+"""What the result records of how its model was trained."""
 
 
 def clean_patterns(config, crystal: str, orientation_deg: float, frozen_phonons: int = 0) -> np.ndarray:
@@ -131,10 +133,12 @@ def main() -> None:
     parser.add_argument(
         "--crystals", nargs="*", choices=list(CASES), default=list(CASES), help="crystals to run (default: all three)"
     )
+    parser.add_argument("--tag", help="appended to the result's name, e.g. the name of a trial --model")
     args = parser.parse_args()
     config = load_config(SUITE)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}
     model = resolve_model(args.model)
+    _, metadata = load_model(model)
     rows = {}
     for crystal in args.crystals:
         scan_name = CASES[crystal]
@@ -151,6 +155,7 @@ def main() -> None:
         "dose": args.dose,
         "frozen_phonons": args.frozen_phonons,
         "model": str(model),
+        "model_training": {key: metadata.get(key) for key in TRAINING_KEYS},
         "crystals": list(args.crystals),
         "thicknesses_nm": THICKNESSES_NM,
         "rows": rows,
@@ -158,6 +163,8 @@ def main() -> None:
     name = "uniform_series" + (f"_fp{args.frozen_phonons}" if args.frozen_phonons else "")
     if list(args.crystals) != list(CASES):
         name += "_" + "_".join(args.crystals)
+    if args.tag:
+        name += f"_{args.tag}"
     path = write_result(name if args.dose == 1e6 else f"{name}_d{args.dose:.0e}", payload)
     print(json.dumps({"wrote": str(path)}))
 
