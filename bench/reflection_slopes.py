@@ -2,11 +2,11 @@
 
 The uniform series (``bench/uniform_series.py``) gives one slope per strain component, from the
 lattice fitted to all spots. This takes one of its crystal x thickness cases apart: each method's
-spots in the patterns strained in e_xx or e_yy (±1, ±2 %) are indexed on the kinematic strained
-lattice, and each reflection's measured shift from its unstrained position (mean over the
-unstrained draws, relative to the fitted origin) is projected on its kinematic shift
-(F^-T - I) g. A slope of 1 follows the strain, below 1 compresses it. Families are grouped by
-|g|; their weight share is the method's fit weight of that family over all non-central spots.
+spots in the patterns strained in e_xx or e_yy (±1, ±2 %) are matched to its spots in the unstrained
+patterns (mean over the draws) moved by the kinematic strain, and each reflection's measured shift
+is projected on its kinematic shift (F^-T - I) g, g taken from the fitted origin. A slope of 1
+follows the strain, below 1 compresses it. Families are grouped by |g|; their weight share is the
+method's fit weight of that family over all non-central spots.
 
 Usage: ``python bench/reflection_slopes.py [--crystal SrTiO3_001] [--thickness-nm 50]
 [--frozen-phonons 16] [--dose 1e7] [--methods unet bragg] [--model NAME]``; writes
@@ -33,13 +33,14 @@ from stemstrain.lattice import initial_lattice  # noqa: E402
 from stemstrain.model import resolve_model  # noqa: E402
 from stemstrain.simulate.noise import PatternNoise, apply_noise  # noqa: E402
 
-INDEX_TOLERANCE = 0.25
-"""A spot is indexed when it lies within this fraction of the cell of a strained lattice point [1]."""
+MATCH_PX = 1.0
+"""A spot is the same reflection as a reference spot when it lies within this distance of where the
+kinematic strain moves that spot [px]."""
 FAMILY_BIN = 0.02
 """Reflections whose |g| round to the same multiple of this are one family [1/angstrom]."""
 
 
-def reflection_slopes(positions: np.ndarray, weights: np.ndarray, states: np.ndarray, space: str) -> list[dict]:
+def reflection_slopes(positions: np.ndarray, weights: np.ndarray, states: np.ndarray, space: str, tolerance: float):
     """Slope of measured against kinematic shift for each reflection family.
 
     Parameters
@@ -52,6 +53,10 @@ def reflection_slopes(positions: np.ndarray, weights: np.ndarray, states: np.nda
         Applied (e_xx, e_yy, e_xy, θ) of each pattern [1].
     space : str
         The detector's space (``reciprocal``).
+    tolerance : float
+        Matching distance [1/angstrom]: reference spots are those of the first unstrained draw found
+        within it in every other unstrained draw; a strained spot is matched to the reference spot
+        whose kinematically strained position lies within it.
 
     Returns
     -------
@@ -59,50 +64,53 @@ def reflection_slopes(positions: np.ndarray, weights: np.ndarray, states: np.nda
         Per family, by increasing |g|: g_inv_angstrom [1/angstrom], reflections, slope_mean,
         slope_min, slope_max [1], weight_share [1].
     """
-    lattice0, origin0 = (np.asarray(v) for v in initial_lattice(positions[0], weights[0], space))
-    reference: dict[tuple, list] = {}
-    for draw in range(DRAWS):
-        spots = np.isfinite(positions[draw, :, 0])
-        hk = np.rint(np.linalg.solve(lattice0, (positions[draw, spots] - origin0).T).T).astype(int)
-        for key, position, weight in zip(map(tuple, hk), positions[draw, spots], weights[draw, spots], strict=True):
-            reference.setdefault(key, []).append((position, weight))
-    reference = {
-        key: (np.mean([p for p, _ in found], axis=0), float(np.mean([w for _, w in found])))
-        for key, found in reference.items()
-        if len(found) == DRAWS and key != (0, 0)
-    }
-    projected, squared = {}, {}
+    _, origin = initial_lattice(positions[0], weights[0], space)
+    origin = np.asarray(origin)
+
+    def spots(n):
+        found = np.isfinite(positions[n, :, 0])
+        return positions[n, found], weights[n, found]
+
+    first, first_weights = spots(0)
+    keep = np.linalg.norm(first - origin, axis=1) > tolerance  # the undiffracted beam is the origin
+    reference, reference_weights = [first[keep]], [first_weights[keep]]
+    for draw in range(1, DRAWS):
+        found, found_weights = spots(draw)
+        distance = np.linalg.norm(reference[0][:, None] - found[None], axis=-1)
+        nearest = distance.argmin(axis=1)
+        close = distance[np.arange(len(nearest)), nearest] < tolerance
+        reference = [r[close] for r in reference] + [found[nearest[close]]]
+        reference_weights = [w[close] for w in reference_weights] + [found_weights[nearest[close]]]
+    reference, reference_weights = np.mean(reference, axis=0), np.mean(reference_weights, axis=0)
+    g = reference - origin
+    projected, squared = np.zeros(len(g)), np.zeros(len(g))
     for n in range(DRAWS, len(positions)):
         e_xx, e_yy, e_xy, _ = states[n]
         if e_xy != 0:
             continue
-        to_strained = np.linalg.inv(np.diag([1 + e_xx, 1 + e_yy])).T
-        spots = np.isfinite(positions[n, :, 0])
-        fractional = np.linalg.solve(to_strained @ lattice0, (positions[n, spots] - origin0).T).T
-        for position, index in zip(positions[n, spots], fractional, strict=True):
-            key = tuple(np.rint(index).astype(int))
-            if key not in reference or np.abs(index - np.rint(index)).max() > INDEX_TOLERANCE:
-                continue
-            g = reference[key][0] - origin0
-            expected = to_strained @ g - g
-            projected[key] = projected.get(key, 0.0) + float((position - reference[key][0]) @ expected)
-            squared[key] = squared.get(key, 0.0) + float(expected @ expected)
+        shift = g @ (np.linalg.inv(np.diag([1 + e_xx, 1 + e_yy])) - np.eye(2))  # (F^-T - I) g, F diagonal
+        found, _ = spots(n)
+        distance = np.linalg.norm((reference + shift)[:, None] - found[None], axis=-1)
+        nearest = distance.argmin(axis=1)
+        matched = distance[np.arange(len(g)), nearest] < tolerance
+        measured = found[nearest] - reference
+        projected += np.where(matched, np.sum(measured * shift, axis=1), 0.0)
+        squared += np.where(matched, np.sum(shift * shift, axis=1), 0.0)
     families: dict[float, list] = {}
-    for key in projected:
-        g = float(np.linalg.norm(reference[key][0] - origin0))
-        family = round(g / FAMILY_BIN) * FAMILY_BIN
-        families.setdefault(family, []).append((projected[key] / squared[key], reference[key][1]))
-    total = sum(reference[key][1] for key in projected)
+    for k in np.flatnonzero(squared > 0):
+        family = round(float(np.linalg.norm(g[k])) / FAMILY_BIN) * FAMILY_BIN
+        families.setdefault(family, []).append((projected[k] / squared[k], reference_weights[k]))
+    total = reference_weights[squared > 0].sum()
     return [
         {
-            "g_inv_angstrom": round(g, 2),
+            "g_inv_angstrom": round(family, 2),
             "reflections": len(members),
             "slope_mean": float(np.mean([s for s, _ in members])),
             "slope_min": float(np.min([s for s, _ in members])),
             "slope_max": float(np.max([s for s, _ in members])),
             "weight_share": float(sum(w for _, w in members) / total),
         }
-        for g, members in sorted(families.items())
+        for family, members in sorted(families.items())
     ]
 
 
@@ -132,7 +140,9 @@ def main() -> None:
     for method in args.methods:
         detector = make_detector(method, scan, model=model if method == "unet" else None)
         positions, weights = detector(patterns)
-        families[method] = reflection_slopes(positions, weights, states, detector.space)
+        families[method] = reflection_slopes(
+            positions, weights, states, detector.space, MATCH_PX * config.detector.k_sampling
+        )
         weighted = sum(row["slope_mean"] * row["weight_share"] for row in families[method])
         print(f"{method:6s} weight-averaged slope over all families {weighted:.2f}")
         for row in families[method]:
