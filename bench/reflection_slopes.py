@@ -25,13 +25,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from uniform_series import CASES, DRAWS, STATES, SUITE, THICKNESSES_NM, calibration_scan, clean_patterns  # noqa: E402
+from uniform_series import (  # noqa: E402
+    CASES,
+    DRAWS,
+    SUITE,
+    THICKNESSES_NM,
+    calibration_scan,
+    clean_patterns,
+    noisy_draws,
+)
 
 from stemstrain.config import load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.lattice import initial_lattice  # noqa: E402
 from stemstrain.model import resolve_model  # noqa: E402
-from stemstrain.simulate.noise import PatternNoise, apply_noise  # noqa: E402
 
 MATCH_PX = 1.0
 """A spot is the same reflection as a reference spot when it lies within this distance of where the
@@ -128,12 +135,7 @@ def main() -> None:
     clean = clean_patterns(config, args.crystal, orientation, args.frozen_phonons)[
         :, THICKNESSES_NM.index(args.thickness_nm)
     ]
-    rng = np.random.default_rng(0)
-    noise = PatternNoise(dose=args.dose)
-    patterns = np.stack(
-        [apply_noise(p, noise, config.detector.k_sampling, rng) for p in clean for _ in range(DRAWS)]
-    ).astype(np.float32)
-    states = np.repeat(STATES, DRAWS, axis=0)
+    patterns, states = noisy_draws(clean, args.dose, config.detector.k_sampling)
     scan = calibration_scan(config, args.crystal, clean[0], args.dose)
     model = resolve_model(args.model)
     families = {}

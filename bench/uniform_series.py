@@ -104,13 +104,35 @@ def calibration_scan(config, crystal: str, pattern: np.ndarray, dose: float):
     )
 
 
-def thickness_row(detector, clean: np.ndarray, dose: float, k_sampling: float) -> dict:
-    """Slopes and RMSE of one method's strain on the noisy draws of one thickness's patterns."""
+def noisy_draws(clean: np.ndarray, dose: float, k_sampling: float) -> tuple[np.ndarray, np.ndarray]:
+    """``DRAWS`` Poisson draws of each clean pattern of one thickness, and the strain state of each.
+
+    Parameters
+    ----------
+    clean : ndarray (len(STATES), H, W)
+        Clean patterns of the states, intensity as a fraction of the incident beam.
+    dose : float
+        Electrons per pattern [e-].
+    k_sampling : float
+        Detector sampling [1/angstrom per pixel].
+
+    Returns
+    -------
+    patterns : ndarray (len(STATES) * DRAWS, H, W)
+        Noisy patterns [counts], state by state; the same draws on every call (seed 0).
+    states : ndarray (len(STATES) * DRAWS, 4)
+        Applied (e_xx, e_yy, e_xy, θ) of each [1].
+    """
     rng = np.random.default_rng(0)
-    noisy = np.stack(
+    patterns = np.stack(
         [apply_noise(p, PatternNoise(dose=dose), k_sampling, rng) for p in clean for _ in range(DRAWS)]
     ).astype(np.float32)
-    truth = np.repeat(STATES, DRAWS, axis=0)
+    return patterns, np.repeat(STATES, DRAWS, axis=0)
+
+
+def thickness_row(detector, clean: np.ndarray, dose: float, k_sampling: float) -> dict:
+    """Slopes and RMSE of one method's strain on the noisy draws of one thickness's patterns."""
+    noisy, truth = noisy_draws(clean, dose, k_sampling)
     lattice, valid = fitted_lattices(detector, noisy)
     measured = strain_from_lattice(lattice, np.median(lattice[:DRAWS][valid[:DRAWS]], axis=0))
     strained = np.arange(len(truth)) >= DRAWS
