@@ -18,6 +18,16 @@ from stemstrain.train.data import split_indices
 from stemstrain.train.loop import CHECKPOINT, train
 from stemstrain.train.metrics import match_spots, spot_positions
 
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
+"""Set by torchrun; without them train() runs as a single process."""
+
+
+@pytest.fixture
+def single_process(monkeypatch):
+    """train() in this process as a job of one, whatever launched pytest."""
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
 
 def read_metrics(ckpt_dir):
     with open(ckpt_dir / "metrics.csv", newline="") as handle:
@@ -53,9 +63,7 @@ def test_tiny_model_loss_falls_and_spot_recall_rises(tiny_model):
     assert (tiny_model.parent / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_resumed_training_equals_uninterrupted(tiny_training_set, tiny_train_config, tmp_path, monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
-        monkeypatch.delenv(name, raising=False)
+def test_resumed_training_equals_uninterrupted(tiny_training_set, tiny_train_config, tmp_path, single_process):
     config = tiny_train_config(epochs=2, deterministic=True, base_channels=4)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     threads = torch.get_num_threads()
@@ -90,10 +98,8 @@ def test_resume_after_a_config_change_trains_from_the_start(
 
 
 def test_fine_tuning_starts_from_the_given_model(
-    tiny_model, tiny_training_set, tiny_train_config, tmp_path, monkeypatch
+    tiny_model, tiny_training_set, tiny_train_config, tmp_path, single_process
 ):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
-        monkeypatch.delenv(name, raising=False)
     config = tiny_train_config(epochs=1, lr=1e-5, init_model=str(tiny_model))
     metadata = train(config, tiny_training_set, tmp_path, progress=False)
     assert metadata["init_model"]["path"] == str(tiny_model)
@@ -108,15 +114,13 @@ def test_fine_tuning_starts_from_the_given_model(
 
 
 def test_a_finished_run_frees_its_ddp_wrapper_before_the_process_group(
-    tiny_training_set, tiny_train_config, tmp_path, monkeypatch
+    tiny_training_set, tiny_train_config, tmp_path, single_process
 ):
     """Left in a reference cycle, the wrapper's reducer freed the old gloo group inside a later train() and hung."""
     import gc
 
     from torch.nn.parallel import DistributedDataParallel
 
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
-        monkeypatch.delenv(name, raising=False)
     gc.disable()  # no collection may free it by chance
     try:
         train(tiny_train_config(epochs=1, base_channels=4), tiny_training_set, tmp_path, max_steps=1, progress=False)
@@ -130,7 +134,7 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(tiny_training_set, tiny_tr
     config = tiny_train_config(epochs=1, base_channels=4)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
     ckpt = tmp_path / "ckpt"
     command = [sys.executable, "-m", "stemstrain.cli", "train", str(config_path), str(tiny_training_set), str(ckpt)]
     result = subprocess.run([*command, "--nproc", "2"], capture_output=True, text=True, env=env, timeout=300)
