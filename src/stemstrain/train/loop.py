@@ -401,8 +401,8 @@ def _start_weights(model: UNet, config: Config, dataset: TrainingSet, indices: n
     Returns
     -------
     dict or None
-        The starting model's file and the hash of the training set it was made on, for the
-        exported model's metadata; None from random weights.
+        The starting model's file, the hash of the training set it was made on and that set's
+        ranges (``trained_on``), for the exported model's metadata; None from random weights.
 
     Raises
     ------
