@@ -11,11 +11,12 @@ import pytest
 
 from stemstrain.config import ScanConfig, parse_config
 from stemstrain.detect import make_detector
-from stemstrain.detect.bragg import probe_template
+from stemstrain.detect.bragg import TemplateRefiner, disk_radius, probe_template
 from stemstrain.errors import StemstrainInputError
 from stemstrain.evaluate import evaluate_strain
 from stemstrain.io import open_4d, open_strain_map
 from stemstrain.lattice import FitOptions, fit_patterns, initial_lattice, reciprocal_vectors, reduced_basis
+from stemstrain.model import resolve_model
 from stemstrain.strain import reference_lattice, strain_from_lattice
 from stemstrain.strainmap import strain_map
 
@@ -93,6 +94,44 @@ def test_bragg_template_sources(uniform_scan, source):
     for name in ("e_xx", "e_yy", "e_xy", "theta"):
         error = strain[name][:, 1:] - truth[name].values[:, 1:]
         assert np.sqrt(np.mean(error**2)) < TOLERANCE, f"template {source}: {name}"
+
+
+def test_template_refiner_places_a_shifted_probe_to_a_thousandth_of_a_pixel(uniform_scan):
+    """The simulated vacuum probe moved by known subpixel shifts comes back within 0.003 px from 0.7 px away."""
+    from scipy.ndimage import fourier_shift
+
+    scan = open_4d(uniform_scan[0])
+    probe, _ = probe_template(scan, "probe")
+    radius_px = disk_radius(scan.attrs["energy_eV"], scan.attrs["semiangle_mrad"]) / 0.025
+    refiner = TemplateRefiner(probe, radius_px)
+    rng = np.random.default_rng(1)
+    moves = rng.uniform(-30, 30, (6, 2))  # (x, y) [px] from the probe's centre (64, 64)
+    patterns = np.stack([np.fft.ifft2(fourier_shift(np.fft.fft2(probe), move[::-1])).real for move in moves])
+    truth = 64 + moves[:, None]
+    start = truth + rng.uniform(-0.7, 0.7, truth.shape)
+    start[0, 0] = np.nan  # padding stays padding
+    positions, heights = refiner(patterns, start)
+    assert np.isnan(positions[0, 0]).all() and heights[0, 0] == 0
+    np.testing.assert_allclose(positions[1:, 0], truth[1:, 0], atol=3e-3)
+    assert np.all(heights[1:] > 0)
+
+
+def test_network_with_template_readout_recovers_uniform_strain(uniform_scan, tmp_path):
+    """The shipped network finds the disks, the probe template places them: 1 % strain within 2e-3."""
+    scan_path, truth_path = uniform_scan
+    out = strain_map(
+        scan_path, tmp_path / "unet.zarr", method="unet", detector_options={"refine": "template"}, progress=False
+    )
+    prediction, truth = open_strain_map(out), open_strain_map(truth_path)
+    assert bool(prediction["mask"].all())
+    scores = evaluate_strain(prediction, truth)
+    for name in ("e_xx", "e_yy", "e_xy", "theta"):
+        assert scores[name]["rmse"] < TOLERANCE, f"{name}: rmse {scores[name]['rmse']:.2e}"
+    scan = open_4d(scan_path).drop_vars("probe").assign_attrs(energy_eV=None)
+    with pytest.raises(StemstrainInputError, match="refine='template' needs the scan's attributes energy_eV"):
+        make_detector("unet", scan, model=resolve_model("general-v2"), refine="template")
+    with pytest.raises(StemstrainInputError, match="option refine: expected one of"):
+        make_detector("unet", scan, model=resolve_model("general-v2"), refine="edges")
 
 
 def test_simulated_template_matches_vacuum_probe(uniform_scan):

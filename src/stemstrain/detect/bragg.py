@@ -18,7 +18,7 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
 from stemstrain.peaks import find_peaks
 
-__all__ = ["BraggDetector", "aperture_disk", "disk_radius", "probe_template"]
+__all__ = ["BraggDetector", "TemplateRefiner", "aperture_disk", "disk_radius", "probe_template"]
 
 TEMPLATE_SOURCES = ("auto", "probe", "simulated", "mean")
 
@@ -136,6 +136,24 @@ def _mean_central_disk(scan: xr.Dataset, centre: tuple[float, float], n_mean: in
     return (mean * mask).astype(np.float32)
 
 
+def centred_template_ft(template: np.ndarray) -> np.ndarray:
+    """FT of the template moved (by a Fourier phase ramp) so that its centre of mass is at pixel 0.
+
+    Raises
+    ------
+    StemstrainInputError
+        If the template has no positive intensity.
+    """
+    template = np.asarray(template, dtype=np.float64)
+    if template.sum() <= 0:
+        raise StemstrainInputError("the probe template has no positive intensity")
+    y, x = np.indices(template.shape)
+    com_y, com_x = (template * y).sum() / template.sum(), (template * x).sum() / template.sum()
+    freq_y = np.fft.fftfreq(template.shape[0])[:, None]
+    freq_x = np.fft.fftfreq(template.shape[1])[None, :]
+    return np.fft.fft2(template) * np.exp(2j * np.pi * (freq_y * com_y + freq_x * com_x))
+
+
 class BraggDetector:
     """Bragg-disk positions by hybrid template correlation.
 
@@ -211,15 +229,8 @@ class BraggDetector:
         return np.hypot(y - self.centre[0], x - self.centre[1]) > 2 * self.disk_radius_px + 1
 
     def _centred_template_ft(self, template: np.ndarray) -> torch.Tensor:
-        """Conjugate FT of the template moved (by a Fourier phase ramp) so its centre of mass is at pixel 0."""
-        if template.sum() <= 0:
-            raise StemstrainInputError("the probe template has no positive intensity")
-        y, x = np.indices(template.shape)
-        com_y, com_x = (template * y).sum() / template.sum(), (template * x).sum() / template.sum()
-        freq_y = np.fft.fftfreq(template.shape[0])[:, None]
-        freq_x = np.fft.fftfreq(template.shape[1])[None, :]
-        ramp = np.exp(2j * np.pi * (freq_y * com_y + freq_x * com_x))
-        return torch.as_tensor(np.conj(np.fft.fft2(template) * ramp), dtype=torch.complex64, device=self.device)
+        """Conjugate FT of the template moved so its centre of mass is at pixel 0."""
+        return torch.as_tensor(np.conj(centred_template_ft(template)), dtype=torch.complex64, device=self.device)
 
     def correlation_spectrum(self, patterns: torch.Tensor) -> torch.Tensor:
         """Hybrid cross-power spectrum (n, H, W) of patterns with the template."""
@@ -313,3 +324,109 @@ def make_bragg_detector(scan: xr.Dataset, template: str = "auto", **options) -> 
     detector = BraggDetector(image, k_sampling, centre, radius_px, **options)
     detector.template_source = source
     return detector
+
+
+class TemplateRefiner:
+    """Disk positions refined by correlation with the probe template near given positions.
+
+    The correlation is :class:`BraggDetector`'s (``hybrid`` 1), ``C(s) = Σ_q P(q) T(q - s)`` with the
+    template T Fourier-shifted by the subpixel s, but it is evaluated only within ±1 px of positions
+    found elsewhere (the network's spots) and only over the template's support, so it costs a few
+    small matrix products per pattern instead of a full-frame FFT and a Fourier sum per disk. The
+    search is coarse to fine: shifts on a ``1/coarse`` px grid over ±1 px, then a ``1/fine`` px grid
+    over ±1/``coarse`` px around the best, then a three-point parabola
+    (:func:`~stemstrain.detect.fourier.fine_grid_maximum`).
+
+    Parameters
+    ----------
+    template : ndarray (k_y, k_x)
+        Vacuum-probe image at the patterns' calibration (:func:`probe_template`).
+    disk_radius_px : float
+        Disk radius [px]; the template is cut ``disk_radius_px + 2.5`` px around its centre.
+    coarse, fine : int
+        Steps per pixel of the two search grids.
+    """
+
+    def __init__(self, template: np.ndarray, disk_radius_px: float, coarse: int = 4, fine: int = 32):
+        self.shape = tuple(template.shape)
+        self.half = int(np.ceil(disk_radius_px + 2.5))
+        self.coarse, self.fine = int(coarse), int(fine)
+        ratio = self.fine // self.coarse
+        if self.fine % self.coarse:
+            raise StemstrainInputError(f"fine ({fine}) must be a multiple of coarse ({coarse})")
+        # Templates on the fine grid over ±(1 + 1/coarse) px: index i is the shift (i - reach) / fine.
+        reach = self.fine + ratio
+        shifts = (np.arange(2 * reach + 1) - reach) / self.fine
+        spectrum = centred_template_ft(template)
+        freq_y = np.fft.fftfreq(self.shape[0])
+        freq_x = np.fft.fftfreq(self.shape[1])
+        side = np.arange(-self.half, self.half + 1)
+        # Separable Fourier shift of the centred template to (shift_y, shift_x), cut to its support:
+        # T_s[i, j] = Σ_fy Σ_fx F[fy, fx] e^{2πi fy (i - s_y)} e^{2πi fx (j - s_x)} / (H W).
+        rows = np.exp(2j * np.pi * (side[None, :, None] - shifts[:, None, None]) * freq_y)  # (u, w, H)
+        cols = np.exp(2j * np.pi * (side[None, :, None] - shifts[:, None, None]) * freq_x)  # (u, w, W)
+        moved = np.einsum("aiy,yx,bjx->abij", rows, spectrum, cols, optimize=True).real / spectrum.size
+        u, w = len(shifts), len(side)
+        self._templates = torch.as_tensor(moved.reshape(u, u, w * w), dtype=torch.float32)
+        self._reach, self._ratio = reach, ratio
+        self._side = torch.as_tensor(side)
+
+    def __call__(self, patterns: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Refined positions and correlation heights.
+
+        Parameters
+        ----------
+        patterns : ndarray (n, k_y, k_x)
+            Patterns [counts] at the template's calibration.
+        positions : ndarray (n, m, 2)
+            Starting positions (x, y) [px], NaN-padded.
+
+        Returns
+        -------
+        positions : ndarray (n, m, 2)
+            Correlation maxima (x, y) [px]; NaN for padding and for disks whose template window
+            leaves the detector.
+        heights : ndarray (n, m)
+            Correlation height at each maximum (0 where NaN).
+        """
+        patterns = torch.as_tensor(np.asarray(patterns, dtype=np.float32))
+        start = torch.as_tensor(np.asarray(positions, dtype=np.float64))
+        n, m, _ = start.shape
+        height, width = self.shape
+        found = torch.isfinite(start).all(dim=-1)
+        centre = torch.round(torch.nan_to_num(start)).long()
+        margin = self.half + 1
+        inside = (
+            found
+            & (centre[..., 0] >= margin)
+            & (centre[..., 0] < width - margin)
+            & (centre[..., 1] >= margin)
+            & (centre[..., 1] < height - margin)
+        )
+        # Windows of the pattern around each rounded start; outside ones read a valid dummy spot.
+        cx = torch.where(inside, centre[..., 0], margin)
+        cy = torch.where(inside, centre[..., 1], margin)
+        rows = (cy[..., None] + self._side)[..., :, None]  # (n, m, w, 1)
+        cols = (cx[..., None] + self._side)[..., None, :]  # (n, m, 1, w)
+        windows = patterns[torch.arange(n)[:, None, None, None], rows, cols].reshape(n * m, -1)
+        step = self._ratio
+        coarse_templates = self._templates[step::step, step::step][: 2 * self.coarse + 1, : 2 * self.coarse + 1]
+        values = windows @ coarse_templates.reshape(-1, windows.shape[-1]).T  # (n m, (2 coarse + 1)²)
+        side = 2 * self.coarse + 1
+        best = values.argmax(dim=-1)
+        by, bx = best // side, best % side  # coarse index; fine index = (coarse index + 1) * step
+        fine = torch.empty(n * m, 2 * step + 1, 2 * step + 1)
+        for index in torch.unique(best).tolist():
+            chosen = best == index
+            iy, ix = (index // side + 1) * step, (index % side + 1) * step
+            block = self._templates[iy - step : iy + step + 1, ix - step : ix + step + 1]
+            fine[chosen] = (windows[chosen] @ block.reshape(-1, windows.shape[-1]).T).reshape(
+                -1, 2 * step + 1, 2 * step + 1
+            )
+        # Fine grids centred on the coarse maximum: (x, y) shift from the rounded start [px].
+        grid_centre = torch.stack([(bx - self.coarse) / self.coarse, (by - self.coarse) / self.coarse], dim=-1)
+        refined, heights = fine_grid_maximum(fine[:, None], grid_centre[:, None].double(), 1.0 / self.fine)
+        refined = refined[:, 0].reshape(n, m, 2) + torch.stack([cx, cy], dim=-1)
+        heights = heights[:, 0].reshape(n, m)
+        refined = torch.where(inside[..., None], refined, torch.full_like(refined, float("nan")))
+        return refined.numpy(), torch.where(inside, heights, torch.zeros_like(heights)).double().numpy()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from stemstrain.detect.bragg import disk_radius
+from stemstrain.detect.bragg import TemplateRefiner, disk_radius, probe_template
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
 from stemstrain.model.encoding import decode_spots
@@ -31,10 +31,13 @@ from stemstrain.runtime import (
     resolve_precision,
 )
 
-__all__ = ["CALIBRATION_FACTOR", "UNetDetector", "model_hash"]
+__all__ = ["CALIBRATION_FACTOR", "REFINEMENTS", "UNetDetector", "model_hash"]
 
 # Data sampled this many times coarser than the model's calibration are refused unless overridden.
 CALIBRATION_FACTOR = 1.5
+REFINEMENTS = ("auto", "offsets", "template")
+"""How a spot's subpixel position is read: the network's offset heads, or the probe template's
+correlation with the raw pattern around the network's spot (:class:`~stemstrain.detect.bragg.TemplateRefiner`)."""
 
 
 def model_hash(path: str | Path) -> str:
@@ -68,6 +71,15 @@ class UNetDetector:
     allow_calibration_mismatch : bool
         Warn instead of failing when the scan's k-sampling is more than ``CALIBRATION_FACTOR``
         times coarser than the model's, or its detector reaches less than half the model's k range.
+    refine : {"auto", "offsets", "template"}
+        Subpixel read-out (``REFINEMENTS``); ``auto``: ``template`` when the scan records its beam
+        energy and semiangle, else ``offsets``. ``offsets``: the network's offset heads, fit weights
+        1/(σ² + r²/N). ``template``: the network finds, indexes and selects the spots; each is then
+        placed at the maximum of the raw pattern's correlation with the probe template within ±1 px,
+        at the scan's own calibration, and weighted by that correlation's height, as bragg weights
+        its disks. Needs the scan's ``energy_eV`` and ``semiangle_mrad``.
+    template : {"auto", "probe", "simulated", "mean"}
+        Probe template of ``refine="template"`` (:func:`~stemstrain.detect.bragg.probe_template`).
     """
 
     space = "reciprocal"
@@ -84,6 +96,8 @@ class UNetDetector:
         min_distance: int | None = None,
         max_peaks: int | None = None,
         allow_calibration_mismatch: bool = False,
+        refine: str = "offsets",
+        template: str = "auto",
     ):
         import torch
 
@@ -114,7 +128,24 @@ class UNetDetector:
         # The disk radius in model pixels adds each spot's counting noise to its fit weight (decode_spots);
         # a scan without its optics is fitted with the network's σ alone.
         self.disk_radius_px = None if radius is None else radius / self.k_sampling
+        self.refine, self._refiner = self._template_refiner(scan, refine, template, radius)
         self.timings = Timings()
+
+    def _template_refiner(self, scan: xr.Dataset, refine: str, template: str, radius: float | None):
+        """The read-out ``refine`` resolves to, and its template refiner at the scan's calibration (or None)."""
+        if refine not in REFINEMENTS:
+            raise StemstrainInputError(f"option refine: expected one of {REFINEMENTS}, found {refine!r}")
+        if refine == "auto":
+            refine = "offsets" if radius is None else "template"
+        if refine == "offsets":
+            return refine, None
+        if radius is None:
+            raise StemstrainInputError(
+                "option refine='template' needs the scan's attributes energy_eV and semiangle_mrad (the disk radius)"
+            )
+        image, self.template_source = probe_template(scan, template)
+        self._scan_k_sampling, self._scan_centre = k_calibration(scan)
+        return refine, TemplateRefiner(image, radius / self._scan_k_sampling)
 
     def _check_optics(self, scan: xr.Dataset, radius: float | None) -> None:
         """Warn when the scan's disks or beam energy lie outside what the model was trained on.
@@ -211,7 +242,10 @@ class UNetDetector:
         return np.concatenate(outputs) if outputs else np.zeros((0, 2, self.pixels, self.pixels), np.float32)
 
     def _batches(self, patterns: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Per batch: the network's output and its input (the patterns at the model calibration, (n, H, W))."""
+        """Per batch: the network's output and its input (the patterns at the model calibration, (n, H, W)).
+
+        Batches follow each other in ``batch_size`` steps from the first pattern.
+        """
         import torch
 
         cuda = self.device.startswith("cuda")
@@ -229,9 +263,13 @@ class UNetDetector:
     def __call__(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Spots are read out batch by batch: only one batch of network output is held at a time.
         found = []
-        for output, inputs in self._batches(patterns):
+        starts = range(0, len(patterns), self.batch_size)
+        for start, (output, inputs) in zip(starts, self._batches(patterns), strict=True):
             with self.timings.measure("peaks"):
-                found.append(decode_spots(output, **self.readout, patterns=inputs, disk_radius_px=self.disk_radius_px))
+                spots = decode_spots(output, **self.readout, patterns=inputs, disk_radius_px=self.disk_radius_px)
+                if self._refiner is not None:
+                    spots = self._refine(patterns[start : start + self.batch_size], spots[0])
+                found.append(spots)
         width = max((positions.shape[1] for positions, _ in found), default=0)
         positions = np.concatenate(
             [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=np.nan) for p, _ in found]
@@ -239,3 +277,12 @@ class UNetDetector:
         )
         weights = np.concatenate([np.pad(w, ((0, 0), (0, width - w.shape[1]))) for _, w in found] or [np.zeros((0, 0))])
         return (positions - self.pixels // 2) * self.k_sampling, weights
+
+    def _refine(self, patterns: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Template read-out of spots (x, y) [model px]: positions [model px] and weights relative to the strongest."""
+        half = self.pixels // 2
+        centre = np.array(self._scan_centre[::-1])  # (x, y) [scan px]
+        scale = self.k_sampling / self._scan_k_sampling  # scan px per model px
+        refined, heights = self._refiner(patterns, centre + (positions - half) * scale)
+        strongest = np.max(heights, axis=-1, keepdims=True)
+        return half + (refined - centre) / scale, heights / np.where(strongest > 0, strongest, 1.0)

@@ -202,6 +202,7 @@ def plan_strain_map(
         "lattice_space": detector.space,
         "source": str(scan_path),
         "precision": getattr(detector, "precision", None),
+        "readout": getattr(detector, "refine", None),
     }
     store = ResumableStore(out)
     lattice0, origin0, offsets = _start_store(store, scan, unit_shape, settings, fresh)
