@@ -3,6 +3,7 @@
     python bench/accuracy.py                  # simulate what is missing (cached), then run and score
     python bench/accuracy.py --simulate-only  # build or complete the suite's scans
     python bench/accuracy.py --scans si110_t37_d1e6 --methods bragg unet
+    python bench/accuracy.py --methods unet --refine offsets   # rows unet+offsets: the network's own read-out
 
 The scans are the ``scans:`` of ``bench/suite.yaml`` (held out from every training config: turned
 crystals, a composite strain field, thicknesses absent from training, a crystal absent from it),
@@ -28,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 from common import RESULTS, write_result  # noqa: E402
 
-from stemstrain.config import BASELINES, NETWORK, load_config  # noqa: E402
+from stemstrain.config import BASELINES, NETWORK, REFINEMENTS, load_config  # noqa: E402
 from stemstrain.errors import StemstrainInputError  # noqa: E402
 from stemstrain.evaluate.suite import failed_row, score_row, suite_table, timed_row  # noqa: E402
 from stemstrain.model import default_model, resolve_model  # noqa: E402
@@ -49,8 +50,11 @@ def simulate(config, names: list[str]) -> None:
             simulate_scan(config, scan, scan_path, truth, cache=WORK / "cache")
 
 
-def run_method(scan: str, method: str, model: Path | None) -> dict:
-    """One row of the table: ``method`` on ``scan``, timed end to end and scored against the truth."""
+def run_method(scan: str, method: str, model: Path | None, refine: str | None = None) -> dict:
+    """One row of the table: ``method`` on ``scan``, timed end to end and scored against the truth.
+
+    ``refine`` sets the network's read-out (default: the detector's own).
+    """
     scan_path, truth = WORK / f"{scan}.zarr", WORK / f"{scan}.truth.zarr"
     out = WORK / "maps" / f"{scan}.{method}.zarr"
     if method == PY4DSTEM:
@@ -63,9 +67,12 @@ def run_method(scan: str, method: str, model: Path | None) -> dict:
         return score_row(scan, method, out, truth, timing["seconds_total"])
     if method == NETWORK and model is None:
         return failed_row(scan, method, "no model (pass --model or ship models/)")
-    return timed_row(
-        scan, method, truth, out, lambda: strain_map(scan_path, out, method, model=model, fresh=True, progress=False)
-    )
+    options = {"refine": refine} if refine and method == NETWORK else None
+
+    def run() -> None:
+        strain_map(scan_path, out, method, model=model, fresh=True, progress=False, detector_options=options)
+
+    return timed_row(scan, method, truth, out, run)
 
 
 def main(argv=None) -> int:
@@ -77,6 +84,11 @@ def main(argv=None) -> int:
         "--model",
         help="network model, a path or a shipped model's name (default: the shipped default; "
         "another model's rows are labelled unet@NAME)",
+    )
+    parser.add_argument(
+        "--refine",
+        choices=REFINEMENTS,
+        help="the network's subpixel read-out (default: the detector's own); its rows are labelled unet+REFINE",
     )
     args = parser.parse_args(argv)
     config = load_config(SUITE)
@@ -92,11 +104,12 @@ def main(argv=None) -> int:
     if NETWORK in args.methods:
         model = resolve_model(args.model)
         label = NETWORK if model == shipped else f"{NETWORK}@{model.stem}"
+        label += f"+{args.refine}" if args.refine else ""
     rows = []
     for scan in names:
         for method in args.methods:
             load = os.getloadavg()
-            row = run_method(scan, method, model)
+            row = run_method(scan, method, model, args.refine)
             if method == NETWORK:
                 row = {**row, "method": label, "model": str(model)}
             rows.append({**row, "load_average_before": load, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -1,13 +1,14 @@
 """Throughput of the strain step per stage (read, network, peaks, fit, write) and end to end.
 
 Builds a uint16 scan of target-image patterns (SIM's kinematic spots, Poisson noise) and runs
-``stemstrain.strainmap.strain_map`` with the unet method in fp32, bf16 and fp32 + torch.compile, after
-timing the network alone (NCHW, channels_last, folded BatchNorm, bf16 autocast, compile, its FLOPs
-and the CPU's fp32 GEMM rate). The network is the default U-Net of config.yaml with random
-weights and a pass-through channel (:func:`default_model`: every layer costs what it costs in a
-trained network, and the peaks and fits see real spots) unless ``--model`` names a trained one.
-On a shared machine compare the ratios of one run; the load average is recorded next to each
-figure. Results: ``bench/results/infer.json``.
+``stemstrain.strainmap.strain_map`` with the unet method in fp32, bf16 and fp32 + torch.compile (the
+default read-out), then with each read-out (``refine``: the network's offsets, the probe template)
+in the fastest precision, after timing the network alone (NCHW, channels_last, folded BatchNorm,
+bf16 autocast, compile, its FLOPs and the CPU's fp32 GEMM rate). The network is the default U-Net
+of config.yaml with random weights and a pass-through channel (:func:`default_model`: every layer
+costs what it costs in a trained network, and the peaks and fits see real spots) unless
+``--model`` names a trained one. On a shared machine compare the ratios of one run; the load
+average is recorded next to each figure. Results: ``bench/results/infer.json``.
 
     python bench/infer.py [--patterns 4096] [--no-bf16]
 """
@@ -221,9 +222,12 @@ def main() -> None:
         print("network alone", results["network_alone_patterns_per_s"], flush=True)
         results["network_sizes"] = network_sizes(64, args.rounds)
         print("network sizes", results["network_sizes"], flush=True)
-        variants = [("fp32", False)] + ([] if args.no_bf16 else [("bf16", False)]) + [("fp32", True)]
-        for precision, compiled in variants:
-            name = precision + ("+compile" if compiled else "")
+        # (precision, torch.compile, read-out): the default read-out, and the other one in the fastest precision
+        fast = "fp32" if args.no_bf16 else "bf16"
+        variants = [("fp32", False, None)] + ([] if args.no_bf16 else [("bf16", False, None)]) + [("fp32", True, None)]
+        variants += [(fast, False, "offsets"), (fast, False, "template")]
+        for precision, compiled, refine in variants:
+            name = precision + ("+compile" if compiled else "") + (f" refine={refine}" if refine else "")
             timings: dict = {}
             start = time.perf_counter()
             strain_map(
@@ -236,6 +240,7 @@ def main() -> None:
                 batch_size=args.batch,
                 progress=False,
                 timings=timings,
+                detector_options={"refine": refine} if refine else None,
             )
             results[name] = {
                 "patterns_per_s": rates(timings),

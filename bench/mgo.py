@@ -65,6 +65,7 @@ TUNED = {
     "bragg_max_peaks_48": ("bragg", ["-o", "max_peaks=48"]),
     "bragg_static_offsets": ("bragg", ["--static-offsets"]),
     "unet_static_offsets": ("unet", ["--static-offsets"]),
+    "unet_offsets_static_offsets": ("unet", ["--static-offsets", "-o", "refine=offsets"]),
 }
 """Rows of our methods with a user's option. ``max_peaks=48``: this precession scan has ~75 disks
 inside the detector and, with the default cap of 100 (set on the simulated suite, where SrTiO3 needs
@@ -72,7 +73,8 @@ it), the faintest and farthest of them, with a few noise peaks, enter the fit (9
 48 keeps the strongest disks (100 % valid). Chosen on this scan. ``--static-offsets``: the strong
 disks sit 0.2-0.5 px off the lattice, the same in every pattern (detector distortion; their scatter
 is 0.07-0.1 px), and each pattern's fit moves with the set of disks it finds; the offsets measured in
-the reference region are taken off every pattern. Not chosen on this scan: it has no parameter."""
+the reference region are taken off every pattern. Not chosen on this scan: it has no parameter.
+``refine=offsets``: the network's own subpixel offsets instead of the default template read-out."""
 
 
 def ours(scan: Path, method: str, options: list[str] = (), label: str | None = None) -> dict:

@@ -13,7 +13,8 @@ dynamical scattering is seen where it arises. The clean patterns are cached in
 ``bench/work/uniform_series/``.
 
 Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]
-[--frozen-phonons 4] [--crystals SrTiO3_001] [--tag NAME]``; writes ``bench/results/uniform_series.json``
+[--frozen-phonons 4] [--crystals SrTiO3_001] [--refine template] [--tag NAME]``; writes
+``bench/results/uniform_series.json``
 (``uniform_series_d1e+05.json`` for another dose, ``uniform_series_fp4.json`` with frozen phonons; a
 subset of crystals adds their names, ``--tag`` its text). Each method is calibrated as for the suite's scan of the
 crystal (``CASES``): its optics, and the vacuum probe at the dose.
@@ -31,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fitted_lattices, write_result  # noqa: E402
 
-from stemstrain.config import load_config  # noqa: E402
+from stemstrain.config import REFINEMENTS, load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.io import make_4d_dataset  # noqa: E402
 from stemstrain.model import load_model, resolve_model  # noqa: E402
@@ -156,18 +157,25 @@ def main() -> None:
         "--crystals", nargs="*", choices=list(CASES), default=list(CASES), help="crystals to run (default: all three)"
     )
     parser.add_argument("--tag", help="appended to the result's name, e.g. the name of a trial --model")
+    parser.add_argument(
+        "--refine", choices=REFINEMENTS, help="the network's subpixel read-out (default: the detector's own default)"
+    )
     args = parser.parse_args()
     config = load_config(SUITE)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}
     model = resolve_model(args.model)
     _, metadata = load_model(model)
-    rows = {}
+    rows, readout = {}, None
     for crystal in args.crystals:
         scan_name = CASES[crystal]
         clean = clean_patterns(config, crystal, orientation[scan_name], args.frozen_phonons)
         scan = calibration_scan(config, crystal, clean[0, 0], args.dose)
         for method in args.methods:
-            detector = make_detector(method, scan, model=model if method == "unet" else None)
+            options = {}
+            if method == "unet":
+                options = {"model": model} | ({"refine": args.refine} if args.refine else {})
+            detector = make_detector(method, scan, **options)
+            readout = getattr(detector, "refine", readout)
             for index, thickness in enumerate(THICKNESSES_NM):
                 row = thickness_row(detector, clean[:, index], args.dose, config.detector.k_sampling)
                 rows[f"{crystal}/{thickness:g}nm/{method}"] = row
@@ -178,6 +186,7 @@ def main() -> None:
         "frozen_phonons": args.frozen_phonons,
         "model": str(model),
         "model_training": {key: metadata.get(key) for key in TRAINING_KEYS},
+        "readout": readout,
         "crystals": list(args.crystals),
         "thicknesses_nm": THICKNESSES_NM,
         "rows": rows,

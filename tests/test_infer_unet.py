@@ -134,10 +134,11 @@ BRAGG_MGO_SPREAD = (1.23e-3, 0.83e-3, 0.67e-3, 0.81e-3)
 def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_path):
     """Real SPED data (precession, halo, saturated beam): the MgO cube is relaxed, so its spread is noise.
 
-    general-v2 finds no lattice in these patterns, and the error points to camera-v1; camera-v1 with
-    ``--static-offsets`` maps the cube (rows 85-100, columns 14-29, reference rows 89-92, columns
-    18-23) all valid, each component's spread below tuned py4DSTEM's on the same positions; with the
-    template read-out (``-o refine=template``) below our bragg's with ``--static-offsets`` too.
+    Read by the network's own offsets (``-o refine=offsets``), general-v2 finds no lattice in these
+    patterns, and the error points to camera-v1; camera-v1 with ``--static-offsets`` maps the cube
+    (rows 85-100, columns 14-29, reference rows 89-92, columns 18-23) all valid, each component's
+    spread below tuned py4DSTEM's on the same positions. With the template read-out
+    (``-o refine=template``) its spread is below our bragg's with ``--static-offsets`` too.
     """
     from test_ingest import MGO, _write_zspy_crop
 
@@ -150,12 +151,19 @@ def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_
     raw = _write_zspy_crop(tmp_path / "cube.zspy", (slice(85, 101), slice(14, 30)))
     scan = ingest(raw, tmp_path / "cube.zarr")
     with pytest.raises(StemstrainInputError, match="holds no valid lattice fit.*try --model camera-v1"):
-        strain_map(scan, tmp_path / "default.zarr", reference_roi=(4, 8, 4, 10), progress=False)
+        strain_map(
+            scan,
+            tmp_path / "default.zarr",
+            reference_roi=(4, 8, 4, 10),
+            detector_options={"refine": "offsets"},
+            progress=False,
+        )
     out = strain_map(
         scan,
         tmp_path / "strain.zarr",
         model="camera-v1",
         reference_roi=(4, 8, 4, 10),
+        detector_options={"refine": "offsets"},
         fit_options=FitOptions(static_offsets=True),
         progress=False,
     )

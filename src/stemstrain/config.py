@@ -37,6 +37,8 @@ SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
 NETWORK = "unet"
 BASELINES = ("bragg", "cepstrum", "cepstrum-multi")  # the classical detectors the network is measured against
 METHODS = (NETWORK, *BASELINES, "peaks")  # peaks: maxima of the raw patterns, no network (sharp spots, benchmarks)
+# The network's subpixel read-out: its offset heads, or the probe template at each of its spots (detect/network.py)
+REFINEMENTS = ("auto", "offsets", "template")
 
 
 class _Section(BaseModel):
@@ -295,6 +297,12 @@ class StrainConfig(_Section):
         "auto",
         description="Network precision; auto: bf16 where native (GPUs, AVX-512-BF16/AMX CPUs), else fp32 "
         "(fp16 on GPUs without bf16).",
+    )
+    refine: Literal[REFINEMENTS] = Field(
+        "auto",
+        description="The network's subpixel read-out: template (the probe template's correlation with the raw "
+        "pattern at each network spot), offsets (the network's offset heads) or auto (template when the scan "
+        "records its beam energy and semiangle, else offsets).",
     )
     methods: list[Literal[METHODS]] = Field(["unet"], min_length=1, description="Methods run by the workflow.")
     shipped_model: bool = Field(

@@ -368,7 +368,7 @@ class TemplateRefiner:
         moved = np.einsum("aiy,yx,bjx->abij", rows, spectrum, cols, optimize=True).real / spectrum.size
         u, w = len(shifts), len(side)
         self._templates = torch.as_tensor(moved.reshape(u, u, w * w), dtype=torch.float32)
-        self._reach, self._ratio = reach, ratio
+        self._ratio = ratio
         self._side = torch.as_tensor(side)
 
     def __call__(self, patterns: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

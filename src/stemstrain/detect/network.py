@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from stemstrain.config import REFINEMENTS
 from stemstrain.detect.bragg import TemplateRefiner, disk_radius, probe_template
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
@@ -31,13 +32,10 @@ from stemstrain.runtime import (
     resolve_precision,
 )
 
-__all__ = ["CALIBRATION_FACTOR", "REFINEMENTS", "UNetDetector", "model_hash"]
+__all__ = ["CALIBRATION_FACTOR", "UNetDetector", "model_hash"]
 
 # Data sampled this many times coarser than the model's calibration are refused unless overridden.
 CALIBRATION_FACTOR = 1.5
-REFINEMENTS = ("auto", "offsets", "template")
-"""How a spot's subpixel position is read: the network's offset heads, or the probe template's
-correlation with the raw pattern around the network's spot (:class:`~stemstrain.detect.bragg.TemplateRefiner`)."""
 
 
 def model_hash(path: str | Path) -> str:
@@ -72,7 +70,7 @@ class UNetDetector:
         Warn instead of failing when the scan's k-sampling is more than ``CALIBRATION_FACTOR``
         times coarser than the model's, or its detector reaches less than half the model's k range.
     refine : {"auto", "offsets", "template"}
-        Subpixel read-out (``REFINEMENTS``); ``auto``: ``template`` when the scan records its beam
+        Subpixel read-out (:data:`stemstrain.config.REFINEMENTS`); ``auto``: ``template`` when the scan records its beam
         energy and semiangle, else ``offsets``. ``offsets``: the network's offset heads, fit weights
         1/(σ² + r²/N). ``template``: the network finds, indexes and selects the spots; each is then
         placed at the maximum of the raw pattern's correlation with the probe template within ±1 px,
@@ -96,7 +94,7 @@ class UNetDetector:
         min_distance: int | None = None,
         max_peaks: int | None = None,
         allow_calibration_mismatch: bool = False,
-        refine: str = "offsets",
+        refine: str = "auto",
         template: str = "auto",
     ):
         import torch
@@ -284,5 +282,6 @@ class UNetDetector:
         centre = np.array(self._scan_centre[::-1])  # (x, y) [scan px]
         scale = self.k_sampling / self._scan_k_sampling  # scan px per model px
         refined, heights = self._refiner(patterns, centre + (positions - half) * scale)
+        heights = np.clip(heights, 0.0, None)  # background-subtracted counts can correlate negatively
         strongest = np.max(heights, axis=-1, keepdims=True)
         return half + (refined - centre) / scale, heights / np.where(strongest > 0, strongest, 1.0)

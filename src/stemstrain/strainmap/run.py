@@ -221,7 +221,7 @@ def plan_strain_map(
 
 
 def detector_settings(method: str, config: StrainConfig) -> dict:
-    """The detector options a strain config sets: where and how the network runs; a baseline's device."""
+    """The detector options a strain config sets: where and how the network runs and is read; a baseline's device."""
     if method == "peaks":
         return {}
     if method != NETWORK:
@@ -231,6 +231,7 @@ def detector_settings(method: str, config: StrainConfig) -> dict:
         "batch_size": config.batch_size,
         "precision": config.precision,
         "compile": config.compile,
+        "refine": config.refine,
     }
 
 
