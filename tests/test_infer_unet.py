@@ -158,30 +158,19 @@ def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_
             detector_options={"refine": "offsets"},
             progress=False,
         )
-    out = strain_map(
-        scan,
-        tmp_path / "strain.zarr",
-        model="camera-v1",
-        reference_roi=(4, 8, 4, 10),
-        detector_options={"refine": "offsets"},
-        fit_options=FitOptions(static_offsets=True),
-        progress=False,
-    )
-    ds = xr.open_zarr(out)
-    assert ds["mask"].values.mean() >= 0.99
-    for name, bound in zip(("e_xx", "e_yy", "e_xy", "theta"), PY4DSTEM_MGO_SPREAD, strict=True):
-        assert np.nanstd(ds[name].values) < bound, name
-    # camera-v1's spots placed by the probe template (the mean vacuum disk): flatter than bragg's own disks.
-    out = strain_map(
-        scan,
-        tmp_path / "template.zarr",
-        model="camera-v1",
-        reference_roi=(4, 8, 4, 10),
-        detector_options={"refine": "template"},
-        fit_options=FitOptions(static_offsets=True),
-        progress=False,
-    )
-    ds = xr.open_zarr(out)
-    assert ds.attrs["readout"] == "template" and ds["mask"].values.mean() >= 0.99
-    for name, bound in zip(("e_xx", "e_yy", "e_xy", "theta"), BRAGG_MGO_SPREAD, strict=True):
-        assert np.nanstd(ds[name].values) < bound, name
+    # camera-v1 with its own offsets beats py4DSTEM; its spots placed by the probe template (the
+    # aperture disk at the scan's optics) beat our bragg, the best classical method here.
+    for refine, spread in (("offsets", PY4DSTEM_MGO_SPREAD), ("template", BRAGG_MGO_SPREAD)):
+        out = strain_map(
+            scan,
+            tmp_path / f"{refine}.zarr",
+            model="camera-v1",
+            reference_roi=(4, 8, 4, 10),
+            detector_options={"refine": refine},
+            fit_options=FitOptions(static_offsets=True),
+            progress=False,
+        )
+        ds = xr.open_zarr(out)
+        assert ds.attrs["readout"] == refine and ds["mask"].values.mean() >= 0.99
+        for name, bound in zip(("e_xx", "e_yy", "e_xy", "theta"), spread, strict=True):
+            assert np.nanstd(ds[name].values) < bound, f"{refine}: {name}"
