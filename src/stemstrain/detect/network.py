@@ -264,9 +264,11 @@ class UNetDetector:
         starts = range(0, len(patterns), self.batch_size)
         for start, (output, inputs) in zip(starts, self._batches(patterns), strict=True):
             with self.timings.measure("peaks"):
-                spots = decode_spots(output, **self.readout, patterns=inputs, disk_radius_px=self.disk_radius_px)
-                if self._refiner is not None:
-                    spots = self._refine(patterns[start : start + self.batch_size], spots[0])
+                if self._refiner is None:
+                    spots = decode_spots(output, **self.readout, patterns=inputs, disk_radius_px=self.disk_radius_px)
+                else:  # the template weights the spots: the network's σ and the disks' counts are not needed
+                    positions, _ = decode_spots(output, **self.readout)
+                    spots = self._refine(patterns[start : start + self.batch_size], positions)
                 found.append(spots)
         width = max((positions.shape[1] for positions, _ in found), default=0)
         positions = np.concatenate(
