@@ -236,39 +236,37 @@ class UNetDetector:
 
     def predict(self, patterns: np.ndarray) -> np.ndarray:
         """Network output (n, C, pixels, pixels) float32 at the model calibration (channels: ``decode_spots``)."""
-        outputs = [output for output, _ in self._batches(patterns)]
+        outputs = [output for output, _, _ in self._batches(patterns)]
         return np.concatenate(outputs) if outputs else np.zeros((0, 2, self.pixels, self.pixels), np.float32)
 
-    def _batches(self, patterns: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Per batch: the network's output and its input (the patterns at the model calibration, (n, H, W)).
-
-        Batches follow each other in ``batch_size`` steps from the first pattern.
-        """
+    def _batches(self, patterns: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per batch: the network's output, its input (the patterns at the model calibration, (n, H, W))
+        and the batch's patterns as given (at the scan's calibration)."""
         import torch
 
         cuda = self.device.startswith("cuda")
         for start in range(0, len(patterns), self.batch_size):
+            given = patterns[start : start + self.batch_size]
             with self.timings.measure("network"), torch.inference_mode(), autocast(self.device, self.precision):
-                batch = torch.from_numpy(np.ascontiguousarray(patterns[start : start + self.batch_size], np.float32))
+                batch = torch.from_numpy(np.ascontiguousarray(given, np.float32))
                 if cuda:
                     # Page-locked host memory lets the copy run asynchronously to the GPU.
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
                 batch = self.resample(batch).contiguous(memory_format=torch.channels_last)
                 output = self.network(batch).float().cpu().numpy()
                 inputs = batch[:, 0].float().cpu().numpy()
-            yield output, inputs
+            yield output, inputs, given
 
     def __call__(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Spots are read out batch by batch: only one batch of network output is held at a time.
         found = []
-        starts = range(0, len(patterns), self.batch_size)
-        for start, (output, inputs) in zip(starts, self._batches(patterns), strict=True):
+        for output, inputs, given in self._batches(patterns):
             with self.timings.measure("peaks"):
                 if self._refiner is None:
                     spots = decode_spots(output, **self.readout, patterns=inputs, disk_radius_px=self.disk_radius_px)
                 else:  # the template weights the spots: the network's σ and the disks' counts are not needed
                     positions, _ = decode_spots(output, **self.readout)
-                    spots = self._refine(patterns[start : start + self.batch_size], positions)
+                    spots = self._refine(given, positions)
                 found.append(spots)
         width = max((positions.shape[1] for positions, _ in found), default=0)
         positions = np.concatenate(
