@@ -321,6 +321,7 @@ def strain(
     chunks it finished. The result follows the strain-map contract (e_xx, e_yy, e_xy, theta,
     fit_error, n_peaks, mask, plus the fitted lattice per position).
     """
+    from stemstrain.io import open_strain_map
     from stemstrain.lattice import FitOptions
     from stemstrain.strainmap import strain_map
 
@@ -343,7 +344,8 @@ def strain(
         fresh=fresh,
         progress=progress,
     )
-    typer.echo(f"wrote {out}")
+    valid = open_strain_map(out)["mask"].values
+    typer.echo(f"wrote {out}: {int(valid.sum())} of {valid.size} positions have a valid lattice fit")
 
 
 # The flag of each strain option, for messages; the other cluster options come from --cluster-option.

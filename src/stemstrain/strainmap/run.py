@@ -45,6 +45,9 @@ from stemstrain.runtime import Timings
 from stemstrain.strain import STRAIN_COMPONENTS, reference_lattice, strain_from_lattice
 from stemstrain.strainmap.units import Job, WorkUnit, fit_unit_task, local_worker, plan_units
 
+REFERENCE_VALID_WARNING = 0.95
+"""Below this fraction of valid fits in the reference region a strain run warns [1]."""
+
 __all__ = ["StrainRun", "fit_units", "material_lattice", "plan_strain_map", "strain_map", "write_strain"]
 
 
@@ -415,14 +418,19 @@ def write_strain(run: StrainRun) -> Path:
     try:
         reference = reference_lattice(region["lattice"].values, None, valid=region["mask"].values, label=label)
     except StemstrainInputError as err:
-        from stemstrain.model.export import CAMERA_MODEL
-
-        if run.job.method != NETWORK or Path(str(run.job.model)).stem == CAMERA_MODEL:
+        hint = _camera_hint(run)
+        if not hint:
             raise
-        raise StemstrainInputError(
-            f"{err}; on real detector data (a diffuse halo, blurred spots, a saturated beam) "
-            f"try --model {CAMERA_MODEL} (models/{CAMERA_MODEL}.md)"
-        ) from None
+        raise StemstrainInputError(f"{err}; {hint}") from None
+    n_valid, total = int(region["mask"].values.sum()), region["mask"].size
+    if n_valid < REFERENCE_VALID_WARNING * total:
+        hint = _camera_hint(run)
+        warnings.warn(
+            f"{label}: only {n_valid} of {total} positions ({100 * n_valid / total:.0f} %) have a valid lattice fit; "
+            "in a crystal every pattern should, so this method misreads these patterns and the whole map is "
+            "suspect" + (f"; {hint}" if hint else ""),
+            stacklevel=3,
+        )
     for unit in run.units:
         block = fitted.isel(unit.region)
         valid = block["mask"].values
@@ -433,6 +441,18 @@ def write_strain(run: StrainRun) -> Path:
         store.write_region(result, unit.region, unit.key.replace("fit-", "strain-"))
     _record_reference(store.partial, reference)
     return store.finalize()
+
+
+def _camera_hint(run: StrainRun) -> str:
+    """The advice to try the camera model, for a network run with another model (else "")."""
+    from stemstrain.model.export import CAMERA_MODEL
+
+    if run.job.method != NETWORK or Path(str(run.job.model)).stem == CAMERA_MODEL:
+        return ""
+    return (
+        "on real detector data (a diffuse halo, blurred spots, a saturated beam) "
+        f"try --model {CAMERA_MODEL} (models/{CAMERA_MODEL}.md)"
+    )
 
 
 def _record_reference(partial: Path, reference: np.ndarray) -> None:
