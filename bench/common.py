@@ -18,6 +18,8 @@ import psutil
 from stemstrain.lattice import fit_patterns, initial_lattice
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
+"""Environment variables that cap the instruction set of torch, oneDNN, MKL and OpenBLAS."""
 
 
 def cpu_flags() -> list[str]:
@@ -54,6 +56,9 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "torch_threads": torch.get_num_threads(),
+        # the vector ISA torch dispatches to, and any limit set on it (e.g. to measure an AVX2-only CPU)
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if name in os.environ},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

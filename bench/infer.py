@@ -10,7 +10,15 @@ costs what it costs in a trained network, and the peaks and fits see real spots)
 ``--model`` names a trained one. On a shared machine compare the ratios of one run; the load
 average is recorded next to each figure. Results: ``bench/results/infer.json``.
 
-    python bench/infer.py [--patterns 4096] [--no-bf16]
+    python bench/infer.py [--patterns 4096] [--no-bf16] [--no-compile] [--tag NAME]
+
+An AVX2-only CPU can be approximated on a newer one by capping every library's instruction set
+(recorded in the result's ``machine.isa_limits``). bf16 is then emulated, so skip it; skip
+torch.compile too: under this cap its code returns NaN for the channels_last network (torch 2.13,
+measured 2026-12-01; eager AVX2 is exact):
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OPENBLAS_CORETYPE=Haswell \
+        python bench/infer.py --model models/general-v2.pt --no-bf16 --no-compile --tag avx2
 """
 
 from __future__ import annotations
@@ -206,6 +214,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the network-alone timing")
     parser.add_argument("--no-bf16", action="store_true", help="skip the (slow on AVX2) bf16 end-to-end run")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile end-to-end run")
+    parser.add_argument("--tag", help="appended to the result's name: bench/results/infer_<tag>.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as work:
@@ -224,7 +234,8 @@ def main() -> None:
         print("network sizes", results["network_sizes"], flush=True)
         # (precision, torch.compile, read-out): the default read-out, and the other one in the fastest precision
         fast = "fp32" if args.no_bf16 else "bf16"
-        variants = [("fp32", False, None)] + ([] if args.no_bf16 else [("bf16", False, None)]) + [("fp32", True, None)]
+        variants = [("fp32", False, None)] + ([] if args.no_bf16 else [("bf16", False, None)])
+        variants += [] if args.no_compile else [("fp32", True, None)]
         variants += [(fast, False, "offsets"), (fast, False, "template")]
         for precision, compiled, refine in variants:
             name = precision + ("+compile" if compiled else "") + (f" refine={refine}" if refine else "")
@@ -250,7 +261,7 @@ def main() -> None:
             }
             print(name, results[name], flush=True)
         results["load_avg_end"] = [round(v, 1) for v in os.getloadavg()]
-        print(write_result("infer", results))
+        print(write_result("infer" + (f"_{args.tag}" if args.tag else ""), results))
 
 
 if __name__ == "__main__":
