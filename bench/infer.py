@@ -1,21 +1,21 @@
 """Throughput of the strain step per stage (read, network, peaks, fit, write) and end to end.
 
 Builds a uint16 scan of target-image patterns (SIM's kinematic spots, Poisson noise) and runs
-``stemstrain.strainmap.strain_map`` with the unet method in fp32, bf16 and fp32 + torch.compile (the
-default read-out), then with each read-out (``refine``: the network's offsets, the probe template)
-in the fastest precision, after timing the network alone (NCHW, channels_last, folded BatchNorm,
-bf16 autocast, compile, its FLOPs and the CPU's fp32 GEMM rate). The network is the default U-Net
-of config.yaml with random weights and a pass-through channel (:func:`default_model`: every layer
-costs what it costs in a trained network, and the peaks and fits see real spots) unless
-``--model`` names a trained one. On a shared machine compare the ratios of one run; the load
-average is recorded next to each figure. Results: ``bench/results/infer.json``.
+``stemstrain.strainmap.strain_map`` with the unet method in fp32 and bf16 (the default read-out),
+then with each read-out (``refine``: the network's offsets, the probe template) in the fastest
+precision, after timing the network alone (NCHW, channels_last, folded BatchNorm, bf16 autocast,
+torch.compile, its FLOPs and the CPU's fp32 GEMM rate; ``strain`` itself compiles only on a GPU).
+The network is the default U-Net of config.yaml with random weights and a pass-through channel
+(:func:`default_model`: every layer costs what it costs in a trained network, and the peaks and
+fits see real spots) unless ``--model`` names a trained one. On a shared machine compare the ratios
+of one run; the load average is recorded next to each figure. Results: ``bench/results/infer.json``.
 
     python bench/infer.py [--patterns 4096] [--no-bf16] [--no-compile] [--tag NAME]
 
 An AVX2-only CPU can be approximated on a newer one by capping every library's instruction set
-(recorded in the result's ``machine.isa_limits``). bf16 is then emulated, so skip it; skip
-torch.compile too: under this cap its code returns NaN for the channels_last network (torch 2.13,
-measured 2026-12-01; eager AVX2 is exact):
+(recorded in the result's ``machine.isa_limits``). bf16 is then emulated, so skip it. torch.compile
+fails in torch 2.13 under this cap (NaN for the channels_last network; eager AVX2 is exact) and, on
+AVX-512, for the base-4 network of fast-v1 (the process aborts): skip it with ``--no-compile``.
 
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OPENBLAS_CORETYPE=Haswell \
         python bench/infer.py --model models/general-v2.pt --no-bf16 --no-compile --tag avx2
@@ -116,7 +116,7 @@ def gflop_per_pattern(network) -> float:
     return round(counter.get_total_flops() / 1e9, 3)
 
 
-def network_alone(model_path: Path, batch: int, rounds: int) -> dict:
+def network_alone(model_path: Path, batch: int, rounds: int, compile: bool = True) -> dict:
     """Patterns/s of the network by itself: layouts, BatchNorm folding, bf16 autocast, torch.compile.
 
     Variants are interleaved round by round so that a change of the machine's load hits all of
@@ -149,14 +149,13 @@ def network_alone(model_path: Path, batch: int, rounds: int) -> dict:
             samples[name].append(patterns_per_s(model, inp, autocast))
     result = {name: round(statistics.median(values), 1) for name, values in samples.items()}
     # bf16 and compile: one timed call each, between two of the default, to keep the run short.
-    start = time.perf_counter()
-    compiled = torch.compile(folded)
-    patterns_per_s(compiled, x_cl, False)
-    result["compile_seconds"] = round(time.perf_counter() - start, 1)
-    others = {
-        "bf16 autocast (folded, channels_last)": (folded, True),
-        "fp32 torch.compile (folded, channels_last)": (compiled, False),
-    }
+    others = {"bf16 autocast (folded, channels_last)": (folded, True)}
+    if compile:
+        start = time.perf_counter()
+        compiled = torch.compile(folded)
+        patterns_per_s(compiled, x_cl, False)
+        result["compile_seconds"] = round(time.perf_counter() - start, 1)
+        others["fp32 torch.compile (folded, channels_last)"] = (compiled, False)
     for name, (model, autocast) in others.items():
         before = patterns_per_s(folded, x_cl, False)
         patterns_per_s(model, x_cl, autocast)
@@ -214,7 +213,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the network-alone timing")
     parser.add_argument("--no-bf16", action="store_true", help="skip the (slow on AVX2) bf16 end-to-end run")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile end-to-end run")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing of the network")
     parser.add_argument("--tag", help="appended to the result's name: bench/results/infer_<tag>.json")
     args = parser.parse_args()
 
@@ -228,17 +227,16 @@ def main() -> None:
             "model": str(args.model or f"passthrough default U-Net ({ModelConfig()}), random weights"),
             "load_avg_start": [round(v, 1) for v in os.getloadavg()],
         }
-        results["network_alone_patterns_per_s"] = network_alone(model, 64, args.rounds)
+        results["network_alone_patterns_per_s"] = network_alone(model, 64, args.rounds, not args.no_compile)
         print("network alone", results["network_alone_patterns_per_s"], flush=True)
         results["network_sizes"] = network_sizes(64, args.rounds)
         print("network sizes", results["network_sizes"], flush=True)
-        # (precision, torch.compile, read-out): the default read-out, and the other one in the fastest precision
+        # (precision, read-out): the default read-out, and each read-out in the fastest precision
         fast = "fp32" if args.no_bf16 else "bf16"
-        variants = [("fp32", False, None)] + ([] if args.no_bf16 else [("bf16", False, None)])
-        variants += [] if args.no_compile else [("fp32", True, None)]
-        variants += [(fast, False, "offsets"), (fast, False, "template")]
-        for precision, compiled, refine in variants:
-            name = precision + ("+compile" if compiled else "") + (f" refine={refine}" if refine else "")
+        variants = [("fp32", None)] + ([] if args.no_bf16 else [("bf16", None)])
+        variants += [(fast, "offsets"), (fast, "template")]
+        for precision, refine in variants:
+            name = precision + (f" refine={refine}" if refine else "")
             timings: dict = {}
             start = time.perf_counter()
             strain_map(
@@ -247,7 +245,6 @@ def main() -> None:
                 model=model,
                 device="cpu",
                 precision=precision,
-                compile=compiled,
                 batch_size=args.batch,
                 progress=False,
                 timings=timings,

@@ -117,16 +117,24 @@ def test_template_refiner_places_a_shifted_probe_to_a_thousandth_of_a_pixel(unif
 
 
 def test_network_with_template_readout_recovers_uniform_strain(uniform_scan, tmp_path):
-    """The shipped network finds the disks, the probe template places them: 1 % strain within 2e-3."""
+    """The shipped networks (the default and the small fast-v1) find the disks, the probe template places
+    them: 1 % strain within 2e-3."""
     scan_path, truth_path = uniform_scan
-    out = strain_map(
-        scan_path, tmp_path / "unet.zarr", method="unet", detector_options={"refine": "template"}, progress=False
-    )
-    prediction, truth = open_strain_map(out), open_strain_map(truth_path)
-    assert bool(prediction["mask"].all())
-    scores = evaluate_strain(prediction, truth)
-    for name in ("e_xx", "e_yy", "e_xy", "theta"):
-        assert scores[name]["rmse"] < TOLERANCE, f"{name}: rmse {scores[name]['rmse']:.2e}"
+    truth = open_strain_map(truth_path)
+    for model in (None, "fast-v1"):
+        out = strain_map(
+            scan_path,
+            tmp_path / f"unet-{model}.zarr",
+            method="unet",
+            model=model,
+            detector_options={"refine": "template"},
+            progress=False,
+        )
+        prediction = open_strain_map(out)
+        assert bool(prediction["mask"].all()), model
+        scores = evaluate_strain(prediction, truth)
+        for name in ("e_xx", "e_yy", "e_xy", "theta"):
+            assert scores[name]["rmse"] < TOLERANCE, f"{model}: {name}: rmse {scores[name]['rmse']:.2e}"
     scan = open_4d(scan_path).drop_vars("probe").assign_attrs(energy_eV=None)
     with pytest.raises(StemstrainInputError, match="refine='template' needs the scan's attributes energy_eV"):
         make_detector("unet", scan, model=resolve_model("general-v2"), refine="template")

@@ -15,7 +15,7 @@ from stemstrain.detect import make_detector
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import open_4d
 from stemstrain.lattice import index_peaks, initial_lattice
-from stemstrain.model import UNet
+from stemstrain.model import UNet, resolve_model
 from stemstrain.runtime import fold_batchnorm, resolve_precision
 from stemstrain.simulate.targets import kinematic_spots
 from stemstrain.strainmap import material_lattice, strain_map
@@ -136,3 +136,13 @@ def test_precision_auto_and_emulated_bf16_warning():
             assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(StemstrainInputError, match="--precision"):
         resolve_precision("fp16", "cpu")
+
+
+def test_compile_is_ignored_on_the_cpu(scan):
+    """torch.compile runs only on a GPU: on the CPU the network stays eager and the run says so."""
+    dataset = open_4d(scan)
+    with pytest.warns(UserWarning, match="option compile: ignored on the CPU"):
+        detector = make_detector("unet", dataset, model=resolve_model("fast-v1"), device="cpu", compile=True)
+    assert not hasattr(detector.network, "_orig_mod")  # not an OptimizedModule
+    positions, _ = detector(dataset["data"].values[0, :2])
+    assert np.isfinite(positions).any()

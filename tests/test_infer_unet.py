@@ -112,7 +112,8 @@ def test_the_shipped_model_loads_and_strain_uses_it_by_default(tmp_path, monkeyp
 
 
 def test_a_shipped_model_is_chosen_by_name():
-    """``--model camera-v1`` is ``models/camera-v1.pt`` (trained with camera effects); a wrong name lists them all."""
+    """``--model camera-v1`` is ``models/camera-v1.pt`` (trained with camera effects), ``--model fast-v1`` the
+    small network; a wrong name lists them all."""
     from stemstrain.errors import StemstrainInputError
     from stemstrain.model import load_model, resolve_model
 
@@ -121,7 +122,10 @@ def test_a_shipped_model_is_chosen_by_name():
     _, metadata = load_model(path)
     augment = metadata["config"]["train"]["augment"]
     assert augment["halo"] > 0 and augment["psf_px"] > 0 and augment["saturation"] > 0
-    with pytest.raises(StemstrainInputError, match=r"camera-v1, general-v2"):
+    fast = resolve_model("fast-v1")  # the small network for CPUs without native bf16
+    _, metadata = load_model(fast)
+    assert metadata["config"]["model"]["base_channels"] == 4 and fast.stat().st_size < 1e6
+    with pytest.raises(StemstrainInputError, match=r"camera-v1, fast-v1, general-v2"):
         resolve_model("camera-v9")
 
 

@@ -248,9 +248,10 @@ def strain(
             "native AVX-512-BF16/AMX, fp32 on other CPUs: emulated bf16 is several times slower)."
         ),
     ] = None,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on long runs).")] = (
-        False
-    ),
+    compile: Annotated[
+        bool,
+        typer.Option("--compile", help="torch.compile the network on a GPU (pays off on long runs; ignored on CPUs)."),
+    ] = False,
     scheduler: Annotated[
         str | None,
         typer.Option(

@@ -311,7 +311,7 @@ class StrainConfig(_Section):
         "'unet-shipped' beside the methods (unet there is the model the workflow trains).",
     )
     device: str = Field("auto", description="Where the network runs: auto (a GPU when there is one), cpu, cuda[:N].")
-    compile: bool = Field(False, description="torch.compile the network (no gain measured on CPU).")
+    compile: bool = Field(False, description="torch.compile the network on a GPU (ignored on the CPU: no gain there).")
     unit_patterns: int = Field(1024, ge=1, description="Patterns per work unit (whole input chunks); bounds memory.")
     cluster: Cluster = Field(
         default_factory=lambda: Cluster(kind="none"), description="Where the work units run; default: in-process."
