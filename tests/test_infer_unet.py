@@ -129,6 +129,22 @@ def test_a_shipped_model_is_chosen_by_name():
         resolve_model("camera-v9")
 
 
+def test_the_small_model_is_suggested_where_the_default_runs_in_fp32(monkeypatch):
+    """On a CPU without native bf16 the default model runs in fp32: ``strain`` suggests fast-v1 there only."""
+    from stemstrain.model.export import MODEL_ENV, fast_model_hint
+    from stemstrain.runtime import native_bf16
+
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    hint = fast_model_hint(None, "cpu")
+    if native_bf16("cpu"):
+        assert hint is None
+    else:
+        assert "--model fast-v1" in hint
+    assert fast_model_hint("general-v2", "cpu") is None and fast_model_hint(None, "cuda:0") is None
+    monkeypatch.setenv(MODEL_ENV, "my-model.pt")
+    assert fast_model_hint(None, "cpu") is None
+
+
 # Tuned py4DSTEM on the same positions (bench/results/mgo.json, row py4dstem): std of e_xx, e_yy, e_xy, theta.
 PY4DSTEM_MGO_SPREAD = (2.79e-3, 3.31e-3, 2.62e-3, 1.94e-3)
 # Our bragg with --static-offsets there (row bragg_static_offsets), the best classical method on this scan.
