@@ -324,7 +324,7 @@ def strain(
     fit_error, n_peaks, mask, plus the fitted lattice per position).
     """
     from stemstrain.detect import NETWORK
-    from stemstrain.io import open_strain_map
+    from stemstrain.io import open_store, read_values
     from stemstrain.lattice import FitOptions
     from stemstrain.model.export import fast_model_hint
     from stemstrain.runtime import resolve_device
@@ -353,7 +353,7 @@ def strain(
         fresh=fresh,
         progress=progress,
     )
-    valid = open_strain_map(out)["mask"].values
+    valid = read_values(open_store(out, "strain-map store")["mask"], str(out))  # the mask alone: maps can be large
     typer.echo(f"wrote {out}: {int(valid.sum())} of {valid.size} positions have a valid lattice fit")
 
 

@@ -17,7 +17,7 @@ from stemstrain.config import ModelConfig
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import atomic_output
 from stemstrain.model.unet import UNet
-from stemstrain.runtime import native_bf16
+from stemstrain.runtime import resolve_precision
 
 # The shipped model: models/ at the top of the source tree (beside src/), or $STEMSTRAIN_MODEL.
 SHIPPED_MODELS = Path(__file__).resolve().parents[3] / "models"
@@ -107,7 +107,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
 
 
 def fast_model_hint(model, device: str) -> str | None:
-    """Advice to try the small model when the default one would run in fp32 on a CPU, else None.
+    """Advice to try the small model where the default one would run in fp32 (a CPU without native bf16), else None.
 
     Parameters
     ----------
@@ -116,8 +116,8 @@ def fast_model_hint(model, device: str) -> str | None:
     device : str
         The resolved device (``cpu``, ``cuda:0``, ...).
     """
-    if model is not None or os.environ.get(MODEL_ENV) or device != "cpu" or native_bf16(device):
-        return None
+    if model is not None or os.environ.get(MODEL_ENV) or resolve_precision("auto", device) != "fp32":
+        return None  # another model, or the default runs in bf16 or fp16
     return (
         f"this CPU has no native bf16 (AVX512-BF16/AMX), so the default model runs in fp32; "
         f"--model {FAST_MODEL} runs about twice as fast at nearly the same accuracy (models/{FAST_MODEL}.md)"

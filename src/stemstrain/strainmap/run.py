@@ -415,14 +415,15 @@ def write_strain(run: StrainRun) -> Path:
     region = fitted.isel(scan_y=slice(y0, y1), scan_x=slice(x0, x1))
     # the region is cropped before it is read: the error names it as the user gave it
     label = f"{run.job.scan_path} (--method {run.job.method}): reference region [y0, y1, x0, x1] = {[y0, y1, x0, x1]}"
+    mask = region["mask"].values
     try:
-        reference = reference_lattice(region["lattice"].values, None, valid=region["mask"].values, label=label)
+        reference = reference_lattice(region["lattice"].values, None, valid=mask, label=label)
     except StemstrainInputError as err:
         hint = _camera_hint(run)
         if not hint:
             raise
         raise StemstrainInputError(f"{err}; {hint}") from None
-    n_valid, total = int(region["mask"].values.sum()), region["mask"].size
+    n_valid, total = int(mask.sum()), mask.size
     if n_valid < REFERENCE_VALID_WARNING * total:
         hint = _camera_hint(run)
         warnings.warn(
