@@ -4,6 +4,7 @@
     python bench/accuracy.py --simulate-only  # build or complete the suite's scans
     python bench/accuracy.py --scans si110_t37_d1e6 --methods bragg unet
     python bench/accuracy.py --methods unet --refine offsets   # rows unet+offsets: the network's own read-out
+    python bench/accuracy.py --methods unet --tilt-prior 0     # rows unet+tilt0: the plain template correlation
 
 The scans are the ``scans:`` of ``bench/suite.yaml`` (held out from every training config: turned
 crystals, a composite strain field, thicknesses absent from training, a crystal absent from it),
@@ -50,10 +51,10 @@ def simulate(config, names: list[str]) -> None:
             simulate_scan(config, scan, scan_path, truth, cache=WORK / "cache")
 
 
-def run_method(scan: str, method: str, model: Path | None, refine: str | None = None) -> dict:
+def run_method(scan: str, method: str, model: Path | None, options: dict | None = None) -> dict:
     """One row of the table: ``method`` on ``scan``, timed end to end and scored against the truth.
 
-    ``refine`` sets the network's read-out (default: the detector's own).
+    ``options`` set the network's read-out (``refine``, ``tilt_prior``; default: the detector's own).
     """
     scan_path, truth = WORK / f"{scan}.zarr", WORK / f"{scan}.truth.zarr"
     out = WORK / "maps" / f"{scan}.{method}.zarr"
@@ -67,7 +68,7 @@ def run_method(scan: str, method: str, model: Path | None, refine: str | None = 
         return score_row(scan, method, out, truth, timing["seconds_total"])
     if method == NETWORK and model is None:
         return failed_row(scan, method, "no model (pass --model or ship models/)")
-    options = {"refine": refine} if refine and method == NETWORK else None
+    options = options if method == NETWORK else None
 
     def run() -> None:
         strain_map(scan_path, out, method, model=model, fresh=True, progress=False, detector_options=options)
@@ -90,6 +91,12 @@ def main(argv=None) -> int:
         choices=REFINEMENTS,
         help="the network's subpixel read-out (default: the detector's own); its rows are labelled unet+REFINE",
     )
+    parser.add_argument(
+        "--tilt-prior",
+        type=float,
+        help="the template read-out's tilt prior (0: the plain correlation; default: the detector's own); "
+        "its rows are labelled unet+tiltVALUE",
+    )
     args = parser.parse_args(argv)
     config = load_config(SUITE)
     names = args.scans or [scan.name for scan in config.scans]
@@ -105,11 +112,14 @@ def main(argv=None) -> int:
         model = resolve_model(args.model)
         label = NETWORK if model == shipped else f"{NETWORK}@{model.stem}"
         label += f"+{args.refine}" if args.refine else ""
+        label += f"+tilt{args.tilt_prior:g}" if args.tilt_prior is not None else ""
+    options = {"refine": args.refine, "tilt_prior": args.tilt_prior}
+    options = {name: value for name, value in options.items() if value is not None}
     rows = []
     for scan in names:
         for method in args.methods:
             load = os.getloadavg()
-            row = run_method(scan, method, model, args.refine)
+            row = run_method(scan, method, model, options)
             if method == NETWORK:
                 row = {**row, "method": label, "model": str(model)}
             rows.append({**row, "load_average_before": load, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

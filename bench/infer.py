@@ -1,14 +1,15 @@
 """Throughput of the strain step per stage (read, network, peaks, fit, write) and end to end.
 
-Builds a uint16 scan of target-image patterns (SIM's kinematic spots, Poisson noise) and runs
+Builds a uint16 scan of kinematic disk patterns (aperture disks at SIM's spots, Poisson noise) and runs
 ``stemstrain.strainmap.strain_map`` with the unet method in fp32 and bf16 (the default read-out),
-then with each read-out (``refine``: the network's offsets, the probe template) in the fastest
-precision, after timing the network alone (NCHW, channels_last, folded BatchNorm, bf16 autocast,
-torch.compile, its FLOPs and the CPU's fp32 GEMM rate; ``strain`` itself compiles only on a GPU).
-The network is the default U-Net of config.yaml with random weights and a pass-through channel
-(:func:`default_model`: every layer costs what it costs in a trained network, and the peaks and
-fits see real spots) unless ``--model`` names a trained one. On a shared machine compare the ratios
-of one run; the load average is recorded next to each figure. Results: ``bench/results/infer.json``.
+then with each read-out (``refine``: the network's offsets, the probe template; the template also
+untilted, ``tilt_prior=0``) in the fastest precision, after timing the network alone (NCHW,
+channels_last, folded BatchNorm, bf16 autocast, torch.compile, its FLOPs and the CPU's fp32 GEMM
+rate; ``strain`` itself compiles only on a GPU). The network is the default U-Net of config.yaml
+with random weights and a pass-through channel (:func:`default_model`: every layer costs what it
+costs in a trained network, and the peaks and fits see real spots) unless ``--model`` names a
+trained one. On a shared machine compare the ratios of one run; the load average is recorded next
+to each figure. Results: ``bench/results/infer.json``.
 
     python bench/infer.py [--patterns 4096] [--no-bf16] [--no-compile] [--tag NAME]
 
@@ -36,18 +37,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from stemstrain.config import ModelConfig  # noqa: E402
+from stemstrain.detect.bragg import aperture_disk, disk_radius  # noqa: E402
 from stemstrain.io import make_4d_dataset  # noqa: E402
 from stemstrain.model import UNet, export_model  # noqa: E402
-from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image  # noqa: E402
+from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights  # noqa: E402
 from stemstrain.strainmap import strain_map  # noqa: E402
 
 PIXELS, K_SAMPLING, ENERGY = 128, 0.025, 200e3
 
 
 def make_scan(path: Path, n_patterns: int, dose: float = 1e5, chunk: tuple[int, int] = (8, 32)) -> Path:
-    """uint16 scan of Si [110] target patterns with Poisson noise, 32 positions wide."""
+    """uint16 scan of Si [110] kinematic disk patterns with Poisson noise, 32 positions wide.
+
+    Each reflection is the aperture disk at the scan's 200 kV and 1.5 mrad, weighted by its kinematic
+    intensity, so that the template read-out's probe (the same aperture disk) has the disks' shape.
+    """
     g_xy, intensity, _ = kinematic_spots("Si_110", np.eye(2), 1.55, ENERGY)
-    pattern = target_image(pixels_from_k(g_xy, PIXELS, K_SAMPLING), spot_weights(intensity, g_xy), PIXELS)
+    radius = disk_radius(ENERGY, 1.5)  # [1/angstrom]
+    pattern = sum(
+        weight * aperture_disk((PIXELS, PIXELS), K_SAMPLING, (y, x), radius)
+        for (x, y), weight in zip(pixels_from_k(g_xy, PIXELS, K_SAMPLING), spot_weights(intensity, g_xy), strict=True)
+    )
     pattern = pattern / pattern.sum() * dose
     n_x = 32
     n_y = max(1, n_patterns // n_x)
@@ -231,12 +241,13 @@ def main() -> None:
         print("network alone", results["network_alone_patterns_per_s"], flush=True)
         results["network_sizes"] = network_sizes(64, args.rounds)
         print("network sizes", results["network_sizes"], flush=True)
-        # (precision, read-out): the default read-out, and each read-out in the fastest precision
+        # (precision, read-out options): the default read-out, and each read-out in the fastest precision
         fast = "fp32" if args.no_bf16 else "bf16"
-        variants = [("fp32", None)] + ([] if args.no_bf16 else [("bf16", None)])
-        variants += [(fast, "offsets"), (fast, "template")]
-        for precision, refine in variants:
-            name = precision + (f" refine={refine}" if refine else "")
+        variants = [("fp32", {})] + ([] if args.no_bf16 else [("bf16", {})])
+        variants += [(fast, {"refine": "offsets"}), (fast, {"refine": "template"})]
+        variants += [(fast, {"refine": "template", "tilt_prior": 0})]
+        for precision, options in variants:
+            name = " ".join([precision, *(f"{key}={value}" for key, value in options.items())])
             timings: dict = {}
             start = time.perf_counter()
             strain_map(
@@ -248,7 +259,7 @@ def main() -> None:
                 batch_size=args.batch,
                 progress=False,
                 timings=timings,
-                detector_options={"refine": refine} if refine else None,
+                detector_options=options or None,
             )
             results[name] = {
                 "patterns_per_s": rates(timings),

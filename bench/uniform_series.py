@@ -13,7 +13,7 @@ dynamical scattering is seen where it arises. The clean patterns are cached in
 ``bench/work/uniform_series/``.
 
 Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]
-[--frozen-phonons 4] [--crystals SrTiO3_001] [--refine template] [--tag NAME]``; writes
+[--frozen-phonons 4] [--crystals SrTiO3_001] [--refine template] [--tilt-prior 0] [--tag NAME]``; writes
 ``bench/results/uniform_series.json``
 (``uniform_series_d1e+05.json`` for another dose, ``uniform_series_fp4.json`` with frozen phonons; a
 subset of crystals adds their names, ``--tag`` its text). Each method is calibrated as for the suite's scan of the
@@ -34,6 +34,7 @@ from common import fitted_lattices, write_result  # noqa: E402
 
 from stemstrain.config import REFINEMENTS, load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
+from stemstrain.detect.bragg import TILT_PRIOR  # noqa: E402
 from stemstrain.io import make_4d_dataset  # noqa: E402
 from stemstrain.model import load_model, resolve_model  # noqa: E402
 from stemstrain.simulate.dataset import check_simulation  # noqa: E402
@@ -160,6 +161,11 @@ def main() -> None:
     parser.add_argument(
         "--refine", choices=REFINEMENTS, help="the network's subpixel read-out (default: the detector's own default)"
     )
+    parser.add_argument(
+        "--tilt-prior",
+        type=float,
+        help="the template read-out's tilt prior (0: the plain correlation; default: the detector's own)",
+    )
     args = parser.parse_args()
     config = load_config(SUITE)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}
@@ -174,6 +180,7 @@ def main() -> None:
             options = {}
             if method == "unet":
                 options = {"model": model} | ({"refine": args.refine} if args.refine else {})
+                options |= {} if args.tilt_prior is None else {"tilt_prior": args.tilt_prior}
             detector = make_detector(method, scan, **options)
             readout = getattr(detector, "refine", readout)
             for index, thickness in enumerate(THICKNESSES_NM):
@@ -187,6 +194,7 @@ def main() -> None:
         "model": str(model),
         "model_training": {key: metadata.get(key) for key in TRAINING_KEYS},
         "readout": readout,
+        "tilt_prior": args.tilt_prior if args.tilt_prior is not None else TILT_PRIOR,
         "crystals": list(args.crystals),
         "thicknesses_nm": THICKNESSES_NM,
         "rows": rows,

@@ -295,7 +295,8 @@ def strain(
             "-o",
             help="Detector option KEY=VALUE, repeatable; values typed (int, float, true/false, none, else text). "
             "unet: refine (auto, offsets, template: the network's offsets or the probe template's correlation "
-            "with the raw pattern at each network spot), template (as bragg's). "
+            "with the raw pattern at each network spot), template (as bragg's), tilt_prior (the template "
+            "read-out's prior on each disk's intensity tilt, default 0.14; 0: the plain correlation). "
             "unet/peaks: threshold_rel, min_distance, max_peaks. bragg: template (auto, probe, simulated, mean), "
             "hybrid, max_peaks, min_relative_height, upsample, batch_size. cepstrum, cepstrum-multi: offset, "
             "r_min, r_max, primary_height, max_peaks, min_relative_height, upsample, lattice_tolerance, "

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from stemstrain.config import REFINEMENTS
-from stemstrain.detect.bragg import TemplateRefiner, disk_radius, probe_template
+from stemstrain.detect.bragg import TILT_PRIOR, TemplateRefiner, disk_radius, probe_template
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
 from stemstrain.model.encoding import decode_spots
@@ -79,6 +79,9 @@ class UNetDetector:
         its disks. Needs the scan's ``energy_eV`` and ``semiangle_mrad``.
     template : {"auto", "probe", "simulated", "mean"}
         Probe template of ``refine="template"`` (:func:`~stemstrain.detect.bragg.probe_template`).
+    tilt_prior : float
+        Prior spread of a disk's relative intensity tilt in the template read-out
+        (:class:`~stemstrain.detect.bragg.TemplateRefiner`); 0: the plain correlation.
     """
 
     space = "reciprocal"
@@ -97,6 +100,7 @@ class UNetDetector:
         allow_calibration_mismatch: bool = False,
         refine: str = "auto",
         template: str = "auto",
+        tilt_prior: float = TILT_PRIOR,
     ):
         import torch
 
@@ -134,15 +138,16 @@ class UNetDetector:
         # The disk radius in model pixels adds each spot's counting noise to its fit weight (decode_spots);
         # a scan without its optics is fitted with the network's σ alone.
         self.disk_radius_px = None if radius is None else radius / self.k_sampling
-        self.refine, self._refiner = self._template_refiner(scan, refine, template, radius)
+        self.refine, self._refiner = self._template_refiner(scan, refine, template, radius, tilt_prior)
         self.timings = Timings()
 
-    def _template_refiner(self, scan: xr.Dataset, refine: str, template: str, radius: float | None):
+    def _template_refiner(self, scan: xr.Dataset, refine: str, template: str, radius: float | None, tilt_prior: float):
         """The read-out ``refine`` resolves to, and its template refiner at the scan's calibration (or None)."""
         if refine not in REFINEMENTS:
             raise StemstrainInputError(f"option refine: expected one of {REFINEMENTS}, found {refine!r}")
         if refine == "auto":
             refine = "offsets" if radius is None else "template"
+        self.tilt_prior = None  # the template read-out's, recorded in the map
         if refine == "offsets":
             return refine, None
         if radius is None:
@@ -151,7 +156,8 @@ class UNetDetector:
             )
         image, self.template_source = probe_template(scan, template)
         self._scan_k_sampling, self._scan_centre = k_calibration(scan)
-        return refine, TemplateRefiner(image, radius / self._scan_k_sampling)
+        self.tilt_prior = float(tilt_prior)
+        return refine, TemplateRefiner(image, radius / self._scan_k_sampling, tilt_prior=tilt_prior)
 
     def _check_optics(self, scan: xr.Dataset, radius: float | None) -> None:
         """Warn when the scan's disks or beam energy lie outside what the model was trained on.

@@ -206,6 +206,7 @@ def plan_strain_map(
         "source": str(scan_path),
         "precision": getattr(detector, "precision", None),
         "readout": getattr(detector, "refine", None),
+        "readout_tilt_prior": getattr(detector, "tilt_prior", None),
     }
     store = ResumableStore(out)
     lattice0, origin0, offsets = _start_store(store, scan, unit_shape, settings, fresh)
