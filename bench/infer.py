@@ -50,7 +50,8 @@ def make_scan(path: Path, n_patterns: int, dose: float = 1e5, chunk: tuple[int, 
     """uint16 scan of Si [110] kinematic disk patterns with Poisson noise, 32 positions wide.
 
     Each reflection is the aperture disk at the scan's 200 kV and 1.5 mrad, weighted by its kinematic
-    intensity, so that the template read-out's probe (the same aperture disk) has the disks' shape.
+    intensity; the scan's vacuum probe is that disk, so the template read-out runs as on a measured
+    scan (with the disks' tilt fitted).
     """
     g_xy, intensity, _ = kinematic_spots("Si_110", np.eye(2), 1.55, ENERGY)
     radius = disk_radius(ENERGY, 1.5)  # [1/angstrom]
@@ -63,7 +64,8 @@ def make_scan(path: Path, n_patterns: int, dose: float = 1e5, chunk: tuple[int, 
     n_y = max(1, n_patterns // n_x)
     rng = np.random.default_rng(0)
     data = rng.poisson(np.broadcast_to(pattern, (n_y, n_x, PIXELS, PIXELS))).astype(np.uint16)
-    ds = make_4d_dataset(data, 0.5, K_SAMPLING, ENERGY, 1.5, reference_roi=[0, n_y, 0, 4])
+    probe = aperture_disk((PIXELS, PIXELS), K_SAMPLING, (PIXELS // 2, PIXELS // 2), radius) * dose
+    ds = make_4d_dataset(data, 0.5, K_SAMPLING, ENERGY, 1.5, reference_roi=[0, n_y, 0, 4], probe=probe)
     ds.chunk({"scan_y": chunk[0], "scan_x": chunk[1]}).to_zarr(path, mode="w")
     return path
 

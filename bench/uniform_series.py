@@ -34,7 +34,6 @@ from common import fitted_lattices, write_result  # noqa: E402
 
 from stemstrain.config import REFINEMENTS, load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
-from stemstrain.detect.bragg import TILT_PRIOR  # noqa: E402
 from stemstrain.io import make_4d_dataset  # noqa: E402
 from stemstrain.model import load_model, resolve_model  # noqa: E402
 from stemstrain.simulate.dataset import check_simulation  # noqa: E402
@@ -171,7 +170,7 @@ def main() -> None:
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}
     model = resolve_model(args.model)
     _, metadata = load_model(model)
-    rows, readout = {}, None
+    rows, readout, tilt_prior = {}, None, None
     for crystal in args.crystals:
         scan_name = CASES[crystal]
         clean = clean_patterns(config, crystal, orientation[scan_name], args.frozen_phonons)
@@ -183,6 +182,7 @@ def main() -> None:
                 options |= {} if args.tilt_prior is None else {"tilt_prior": args.tilt_prior}
             detector = make_detector(method, scan, **options)
             readout = getattr(detector, "refine", readout)
+            tilt_prior = getattr(detector, "tilt_prior", tilt_prior)
             for index, thickness in enumerate(THICKNESSES_NM):
                 row = thickness_row(detector, clean[:, index], args.dose, config.detector.k_sampling)
                 rows[f"{crystal}/{thickness:g}nm/{method}"] = row
@@ -194,7 +194,7 @@ def main() -> None:
         "model": str(model),
         "model_training": {key: metadata.get(key) for key in TRAINING_KEYS},
         "readout": readout,
-        "tilt_prior": args.tilt_prior if args.tilt_prior is not None else TILT_PRIOR,
+        "tilt_prior": tilt_prior,
         "crystals": list(args.crystals),
         "thicknesses_nm": THICKNESSES_NM,
         "rows": rows,

@@ -353,7 +353,8 @@ class TemplateRefiner:
     down from counts get the plain correlation, data scaled up a weaker prior. The model assumes the
     template has the disks' shape (the scan's vacuum probe, or the aperture disk at its optics): a spot
     of another shape lets the tilt mimic a shift (Gaussian spots narrower than the template moved by up
-    to 1 px and fitted no lattice); read such data with ``tilt_prior=0``. A hard switch to the plain
+    to 1 px and fitted no lattice), so the network's detector fits the tilt by default only with a
+    measured template (:class:`~stemstrain.detect.network.UNetDetector`). A hard switch to the plain
     correlation where the two fits disagree by more than 0.25 px was tried and dropped: disks that
     switched from pattern to pattern tripled the error on the uniform series.
 

@@ -37,6 +37,9 @@ __all__ = ["CALIBRATION_FACTOR", "UNetDetector", "model_hash"]
 # Data sampled this many times coarser than the model's calibration are refused unless overridden.
 CALIBRATION_FACTOR = 1.5
 
+# Template sources measured on the scan: the template read-out fits each disk's tilt with them.
+MEASURED_TEMPLATES = ("probe", "mean")
+
 
 def model_hash(path: str | Path) -> str:
     """First 16 hex digits of the SHA-256 of a checkpoint file."""
@@ -79,9 +82,13 @@ class UNetDetector:
         its disks. Needs the scan's ``energy_eV`` and ``semiangle_mrad``.
     template : {"auto", "probe", "simulated", "mean"}
         Probe template of ``refine="template"`` (:func:`~stemstrain.detect.bragg.probe_template`).
-    tilt_prior : float
+    tilt_prior : float, optional
         Prior spread of a disk's relative intensity tilt in the template read-out
-        (:class:`~stemstrain.detect.bragg.TemplateRefiner`); 0: the plain correlation.
+        (:class:`~stemstrain.detect.bragg.TemplateRefiner`); 0: the plain correlation. Default:
+        :data:`~stemstrain.detect.bragg.TILT_PRIOR` with a measured template (the scan's vacuum probe, or
+        the mean central disk), 0 with the aperture disk simulated from the optics. The tilt model needs
+        the disks' exact shape, blur included: a template of another shape lets the tilt mimic a shift
+        (Gaussian spots narrower than the aperture disk moved by up to 1 px and fitted no lattice).
     """
 
     space = "reciprocal"
@@ -100,7 +107,7 @@ class UNetDetector:
         allow_calibration_mismatch: bool = False,
         refine: str = "auto",
         template: str = "auto",
-        tilt_prior: float = TILT_PRIOR,
+        tilt_prior: float | None = None,
     ):
         import torch
 
@@ -141,7 +148,9 @@ class UNetDetector:
         self.refine, self._refiner = self._template_refiner(scan, refine, template, radius, tilt_prior)
         self.timings = Timings()
 
-    def _template_refiner(self, scan: xr.Dataset, refine: str, template: str, radius: float | None, tilt_prior: float):
+    def _template_refiner(
+        self, scan: xr.Dataset, refine: str, template: str, radius: float | None, tilt_prior: float | None
+    ):
         """The read-out ``refine`` resolves to, and its template refiner at the scan's calibration (or None)."""
         if refine not in REFINEMENTS:
             raise StemstrainInputError(f"option refine: expected one of {REFINEMENTS}, found {refine!r}")
@@ -156,6 +165,8 @@ class UNetDetector:
             )
         image, self.template_source = probe_template(scan, template)
         self._scan_k_sampling, self._scan_centre = k_calibration(scan)
+        if tilt_prior is None:
+            tilt_prior = TILT_PRIOR if self.template_source in MEASURED_TEMPLATES else 0.0
         self.tilt_prior = float(tilt_prior)
         return refine, TemplateRefiner(image, radius / self._scan_k_sampling, tilt_prior=tilt_prior)
 
