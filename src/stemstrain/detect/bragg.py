@@ -422,24 +422,26 @@ class TemplateRefiner:
         self._ratio = ratio
         self._side = torch.as_tensor(side)
 
-    def _fit(self, windows: torch.Tensor, basis: torch.Tensor, shrink: torch.Tensor | None):
-        """Per window and shift: the squares that the fit explains (the score that the search maximises)
-        and the plain correlation v̂0.
+    @staticmethod
+    def _project(windows: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        """Projections (n, s, k) of the windows (n, w²) on the basis images (s, k, w²) of each shift."""
+        return (windows @ basis.reshape(-1, basis.shape[-1]).T).reshape(len(windows), *basis.shape[:2])
 
-        ``basis`` (s, k, w²) holds per shift the normalised template (k = 1) and its two tilt images
-        (k = 3). Least squares with the ridge on the tilt explains ``v̂0² + c Σ v̂_tilt²`` (v̂: the
-        projections on the basis; ``shrink`` (n,): c = |tilt image|² / (|tilt image|² + ridge)); a
-        window whose v̂0 is negative scores the negative of that. With the template alone the score
-        is v̂0, the plain correlation.
+    @staticmethod
+    def _score(values: torch.Tensor, shrink: torch.Tensor | None) -> torch.Tensor:
+        """Per window and shift, the squares that the fit explains: the score that the search maximises.
+
+        ``values`` (n, s, k) are the projections v̂ on the normalised template (k = 1) and its two tilt
+        images (k = 3). Least squares with the ridge on the tilt explains ``v̂0² + c Σ v̂_tilt²``
+        (``shrink`` (n,): c = |tilt image|² / (|tilt image|² + ridge)); a window whose v̂0 is negative
+        scores the negative of that. With the template alone the score is v̂0, the plain correlation.
         """
-        k = basis.shape[1]
-        values = (windows @ basis.reshape(-1, basis.shape[-1]).T).reshape(len(windows), -1, k)
         v0 = values[..., 0]
-        if k == 1:
-            return v0, v0
+        if values.shape[-1] == 1:
+            return v0
         weights = torch.stack([torch.ones_like(shrink), shrink, shrink], dim=-1)
         score = torch.bmm(values.square(), weights[:, :, None])[..., 0]
-        return torch.where(v0 > 0, score, -score), v0
+        return torch.where(v0 > 0, score, -score)
 
     def __call__(self, patterns: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Refined positions and correlation heights.
@@ -482,13 +484,12 @@ class TemplateRefiner:
         step, side = self._ratio, 2 * self.coarse + 1
         k = 3 if self.tilt_per_px > 0 else 1  # basis images fitted: the template, and its tilt
         coarse = self._basis[step::step, step::step][:side, :side, :k].reshape(side * side, k, -1)
-        score, plain = self._fit(windows, coarse[:, :1], None)
-        best, shrink = score.argmax(dim=-1), None
+        values, shrink = self._project(windows, coarse), None
         if k > 1:
             # The tilt's ridge 1 / (a τ²), with a the disk's plain amplitude [counts per px] on the coarse grid.
-            amplitude = plain.max(dim=-1).values.clamp_min(1e-12) / self._amplitude_scale
+            amplitude = values[..., 0].max(dim=-1).values.clamp_min(1e-12) / self._amplitude_scale
             shrink = self._tilt_norm / (self._tilt_norm + 1.0 / (amplitude * self.tilt_per_px**2))
-            best = self._fit(windows, coarse, shrink)[0].argmax(dim=-1)
+        best = self._score(values, shrink).argmax(dim=-1)
         # Fine grids around each coarse maximum, disks grouped by that maximum (sorted, so that each
         # group is a slice).
         order = torch.argsort(best)
@@ -505,11 +506,10 @@ class TemplateRefiner:
             first += count
             iy, ix = (index // side + 1) * step, (index % side + 1) * step  # fine index of the coarse maximum
             block = self._basis[iy - step : iy + step + 1, ix - step : ix + step + 1, :k]
-            score, v0 = self._fit(
-                windows[group], block.reshape(-1, k, windows.shape[-1]), None if shrink is None else shrink[group]
-            )
+            values = self._project(windows[group], block.reshape(-1, k, windows.shape[-1]))
+            score = self._score(values, None if shrink is None else shrink[group])
             fine[group] = score.reshape(-1, 2 * step + 1, 2 * step + 1)
-            correlation[group] = v0.reshape(-1, 2 * step + 1, 2 * step + 1)
+            correlation[group] = values[..., 0].reshape(-1, 2 * step + 1, 2 * step + 1)
         # Fine grids centred on the coarse maximum: (x, y) shift from the rounded start [px].
         by, bx = best // side, best % side
         grid_centre = torch.stack([(bx - self.coarse) / self.coarse, (by - self.coarse) / self.coarse], dim=-1)
