@@ -11,7 +11,7 @@ from stemstrain.lattice import (
     reduced_basis,
     reflection_offsets,
 )
-from stemstrain.peaks import find_peaks
+from stemstrain.peaks import find_peaks, local_maximum
 from stemstrain.simulate.targets import kinematic_spots, pixels_from_k, spot_weights, target_image
 from stemstrain.strain import deformation_from_strain, reference_lattice, strain_from_lattice
 
@@ -55,6 +55,17 @@ def test_no_peaks_in_empty_images_and_masked_peaks_are_dropped():
     images[1, 8, 8] = 1.0
     positions, weights = find_peaks(images, mask=np.zeros_like(images, bool))
     assert not np.isfinite(positions).any() and not weights.any()
+
+
+def test_local_maximum_is_scipys_maximum_filter_at_the_edges_and_on_plateaus():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    images = rng.random((4, 21, 17), dtype=np.float32)
+    images[:, 3:6, 0:2] = 2.0  # a plateau on the edge
+    for reach in (1, 2, 3):
+        expected = ndimage.maximum_filter(images, size=(1, 2 * reach + 1, 2 * reach + 1), mode="nearest")
+        assert np.array_equal(local_maximum(images, reach), expected)
 
 
 def test_reduced_basis_is_the_shortest_right_handed_pair():

@@ -23,6 +23,7 @@ __all__ = [
     "default_batch_size",
     "fold_batchnorm",
     "native_bf16",
+    "network_chunk",
     "resolve_device",
     "resolve_precision",
 ]
@@ -123,8 +124,20 @@ def autocast(device, precision: str):
 
 
 def default_batch_size(device: str) -> int:
-    """Patterns per network call: enough to keep a GPU busy, small enough for CPU caches."""
+    """Patterns per batch (network, then read-out): enough to keep a GPU busy, small enough for CPU caches."""
     return 1024 if device.startswith("cuda") else 128
+
+
+def network_chunk(device: str, batch_size: int) -> int:
+    """Patterns per network call within a batch: the whole batch on a GPU, at most 32 on a CPU.
+
+    On a CPU the U-Net's activations of 32 patterns at 128² px (8 MB a layer in bf16) stay in the
+    caches much better than those of 128: the shipped general-v2 ran 1.3-1.5x faster alone (bf16,
+    AVX-512), and the network and template read-out of 128-pattern batches 1.3x faster with the
+    network called on 32 at a time (384 against 297 patterns/s; calling all of it, read-out
+    included, on batches of 32 gave 357).
+    """
+    return batch_size if device.startswith("cuda") else min(batch_size, 32)
 
 
 def fold_batchnorm(network):

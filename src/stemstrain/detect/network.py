@@ -28,6 +28,7 @@ from stemstrain.runtime import (
     autocast,
     default_batch_size,
     fold_batchnorm,
+    network_chunk,
     resolve_device,
     resolve_precision,
 )
@@ -67,7 +68,8 @@ class UNetDetector:
         Compile the network with ``torch.compile`` on a GPU (pays off on long runs); ignored with a
         warning on the CPU.
     batch_size : int, optional
-        Patterns per network call; default 128 on CPU, 1024 on CUDA (keeps a GPU busy).
+        Patterns per batch (network, then read-out); default 128 on CPU, 1024 on CUDA (keeps a GPU
+        busy). On a CPU the network runs on at most 32 of them at a time (:func:`stemstrain.runtime.network_chunk`).
     threshold_rel, min_distance, max_peaks
         Read-out of the spots (:func:`stemstrain.model.encoding.decode_spots`); default: its own.
     allow_calibration_mismatch : bool
@@ -134,6 +136,7 @@ class UNetDetector:
             self.network = torch.compile(self.network)
         self.precision = precision
         self.batch_size = int(batch_size or default_batch_size(self.device))
+        self._chunk = network_chunk(self.device, self.batch_size)
         readout = {"threshold_rel": threshold_rel, "min_distance": min_distance, "max_peaks": max_peaks}
         self.readout = {name: value for name, value in readout.items() if value is not None}
         self.pixels = int(self.metadata["pixels"])
@@ -278,7 +281,10 @@ class UNetDetector:
                     # Page-locked host memory lets the copy run asynchronously to the GPU.
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
                 batch = self.resample(batch).contiguous(memory_format=torch.channels_last)
-                output = self.network(batch).float().cpu().numpy()
+                # The network on CPU-cache-sized parts (network_chunk); the output in the usual layout
+                # again, so that the read-out's filters run over contiguous images.
+                output = torch.cat([self.network(part) for part in batch.split(self._chunk)])
+                output = output.to("cpu", torch.float32, memory_format=torch.contiguous_format).numpy()
                 inputs = batch[:, 0].float().cpu().numpy()
             yield output, inputs, given
 
