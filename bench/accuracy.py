@@ -5,6 +5,7 @@
     python bench/accuracy.py --scans si110_t37_d1e6 --methods bragg unet
     python bench/accuracy.py --methods unet --refine offsets   # rows unet+offsets: the network's own read-out
     python bench/accuracy.py --methods unet --tilt-prior 0     # rows unet+tilt0: the plain template correlation
+    python bench/accuracy.py --methods bragg --tilt-prior 0.14 # rows bragg+tilt0.14: bragg's disks, the tilted read-out
 
 The scans are the ``scans:`` of ``bench/suite.yaml`` (held out from every training config: turned
 crystals, a composite strain field, thicknesses absent from training, a crystal absent from it),
@@ -51,13 +52,16 @@ def simulate(config, names: list[str]) -> None:
             simulate_scan(config, scan, scan_path, truth, cache=WORK / "cache")
 
 
-def run_method(scan: str, method: str, model: Path | None, options: dict | None = None) -> dict:
+def run_method(
+    scan: str, method: str, model: Path | None, options: dict | None = None, label: str | None = None
+) -> dict:
     """One row of the table: ``method`` on ``scan``, timed end to end and scored against the truth.
 
-    ``options`` set the network's read-out (``refine``, ``tilt_prior``; default: the detector's own).
+    ``options`` set the detector's read-out (unet: ``refine``, ``tilt_prior``; bragg: ``tilt_prior``;
+    default: the detector's own); the map is written under the row's ``label`` (default: the method).
     """
     scan_path, truth = WORK / f"{scan}.zarr", WORK / f"{scan}.truth.zarr"
-    out = WORK / "maps" / f"{scan}.{method}.zarr"
+    out = WORK / "maps" / f"{scan}.{label or method}.zarr"
     if method == PY4DSTEM:
         from peers import run_py4dstem
 
@@ -68,7 +72,6 @@ def run_method(scan: str, method: str, model: Path | None, options: dict | None 
         return score_row(scan, method, out, truth, timing["seconds_total"])
     if method == NETWORK and model is None:
         return failed_row(scan, method, "no model (pass --model or ship models/)")
-    options = options if method == NETWORK else None
 
     def run() -> None:
         strain_map(scan_path, out, method, model=model, fresh=True, progress=False, detector_options=options)
@@ -94,8 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--tilt-prior",
         type=float,
-        help="the template read-out's tilt prior (0: the plain correlation; default: the detector's own); "
-        "its rows are labelled unet+tiltVALUE",
+        help="the template read-out's tilt prior (0: the plain correlation; default: the detector's own), for "
+        "unet and bragg; their rows are labelled unet+tiltVALUE and bragg+tiltVALUE",
     )
     args = parser.parse_args(argv)
     config = load_config(SUITE)
@@ -113,15 +116,18 @@ def main(argv=None) -> int:
         label = NETWORK if model == shipped else f"{NETWORK}@{model.stem}"
         label += f"+{args.refine}" if args.refine else ""
         label += f"+tilt{args.tilt_prior:g}" if args.tilt_prior is not None else ""
-    options = {"refine": args.refine, "tilt_prior": args.tilt_prior}
-    options = {name: value for name, value in options.items() if value is not None}
+    tilt = {} if args.tilt_prior is None else {"tilt_prior": args.tilt_prior}
+    options = {NETWORK: tilt | ({"refine": args.refine} if args.refine else {}), "bragg": tilt}
+    labels = {NETWORK: label, "bragg": "bragg" + (f"+tilt{args.tilt_prior:g}" if tilt else "")}
     rows = []
     for scan in names:
         for method in args.methods:
             load = os.getloadavg()
-            row = run_method(scan, method, model, options)
+            row = run_method(scan, method, model, options.get(method), labels.get(method))
+            if method in labels:
+                row = {**row, "method": labels[method]}
             if method == NETWORK:
-                row = {**row, "method": label, "model": str(model)}
+                row = {**row, "model": str(model)}
             rows.append({**row, "load_average_before": load, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     rows = merged(rows, [scan.name for scan in config.scans], METHODS)
     table = suite_table(rows, list(dict.fromkeys(r["method"] for r in rows)))

@@ -11,7 +11,7 @@ import pytest
 
 from stemstrain.config import ScanConfig, parse_config
 from stemstrain.detect import make_detector
-from stemstrain.detect.bragg import TILT_PRIOR, TemplateRefiner, disk_radius, probe_template
+from stemstrain.detect.bragg import TILT_PRIOR, BraggDetector, TemplateRefiner, disk_radius, probe_template
 from stemstrain.errors import StemstrainInputError
 from stemstrain.evaluate import evaluate_strain
 from stemstrain.io import open_4d, open_strain_map
@@ -116,14 +116,12 @@ def test_template_refiner_places_a_shifted_probe_to_a_thousandth_of_a_pixel(unif
     assert np.all(heights[1:] > 0)
 
 
-def test_template_refiner_fits_the_intensity_tilt_of_bright_disks_and_not_of_faint_ones(uniform_scan):
-    """A probe disk whose intensity rises by 30 % from its centre to one edge (as dynamical scattering
-    tilts disks) pulls the plain correlation 0.16 px towards its bright side; the tilted fit
-    places it within 0.01 px at 1e4 counts per pixel. At 0.3 counts per pixel the tilt's prior
-    holds, and the read-out stays within 0.03 px of the plain correlation's."""
+def tilted_disks(scan):
+    """Eight single-disk patterns: the scan's probe (peak 1) moved anywhere and its intensity rising by
+    30 % from the centre to one edge, in a random direction; returns the probe, the disk radius [px],
+    the patterns (8, H, W) and the disks' centres (8, 1, 2) (x, y) [px]."""
     from scipy.ndimage import fourier_shift
 
-    scan = open_4d(uniform_scan[0])
     probe, _ = probe_template(scan, "probe")
     probe = probe / probe.max()
     radius_px = disk_radius(scan.attrs["energy_eV"], scan.attrs["semiangle_mrad"]) / 0.025
@@ -137,8 +135,16 @@ def test_template_refiner_fits_the_intensity_tilt_of_bright_disks_and_not_of_fai
     for move, tilt, (x0, y0) in zip(moves, tilts, truth[:, 0], strict=True):
         moved = np.fft.ifft2(fourier_shift(np.fft.fft2(probe), move[::-1])).real
         disks.append(moved * (1 + tilt[0] * (x - x0) + tilt[1] * (y - y0)))
-    disks = np.stack(disks)
-    start = truth + rng.uniform(-0.5, 0.5, truth.shape)
+    return probe, radius_px, np.stack(disks), truth
+
+
+def test_template_refiner_fits_the_intensity_tilt_of_bright_disks_and_not_of_faint_ones(uniform_scan):
+    """A probe disk whose intensity rises by 30 % from its centre to one edge (as dynamical scattering
+    tilts disks) pulls the plain correlation 0.16 px towards its bright side; the tilted fit
+    places it within 0.01 px at 1e4 counts per pixel. At 0.3 counts per pixel the tilt's prior
+    holds, and the read-out stays within 0.03 px of the plain correlation's."""
+    probe, radius_px, disks, truth = tilted_disks(open_4d(uniform_scan[0]))
+    start = truth + np.random.default_rng(3).uniform(-0.5, 0.5, truth.shape)
     plain, tilted = TemplateRefiner(probe, radius_px, tilt_prior=0.0), TemplateRefiner(probe, radius_px)
     bright_plain = np.linalg.norm(plain(1e4 * disks, start)[0] - truth, axis=-1)
     bright_tilted = np.linalg.norm(tilted(1e4 * disks, start)[0] - truth, axis=-1)
@@ -148,6 +154,17 @@ def test_template_refiner_fits_the_intensity_tilt_of_bright_disks_and_not_of_fai
     np.testing.assert_allclose(tilted(faint, start)[0], plain(faint, start)[0], atol=0.03)
     with pytest.raises(StemstrainInputError, match="tilt_prior must be >= 0"):
         TemplateRefiner(probe, radius_px, tilt_prior=-1.0)
+
+
+def test_bragg_with_a_tilt_prior_places_its_disks_by_the_tilted_read_out(uniform_scan):
+    """bragg as its users run it (tilt_prior 0) is pulled towards a tilted disk's bright side as any
+    plain correlation; with ``tilt_prior`` its disks are placed by the network's tilted read-out."""
+    probe, radius_px, disks, truth = tilted_disks(open_4d(uniform_scan[0]))
+    for prior in (0.0, TILT_PRIOR):
+        detector = BraggDetector(probe, 0.025, (64.0, 64.0), radius_px, tilt_prior=prior)
+        positions, _ = detector(1e4 * disks)
+        error = np.linalg.norm(positions[:, :1] / 0.025 + 64 - truth, axis=-1)
+        assert np.all(error > 0.05) if prior == 0 else np.all(error < 0.01), (prior, error)
 
 
 def test_network_with_template_readout_recovers_uniform_strain(uniform_scan, tmp_path):

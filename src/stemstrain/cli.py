@@ -300,9 +300,10 @@ def strain(
             "with a measured probe template, 0 with the aperture disk simulated from the optics; 0: the plain "
             "correlation). "
             "unet/peaks: threshold_rel, min_distance, max_peaks. bragg: template (auto, probe, simulated, mean), "
-            "hybrid, max_peaks, min_relative_height, upsample, batch_size. cepstrum, cepstrum-multi: offset, "
-            "r_min, r_max, primary_height, max_peaks, min_relative_height, upsample, lattice_tolerance, "
-            "mask_radius_px, batch_size. Example: -o template=probe -o upsample=32.",
+            "hybrid, max_peaks, min_relative_height, upsample, tilt_prior (default 0: the plain correlation peak; "
+            "above 0 each disk is placed by the unet's tilted template read-out), batch_size. "
+            "cepstrum, cepstrum-multi: offset, r_min, r_max, primary_height, max_peaks, min_relative_height, "
+            "upsample, lattice_tolerance, mask_radius_px, batch_size. Example: -o template=probe -o upsample=32.",
         ),
     ] = None,
     static_offsets: Annotated[

@@ -62,7 +62,7 @@ def make_detector(method: str, scan: xr.Dataset, model=None, **options) -> Detec
         threshold_rel, min_distance, max_peaks, allow_calibration_mismatch, refine ("auto",
         "offsets", "template"), template (:class:`~stemstrain.detect.network.UNetDetector`);
         bragg: template ("auto", "probe", "simulated", "mean"), hybrid, max_peaks,
-        min_relative_height, upsample, batch_size, device (:class:`~stemstrain.detect.bragg.BraggDetector`);
+        min_relative_height, upsample, tilt_prior, batch_size, device (:class:`~stemstrain.detect.bragg.BraggDetector`);
         cepstrum, cepstrum-multi: offset, r_min, r_max, primary_height, max_peaks,
         min_relative_height, upsample, lattice_tolerance, mask_radius_px, batch_size, device
         (:class:`~stemstrain.detect.cepstrum.CepstrumDetector`); peaks: threshold_rel, min_distance,

@@ -183,6 +183,11 @@ class BraggDetector:
         11.0e-4 (more faint high-order disks) and made no other suite scan worse.
     upsample : int
         Subpixel refinement grid: ``1/upsample`` px over ±1 px around each coarse peak.
+    tilt_prior : float
+        0 (the default): the plain correlation peak, the method as its users run it. Above 0, each
+        disk found is placed again by the network's read-out, the template fitted with the disk's
+        intensity tilt (:class:`TemplateRefiner`, prior spread ``tilt_prior``, :data:`TILT_PRIOR`):
+        the same read-out on the classical detection, so that the network's part can be told apart.
     batch_size : int
         Patterns per internal batch (bounds the memory of the refinement).
     device : str
@@ -206,6 +211,7 @@ class BraggDetector:
         max_peaks: int = 100,
         min_relative_height: float = 0.005,
         upsample: int = 32,
+        tilt_prior: float = 0.0,
         batch_size: int = 64,
         device: str = "cpu",
     ):
@@ -223,6 +229,8 @@ class BraggDetector:
         self.shape = template.shape
         self._template_ft = self._centred_template_ft(np.asarray(template, dtype=np.float64))
         self._beyond_direct_beam = self._off_direct_beam(*np.indices(self.shape)[::-1])
+        self.tilt_prior = float(tilt_prior)
+        self._refiner = TemplateRefiner(template, disk_radius_px, tilt_prior=tilt_prior) if tilt_prior else None
 
     def _off_direct_beam(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Pixels (x, y) [px] farther from k = 0 than the undiffracted disk and its neighbours' edges."""
@@ -273,8 +281,11 @@ class BraggDetector:
             )
             coarse = torch.as_tensor(coarse, dtype=torch.float32, device=self.device)
             positions, heights = self._locate(spectrum, coarse)
+        positions = positions.cpu().numpy().astype(np.float64)
+        if self._refiner is not None:
+            positions, _ = self._refiner(patterns, positions)
         heights = np.clip(np.nan_to_num(heights.cpu().numpy().astype(np.float64)), 0.0, None)
-        return self._select(positions.cpu().numpy().astype(np.float64), heights)
+        return self._select(positions, heights)
 
     def _locate(self, spectrum: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Correlation peaks (x, y) [px] and heights on the fine grid around the coarse peaks."""
@@ -316,7 +327,7 @@ def make_bragg_detector(scan: xr.Dataset, template: str = "auto", **options) -> 
         Source of the probe template (:func:`probe_template`).
     **options
         Further :class:`BraggDetector` parameters (hybrid, max_peaks, min_relative_height,
-        upsample, batch_size, device).
+        upsample, tilt_prior, batch_size, device).
     """
     image, source = probe_template(scan, template)
     k_sampling, centre = k_calibration(scan)
