@@ -172,6 +172,36 @@ def test_plain_npy_and_hdf5(tmp_path):
     _check_store(out, patterns, np.float32)
 
 
+def test_a_vacuum_probe_is_stored_for_the_templates_and_a_wrong_one_is_named(tmp_path):
+    """``--probe`` stores the mean of a .npy stack or of a vacuum scan's frames as the variable probe,
+    which the detectors' template then takes; a probe of another shape names the option, both
+    shapes, and leaves no store."""
+    from stemstrain.detect.bragg import probe_template
+
+    rng = np.random.default_rng(4)
+    patterns = rng.integers(0, 1000, size=(2, 3, 12, 10)).astype(np.uint16)
+    np.save(tmp_path / "scan.npy", patterns)
+    y, x = np.indices((12, 10))
+    disk = np.where(np.hypot(y - 6, x - 5) <= 3, 500.0, 0.0)
+    np.save(tmp_path / "probe.npy", np.stack([disk - 10, disk + 10]))
+    ds = open_4d(ingest(tmp_path / "scan.npy", tmp_path / "a.zarr", probe=tmp_path / "probe.npy", **OPTICS))
+    np.testing.assert_allclose(ds["probe"].values, disk)
+    assert probe_template(ds)[1] == "probe"
+    with h5py.File(tmp_path / "vacuum.h5", "w") as handle:
+        handle.create_dataset("frames", data=np.stack([[disk, 3 * disk]]))  # one row of two frames
+    result = CliRunner().invoke(
+        app,
+        ["ingest", str(tmp_path / "scan.npy"), str(tmp_path / "b.zarr"), "--probe", str(tmp_path / "vacuum.h5")]
+        + ["--energy-ev", "200e3", "--semiangle-mrad", "1.5", "--k-sampling", "0.02"],
+    )
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(open_4d(tmp_path / "b.zarr")["probe"].values, 2 * disk)
+    np.save(tmp_path / "binned.npy", disk[::2])
+    with pytest.raises(StemstrainInputError, match=r"--probe .*binned\.npy: image of shape \(6, 10\).*\(12, 10\)"):
+        ingest(tmp_path / "scan.npy", tmp_path / "c.zarr", probe=tmp_path / "binned.npy", **OPTICS)
+    assert not (tmp_path / "c.zarr").exists()
+
+
 def test_centre_of_mass_defines_k_zero(tmp_path):
     patterns = np.zeros((2, 3, 16, 20), np.float32)
     patterns[..., 5, 12] = 10.0

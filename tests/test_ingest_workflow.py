@@ -60,6 +60,9 @@ def test_ingest_rule_converts_a_listed_merlin_file(tmp_path):
         for suffix in (".mib", ".hdr"):
             with zipped.open(HOT_PIXEL + suffix) as source, open(raw / (HOT_PIXEL + suffix), "wb") as target:
                 shutil.copyfileobj(source, target)
+    y, x = np.indices((128, 256))
+    probe = np.where(np.hypot(y - 64, x - 128) <= 5, 100.0, 0.0).astype(np.float32)
+    np.save(raw / "probe.npy", probe)
     entry = {
         "name": "hot",
         "file": f"raw/{HOT_PIXEL}.mib",
@@ -68,6 +71,7 @@ def test_ingest_rule_converts_a_listed_merlin_file(tmp_path):
         "k_sampling": 0.02,
         "chunks": [1, 2],
         "centre": "middle",
+        "probe": "raw/probe.npy",
     }
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump({"ingest": {"files": [entry]}}))
     dry = _snakemake(tmp_path, "--dry-run", "--quiet", "rules")
@@ -80,3 +84,4 @@ def test_ingest_rule_converts_a_listed_merlin_file(tmp_path):
     assert ds["data"].encoding["chunks"][:2] == (1, 2)
     pattern = ds["data"][1, 3].values
     assert np.unravel_index(pattern.argmax(), pattern.shape) == (39, 52)
+    np.testing.assert_array_equal(ds["probe"].values, probe)

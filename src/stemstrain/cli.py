@@ -480,6 +480,15 @@ def ingest(
     dataset: Annotated[
         str | None, typer.Option(metavar="PATH", help="Dataset path inside an HDF5 file (hdf5 and emd formats).")
     ] = None,
+    probe: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Vacuum probe at the same optics and detector: a .npy image (k_y, k_x) or stack (its mean), or "
+            "a vacuum scan in a format ingest reads (its mean frame). Stored as the variable probe: bragg's "
+            "template and the network's read-out (which then fits each disk's intensity tilt) use it.",
+        ),
+    ] = None,
 ) -> None:
     """Convert a detector file into the 4D-data contract, streaming (memory bounded by a few blocks).
 
@@ -508,6 +517,7 @@ def ingest(
         chunks=chunks,
         centre=centre,
         dataset=dataset,
+        probe=probe,
         progress=sys.stderr.isatty(),
     )
     typer.echo(f"wrote {written}")

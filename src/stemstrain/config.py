@@ -359,6 +359,11 @@ class IngestFile(_Section):
     scan_step_nm: float | None = Field(None, gt=0, description="Scan step [nm]; default: from the file, else 1.")
     chunks: tuple[PositiveInt, PositiveInt] | None = Field(None, description="Zarr chunk (cy, cx) in scan positions.")
     centre: Literal["middle", "com"] = Field("middle", description="k = 0 at the detector middle or centre of mass.")
+    probe: str | None = Field(
+        None,
+        description="Vacuum probe at the same optics and detector (.npy image or stack, or a vacuum scan), "
+        "stored as the variable probe for the templates; default: none (an aperture disk is simulated).",
+    )
 
 
 class IngestConfig(_Section):

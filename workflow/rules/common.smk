@@ -37,6 +37,7 @@ INGEST_FLAGS = {
     "scan_shape": "--scan-shape",
     "chunks": "--chunks",
     "centre": "--centre",
+    "probe": "--probe",
 }
 
 

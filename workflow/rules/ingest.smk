@@ -3,7 +3,8 @@
 # come from common.smk.
 rule ingest:
     input:
-        lambda wildcards: INGEST[wildcards.name]["file"],
+        raw=lambda wildcards: INGEST[wildcards.name]["file"],
+        probe=lambda wildcards: INGEST[wildcards.name].get("probe") or [],
     output:
         directory("results/ingest/{name}.zarr"),
     log:
@@ -20,4 +21,4 @@ rule ingest:
     conda:
         "../../envs/stemstrain.yaml"
     shell:
-        "stemstrain ingest {input:q} {output:q} {params.options} > {log} 2>&1"
+        "stemstrain ingest {input.raw:q} {output:q} {params.options} > {log} 2>&1"

@@ -11,6 +11,7 @@ Storage
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.ingest.readers import BLOCK_BYTES, RawScan, read_raw
 from stemstrain.io import DATA_DIMS, ResumableStore, check_counts, make_4d_dataset, validate_4d
 
-__all__ = ["CENTRES", "CHUNK_BYTES", "beam_centre", "default_chunks", "ingest", "iter_blocks"]
+__all__ = ["CENTRES", "CHUNK_BYTES", "beam_centre", "default_chunks", "ingest", "iter_blocks", "read_probe"]
 
 CHUNK_BYTES = 16 * 2**20
 """Target size of one Zarr chunk of the output store [bytes] when ``chunks`` is not given."""
@@ -163,6 +164,7 @@ def ingest(
     chunks: tuple[int, int] | None = None,
     centre: str = "middle",
     dataset: str | None = None,
+    probe: str | Path | None = None,
     progress: bool = False,
     block_bytes: int = BLOCK_BYTES,
 ) -> Path:
@@ -194,6 +196,10 @@ def ingest(
         of mass of the mean pattern.
     dataset : str, optional
         Dataset path inside an HDF5 file.
+    probe : path, optional
+        Vacuum probe recorded at the scan's optics and detector (:func:`read_probe`), stored as the
+        variable ``probe``: bragg's template and the network's tilted read-out then use the measured
+        disk instead of an aperture disk simulated from the energy and semiangle.
     progress : bool
         Show a progress bar.
     block_bytes : int
@@ -218,6 +224,7 @@ def ingest(
         energy, sampling, step, sources = _calibration(scan, energy_eV, k_sampling, scan_step_nm)
         semiangle = semiangle_mrad if semiangle_mrad is not None else scan.semiangle_mrad
         sources["semiangle_mrad"] = "--semiangle-mrad" if semiangle_mrad is not None else sources.get("semiangle_mrad")
+        probe_image = None if probe is None else read_probe(probe, scan.data.shape[2:])
         settings = {
             "format": scan.format,
             "shape": list(scan.data.shape),
@@ -227,12 +234,14 @@ def ingest(
             "semiangle_mrad": semiangle,
             "k_sampling": sampling,
             "step": list(step),
+            # a partial store made with another probe (or none) is not resumed
+            "probe": None if probe_image is None else hashlib.sha256(probe_image.tobytes()).hexdigest(),
         }
         store = ResumableStore(out)
         fingerprint = _fingerprint(raw, settings)
         fresh = store.started and _partial_fingerprint(store) != fingerprint
         centre_px = beam_centre(scan.data, centre, raw, chunks, progress, block_bytes)
-        template = _template(scan, raw, dtype, settings, centre_px, sources, fingerprint)
+        template = _template(scan, raw, dtype, settings, centre_px, sources, fingerprint, probe_image)
         validate_4d(template, str(out))
         store.start(template, fresh=fresh)
         try:
@@ -252,6 +261,7 @@ def _template(
     centre_px: tuple[float, float],
     sources: dict,
     fingerprint: str,
+    probe: np.ndarray | None = None,
 ) -> xr.Dataset:
     """Lazy output store in the 4D-data contract, k = 0 at the beam centre, with where the calibration came from."""
     data = scan.data
@@ -269,12 +279,63 @@ def _template(
         beam_centre_method=settings["centre"],
         calibration_sources=json.dumps({k: v for k, v in sources.items() if v}),
         ingest_fingerprint=fingerprint,
+        probe=probe,
     )
     n_ky, n_kx = data.shape[2:]
     return template.assign_coords(
         k_y=("k_y", (np.arange(n_ky) - centre_px[0]) * sampling, template["k_y"].attrs),
         k_x=("k_x", (np.arange(n_kx) - centre_px[1]) * sampling, template["k_x"].attrs),
     )
+
+
+def read_probe(path: str | Path, detector_shape: tuple[int, int]) -> np.ndarray:
+    """The vacuum probe image (k_y, k_x) [counts] given to ``ingest --probe``.
+
+    Parameters
+    ----------
+    path : path
+        A ``.npy`` image (k_y, k_x), or a stack of them (..., k_y, k_x) whose mean is taken, in the
+        orientation ingest writes (the detector's file row order); or a vacuum scan in any format
+        ingest reads (:func:`~stemstrain.ingest.readers.read_raw`, oriented as the scan), whose mean
+        frame is taken.
+    detector_shape : (int, int)
+        The scan's pattern shape (k_y, k_x) [px].
+
+    Returns
+    -------
+    ndarray (k_y, k_x) float32
+
+    Raises
+    ------
+    StemstrainInputError
+        A missing or unreadable file, or an image of another shape, not finite or without counts.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StemstrainInputError(f"--probe {path}: file not found")
+    if path.suffix == ".npy":
+        try:
+            image = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise StemstrainInputError(f"--probe {path}: not a readable .npy array ({err})") from err
+        if image.ndim < 2:
+            raise StemstrainInputError(f"--probe {path}: expected an image (k_y, k_x), found shape {image.shape}")
+        image = np.asarray(image, dtype=np.float64).reshape(-1, *image.shape[-2:]).mean(axis=0)
+    else:
+        try:
+            vacuum = read_raw(path)
+        except StemstrainInputError as err:
+            raise StemstrainInputError(f"--probe {path}: {err}") from err
+        with vacuum.resources:
+            image = np.asarray(vacuum.data.astype(np.float64).mean(axis=(0, 1)).compute())
+    if image.shape != tuple(detector_shape):
+        raise StemstrainInputError(
+            f"--probe {path}: image of shape {image.shape}, expected the scan's patterns' {tuple(detector_shape)} "
+            "(k_y, k_x): record the probe on the same detector and binning"
+        )
+    if not np.all(np.isfinite(image)) or image.max() <= 0:
+        raise StemstrainInputError(f"--probe {path}: the probe image must be finite with positive counts")
+    return image.astype(np.float32)
 
 
 def _check_options(centre: str, energy_eV, semiangle_mrad, k_sampling, scan_step_nm) -> None:
