@@ -365,3 +365,26 @@ def test_precession_and_mistilt_keep_disks_on_the_target_spots():
     # A tilt changes the excitation of the reflections: intensities differ from the on-axis pattern.
     on_axis, _ = simulate_patterns("Au_001", deformation, [3.0], position, OPTICS)
     assert np.abs(tilted - on_axis).sum() > 0.05 * on_axis.sum()
+
+
+def test_electron_wavelength_is_abtems_and_detection_does_not_import_abtem():
+    """One wavelength for detection, ingest and simulation: abTEM's formula and constants to the bit
+    (200 kV: 0.02508 Å), without importing abTEM, whose numba kernels cost seconds at every start."""
+    import subprocess
+    import sys
+
+    from abtem.core.energy import energy2wavelength
+
+    from stemstrain.optics import electron_wavelength
+
+    for energy in (60e3, 80e3, 200e3, 300e3, 1e6):
+        assert electron_wavelength(energy) == energy2wavelength(energy)
+    assert electron_wavelength(200e3) == pytest.approx(0.025079, abs=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        electron_wavelength(0.0)
+    code = (
+        "import sys; from stemstrain.detect.bragg import disk_radius; from stemstrain.ingest import ingest; "
+        "disk_radius(2e5, 1.5); assert 'abtem' not in sys.modules, 'abtem imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

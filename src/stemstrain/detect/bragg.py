@@ -16,6 +16,7 @@ import xarray as xr
 from stemstrain.detect.fourier import fine_grid, fine_grid_maximum, in_batches, local_fourier_sum
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
+from stemstrain.optics import electron_wavelength
 from stemstrain.peaks import find_peaks
 
 __all__ = ["TILT_PRIOR", "BraggDetector", "TemplateRefiner", "aperture_disk", "disk_radius", "probe_template"]
@@ -33,9 +34,7 @@ def disk_radius(energy_eV: float, semiangle_mrad: float) -> float:
     semiangle_mrad : float
         Convergence semiangle [mrad].
     """
-    from abtem.core.energy import energy2wavelength
-
-    return semiangle_mrad * 1e-3 / energy2wavelength(energy_eV)
+    return semiangle_mrad * 1e-3 / electron_wavelength(energy_eV)
 
 
 def aperture_disk(

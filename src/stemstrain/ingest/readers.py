@@ -51,6 +51,7 @@ import dask.array as da
 import numpy as np
 
 from stemstrain.errors import StemstrainInputError
+from stemstrain.optics import electron_wavelength
 
 BLOCK_BYTES = 64 * 2**20
 """Largest block of patterns read and written at once [bytes]: the memory bound of ingest."""
@@ -301,9 +302,7 @@ def _read_empad(raw: Path, scan_shape, dataset) -> RawScan:
     with contextlib.suppress(KeyError, TypeError, ValueError):
         angle = float(iom["calibrated_diffraction_angle"])
         if angle > 0 and scan.energy_eV:
-            from abtem.core.energy import energy2wavelength
-
-            scan.k_sampling = angle / energy2wavelength(scan.energy_eV)
+            scan.k_sampling = angle / electron_wavelength(scan.energy_eV)
             scan.sources["k_sampling"] = "xml calibrated_diffraction_angle / electron wavelength"
     if signal["data"].ndim == 4:
         scan.scan_step_nm, scan.sources["scan_step_nm"] = _scan_step_from_axes(signal["axes"], "EMPAD")

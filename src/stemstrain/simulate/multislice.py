@@ -29,6 +29,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from stemstrain.errors import StemstrainInputError
+from stemstrain.optics import electron_wavelength
 from stemstrain.simulate.crystals import crystal_unit, get_crystal, projected_cell
 
 __all__ = [
@@ -110,7 +111,7 @@ class SimulationOptics:
     @property
     def wavelength(self) -> float:
         """Relativistic electron wavelength [angstrom]."""
-        return float(abtem.core.energy.energy2wavelength(self.energy_eV))
+        return electron_wavelength(self.energy_eV)
 
     @property
     def max_simulated_k(self) -> float:

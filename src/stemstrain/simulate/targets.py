@@ -14,6 +14,7 @@ import numpy as np
 from abtem.parametrizations import LobatoParametrization
 
 from stemstrain.lattice import reciprocal_vectors
+from stemstrain.optics import electron_wavelength
 from stemstrain.simulate.crystals import crystal_unit, get_crystal, projected_cell
 
 __all__ = ["kinematic_spots", "spot_weights", "pixels_from_k", "target_image"]
@@ -69,7 +70,7 @@ def kinematic_spots(
         factors[:, i] = _PARAMETRIZATION.scattering_factor(symbol)(g2) * debye_waller
     structure_factor = np.sum(factors * phase, axis=1)
     volume = np.prod(spec.cell) * abs(np.linalg.det(deformation))
-    wavelength = float(abtem.core.energy.energy2wavelength(energy_eV))
+    wavelength = electron_wavelength(energy_eV)
     gamma = float(abtem.core.energy.relativistic_mass_correction(energy_eV))
     intensity = (wavelength * gamma * np.abs(structure_factor) / volume) ** 2
     intensity[intensity < 1e-12 * intensity.max()] = 0.0  # forbidden reflections: round-off only
