@@ -109,12 +109,16 @@ def rates(timings: dict) -> dict:
 
 
 def patterns_per_s(network, inputs, autocast: bool = False) -> float:
-    """Patterns/s of one inference call of ``network`` on the batch ``inputs`` (bf16 autocast optional)."""
+    """Patterns/s of ``network`` on the batch ``inputs`` (bf16 autocast optional), called as ``strain``
+    calls it: on parts of :func:`stemstrain.runtime.network_chunk` patterns."""
     import torch
+
+    from stemstrain.runtime import network_chunk
 
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         start = time.perf_counter()
-        network(inputs)
+        for part in inputs.split(network_chunk("cpu", len(inputs))):
+            network(part)
         return len(inputs) / (time.perf_counter() - start)
 
 
@@ -141,7 +145,7 @@ def network_alone(model_path: Path, batch: int, rounds: int, compile: bool = Tru
     import torch
 
     from stemstrain.model import load_model
-    from stemstrain.runtime import fold_batchnorm
+    from stemstrain.runtime import fold_batchnorm, network_chunk
 
     network, _ = load_model(model_path)
     x = torch.poisson(torch.full((batch, 1, PIXELS, PIXELS), 6.0))
@@ -186,6 +190,7 @@ def network_alone(model_path: Path, batch: int, rounds: int, compile: bool = Tru
     result["flop_limit_patterns_per_s"] = round(result["fp32_gemm_gflops"] / result["gflop_per_pattern"], 1)
     result["default_fraction_of_flop_limit"] = round(default / result["flop_limit_patterns_per_s"], 2)
     result["samples"] = {name: [round(v, 1) for v in values] for name, values in samples.items()}
+    result["patterns_per_call"] = network_chunk("cpu", batch)
     return result
 
 
