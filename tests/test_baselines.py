@@ -18,7 +18,7 @@ from stemstrain.io import open_4d, open_strain_map
 from stemstrain.lattice import FitOptions, fit_patterns, initial_lattice, reciprocal_vectors, reduced_basis
 from stemstrain.model import resolve_model
 from stemstrain.strain import reference_lattice, strain_from_lattice
-from stemstrain.strainmap import strain_map
+from stemstrain.strainmap import describe_readout, strain_map
 
 TOLERANCE = 2e-3  # acceptance: each component of the 1 % strain recovered within this [1]
 REFERENCE_ROI = (0, 3, 0, 1)
@@ -184,12 +184,17 @@ def test_network_with_template_readout_recovers_uniform_strain(uniform_scan, tmp
         prediction = open_strain_map(out)
         assert bool(prediction["mask"].all()), model
         assert prediction.attrs["readout_tilt_prior"] == TILT_PRIOR
+        assert prediction.attrs["readout_template"] == "probe"
+        assert describe_readout(prediction.attrs).endswith("each disk's intensity tilt fitted (tilt_prior 0.14)")
         scores = evaluate_strain(prediction, truth)
         for name in ("e_xx", "e_yy", "e_xy", "theta"):
             assert scores[name]["rmse"] < TOLERANCE, f"{model}: {name}: rmse {scores[name]['rmse']:.2e}"
     # Without a measured probe the template is the aperture disk of the optics: no tilt by default.
     simulated = make_detector("unet", open_4d(scan_path).drop_vars("probe"), model=resolve_model("general-v2"))
     assert simulated.template_source == "simulated" and simulated.tilt_prior == 0.0
+    told = describe_readout({"readout": "template", "readout_template": "simulated", "readout_tilt_prior": 0.0})
+    assert "plain correlation" in told and "stemstrain ingest --probe" in told
+    assert describe_readout({"readout": None}) == ""  # bragg and the other baselines
     scan = open_4d(scan_path).drop_vars("probe").assign_attrs(energy_eV=None)
     with pytest.raises(StemstrainInputError, match="refine='template' needs the scan's attributes energy_eV"):
         make_detector("unet", scan, model=resolve_model("general-v2"), refine="template")

@@ -332,7 +332,7 @@ def strain(
     from stemstrain.lattice import FitOptions
     from stemstrain.model.export import fast_model_hint
     from stemstrain.runtime import resolve_device
-    from stemstrain.strainmap import strain_map
+    from stemstrain.strainmap import describe_readout, strain_map
 
     flags = {"batch_size": batch, "device": device, "precision": precision, "unit_patterns": unit_patterns}
     cluster = parse_detector_options(cluster_option, "--cluster-option")
@@ -357,7 +357,11 @@ def strain(
         fresh=fresh,
         progress=progress,
     )
-    valid = read_values(open_store(out, "strain-map store")["mask"], str(out))  # the mask alone: maps can be large
+    written = open_store(out, "strain-map store")
+    valid = read_values(written["mask"], str(out))  # the mask alone: maps can be large
+    readout = describe_readout(written.attrs)
+    if readout:
+        typer.echo(readout)
     typer.echo(f"wrote {out}: {int(valid.sum())} of {valid.size} positions have a valid lattice fit")
 
 

@@ -48,7 +48,15 @@ from stemstrain.strainmap.units import Job, WorkUnit, fit_unit_task, local_worke
 REFERENCE_VALID_WARNING = 0.95
 """Below this fraction of valid fits in the reference region a strain run warns [1]."""
 
-__all__ = ["StrainRun", "fit_units", "material_lattice", "plan_strain_map", "strain_map", "write_strain"]
+__all__ = [
+    "StrainRun",
+    "describe_readout",
+    "fit_units",
+    "material_lattice",
+    "plan_strain_map",
+    "strain_map",
+    "write_strain",
+]
 
 
 @dataclasses.dataclass
@@ -206,6 +214,7 @@ def plan_strain_map(
         "source": str(scan_path),
         "precision": getattr(detector, "precision", None),
         "readout": getattr(detector, "refine", None),
+        "readout_template": getattr(detector, "template_source", None),
         "readout_tilt_prior": getattr(detector, "tilt_prior", None),
     }
     store = ResumableStore(out)
@@ -443,6 +452,27 @@ def write_strain(run: StrainRun) -> Path:
         store.write_region(result, unit.region, unit.key.replace("fit-", "strain-"))
     _record_reference(store.partial, reference)
     return store.finalize()
+
+
+def describe_readout(attrs: dict) -> str:
+    """One line on how a network map's disks were placed, from its attributes ("" for other maps).
+
+    Says which template placed the disks and whether their intensity tilt was fitted; where the
+    template was simulated (no measured probe), it says how to give one.
+    """
+    if attrs.get("readout") != "template":
+        return ""
+    source, tilt = attrs.get("readout_template"), attrs.get("readout_tilt_prior") or 0.0
+    line = f"read-out: the {source} template at each network spot, "
+    if tilt:
+        return line + f"each disk's intensity tilt fitted (tilt_prior {tilt:g})"
+    line += "plain correlation (tilt_prior 0)"
+    if source == "simulated":
+        line += (
+            "; the scan has no measured vacuum probe: `stemstrain ingest --probe FILE` stores one, and the "
+            "read-out then fits each disk's intensity tilt"
+        )
+    return line
 
 
 def _camera_hint(run: StrainRun) -> str:
