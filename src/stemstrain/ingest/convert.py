@@ -99,10 +99,7 @@ def beam_centre(
         return float(n_ky // 2), float(n_kx // 2)
     if method != "com":
         raise StemstrainInputError(f"--centre {method}: expected one of {list(CENTRES)}")
-    total = np.zeros((n_ky, n_kx))
-    blocks = list(iter_blocks(data.shape, chunks, data.dtype.itemsize, block_bytes))
-    for block in _progress(blocks, "centre of mass", progress):
-        total += _read_block(data, block, raw).sum(axis=(0, 1), dtype=np.float64)
+    total = summed_pattern(data, raw, chunks, "centre of mass", progress, block_bytes)
     mass = total.sum()
     if not mass > 0 or not np.isfinite(mass):
         raise StemstrainInputError(
@@ -113,6 +110,26 @@ def beam_centre(
         float((total.sum(axis=1) * np.arange(n_ky)).sum() / mass),
         float((total.sum(axis=0) * np.arange(n_kx)).sum() / mass),
     )
+
+
+def summed_pattern(
+    data: da.Array,
+    raw: Path,
+    chunks: tuple[int, int],
+    description: str,
+    progress: bool = False,
+    block_bytes: int = BLOCK_BYTES,
+) -> np.ndarray:
+    """Sum (k_y, k_x) of every pattern of ``data`` (scan_y, scan_x, k_y, k_x) [counts], float64.
+
+    Streamed block by block (:func:`iter_blocks`), so memory stays at one block; a damaged block names
+    ``raw`` and its scan rows and columns.
+    """
+    total = np.zeros(data.shape[2:])
+    blocks = list(iter_blocks(data.shape, chunks, data.dtype.itemsize, block_bytes))
+    for block in _progress(blocks, description, progress):
+        total += _read_block(data, block, raw).sum(axis=(0, 1), dtype=np.float64)
+    return total
 
 
 def _progress(items, description: str, enabled: bool):
@@ -327,7 +344,9 @@ def read_probe(path: str | Path, detector_shape: tuple[int, int]) -> np.ndarray:
         except StemstrainInputError as err:
             raise StemstrainInputError(f"--probe {path}: {err}") from err
         with vacuum.resources:
-            image = np.asarray(vacuum.data.astype(np.float64).mean(axis=(0, 1)).compute())
+            data = vacuum.data
+            chunks = default_chunks(data.shape, data.dtype.itemsize)
+            image = summed_pattern(data, path, chunks, "vacuum probe") / (data.shape[0] * data.shape[1])
     if image.shape != tuple(detector_shape):
         raise StemstrainInputError(
             f"--probe {path}: image of shape {image.shape}, expected the scan's patterns' {tuple(detector_shape)} "
