@@ -13,7 +13,8 @@ dynamical scattering is seen where it arises. The clean patterns are cached in
 ``bench/work/uniform_series/``.
 
 Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]
-[--frozen-phonons 4] [--crystals SrTiO3_001] [--refine template] [--tilt-prior 0] [--tag NAME]``; writes
+[--frozen-phonons 4] [--crystals SrTiO3_001] [--refine template] [--tilt-prior 0] [--disk-correction FILE]
+[--tag NAME]``; writes
 ``bench/results/uniform_series.json``
 (``uniform_series_d1e+05.json`` for another dose, ``uniform_series_fp4.json`` with frozen phonons; a
 subset of crystals adds their names, ``--tag`` its text). Each method is calibrated as for the suite's scan of the
@@ -165,6 +166,7 @@ def main() -> None:
         type=float,
         help="the template read-out's tilt prior (0: the plain correlation; default: the detector's own)",
     )
+    parser.add_argument("--disk-correction", help="a disk-centre correction file (bench/disk_corrector.py) for unet")
     args = parser.parse_args()
     config = load_config(SUITE)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}
@@ -180,6 +182,7 @@ def main() -> None:
             if method == "unet":
                 options = {"model": model} | ({"refine": args.refine} if args.refine else {})
                 options |= {} if args.tilt_prior is None else {"tilt_prior": args.tilt_prior}
+                options |= {"disk_correction": args.disk_correction} if args.disk_correction else {}
             detector = make_detector(method, scan, **options)
             readout = getattr(detector, "refine", readout)
             tilt_prior = getattr(detector, "tilt_prior", tilt_prior)
@@ -195,6 +198,7 @@ def main() -> None:
         "model_training": {key: metadata.get(key) for key in TRAINING_KEYS},
         "readout": readout,
         "tilt_prior": tilt_prior,
+        "disk_correction": args.disk_correction,
         "crystals": list(args.crystals),
         "thicknesses_nm": THICKNESSES_NM,
         "rows": rows,

@@ -298,7 +298,7 @@ def strain(
             "with the raw pattern at each network spot), template (as bragg's), tilt_prior (the template "
             "read-out's prior on each disk's intensity tilt; default 0.14 = stemstrain.detect.bragg.TILT_PRIOR "
             "with a measured probe template, 0 with the aperture disk simulated from the optics; 0: the plain "
-            "correlation). "
+            "correlation), disk_correction (a disk-centre correction file, bench/disk_corrector.py; experimental). "
             "unet/peaks: threshold_rel, min_distance, max_peaks. bragg: template (auto, probe, simulated, mean), "
             "hybrid, max_peaks, min_relative_height, upsample, tilt_prior (default 0: the plain correlation peak; "
             "above 0 each disk is placed by the unet's tilted template read-out), batch_size. "

@@ -60,7 +60,8 @@ def make_detector(method: str, scan: xr.Dataset, model=None, **options) -> Detec
     **options
         Options of the method's detector: unet: device, precision, compile, batch_size,
         threshold_rel, min_distance, max_peaks, allow_calibration_mismatch, refine ("auto",
-        "offsets", "template"), template (:class:`~stemstrain.detect.network.UNetDetector`);
+        "offsets", "template"), template, tilt_prior, disk_correction (a file of
+        :mod:`stemstrain.model.disks`) (:class:`~stemstrain.detect.network.UNetDetector`);
         bragg: template ("auto", "probe", "simulated", "mean"), hybrid, max_peaks,
         min_relative_height, upsample, tilt_prior, batch_size, device (:class:`~stemstrain.detect.bragg.BraggDetector`);
         cepstrum, cepstrum-multi: offset, r_min, r_max, primary_height, max_peaks,

@@ -22,6 +22,7 @@ from stemstrain.config import REFINEMENTS
 from stemstrain.detect.bragg import TILT_PRIOR, TemplateRefiner, disk_radius, probe_template
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration
+from stemstrain.model.disks import correct_positions, load_disk_corrector
 from stemstrain.model.encoding import decode_spots
 from stemstrain.runtime import (
     Timings,
@@ -91,6 +92,10 @@ class UNetDetector:
         the mean central disk), 0 with the aperture disk simulated from the optics. The tilt model needs
         the disks' exact shape, blur included: a template of another shape lets the tilt mimic a shift
         (Gaussian spots narrower than the aperture disk moved by up to 1 px and fitted no lattice).
+    disk_correction : path, optional
+        File of a disk-centre correction (:mod:`stemstrain.model.disks`) applied after the template
+        read-out: each disk is moved by the file's gain times the offset that a small network reads from
+        the disk's patch. Needs ``refine="template"``. Default: none.
     """
 
     space = "reciprocal"
@@ -110,6 +115,7 @@ class UNetDetector:
         refine: str = "auto",
         template: str = "auto",
         tilt_prior: float | None = None,
+        disk_correction: str | Path | None = None,
     ):
         import torch
 
@@ -149,6 +155,20 @@ class UNetDetector:
         # a scan without its optics is fitted with the network's σ alone.
         self.disk_radius_px = None if radius is None else radius / self.k_sampling
         self.refine, self._refiner = self._template_refiner(scan, refine, template, radius, tilt_prior)
+        self.disk_correction, self._disks = None, None  # the map records the file and its gain
+        if disk_correction is not None:
+            if self._refiner is None:
+                raise StemstrainInputError("option disk_correction needs the template read-out (refine='template')")
+            self._disks, metadata = load_disk_corrector(disk_correction)
+            self._disk_gain = float(metadata["gain"])
+            self._disk_radius_scan_px = radius / self._scan_k_sampling
+            low, high = metadata.get("radius_px", (0.0, np.inf))
+            if not low <= self._disk_radius_scan_px <= high:
+                raise StemstrainInputError(
+                    f"option disk_correction: the scan's disks are {self._disk_radius_scan_px:.2f} px in radius; "
+                    f"{Path(disk_correction).name} learnt from disks of {low:.2f}-{high:.2f} px"
+                )
+            self.disk_correction = f"{Path(disk_correction).name} (gain {self._disk_gain:g})"
         self.timings = Timings()
 
     def _template_refiner(
@@ -313,6 +333,8 @@ class UNetDetector:
         centre = np.array(self._scan_centre[::-1])  # (x, y) [scan px]
         scale = self.k_sampling / self._scan_k_sampling  # scan px per model px
         refined, heights = self._refiner(patterns, centre + (positions - half) * scale)
+        if self._disks is not None:
+            refined = correct_positions(self._disks, patterns, refined, self._disk_radius_scan_px, self._disk_gain)
         heights = np.clip(heights, 0.0, None)  # background-subtracted counts can correlate negatively
         strongest = np.max(heights, axis=-1, keepdims=True)
         return half + (refined - centre) / scale, heights / np.where(strongest > 0, strongest, 1.0)

@@ -216,6 +216,7 @@ def plan_strain_map(
         "readout": getattr(detector, "refine", None),
         "readout_template": getattr(detector, "template_source", None),
         "readout_tilt_prior": getattr(detector, "tilt_prior", None),
+        "readout_disk_correction": getattr(detector, "disk_correction", None),
     }
     store = ResumableStore(out)
     lattice0, origin0, offsets = _start_store(store, scan, unit_shape, settings, fresh)
@@ -463,10 +464,14 @@ def describe_readout(attrs: dict) -> str:
     if attrs.get("readout") != "template":
         return ""
     source, tilt = attrs.get("readout_template"), attrs.get("readout_tilt_prior") or 0.0
+    corrected = attrs.get("readout_disk_correction")
     line = f"read-out: the {source} template at each network spot, "
     if tilt:
-        return line + f"each disk's intensity tilt fitted (tilt_prior {tilt:g})"
+        line += f"each disk's intensity tilt fitted (tilt_prior {tilt:g})"
+        return line + (f"; disk centres corrected by {corrected}" if corrected else "")
     line += "plain correlation (tilt_prior 0)"
+    if corrected:
+        line += f"; disk centres corrected by {corrected}"
     if source == "simulated":
         line += (
             "; the scan has no measured vacuum probe: `stemstrain ingest --probe FILE` stores one, and the "

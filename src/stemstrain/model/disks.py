@@ -1,0 +1,187 @@
+"""Disk-centre correction: a small network that moves each template-placed disk towards its true centre.
+
+The template read-out (:class:`~stemstrain.detect.bragg.TemplateRefiner`) places each disk where the
+probe template, tilted by a plane, fits best. Dynamical scattering leaves structure inside a disk (a
+bright crescent, a dark centre) that no plane describes, and the fit is biased by it: on simulated
+training patterns the median distance from the fitted to the true disk centre is 0.17 px at 1e6 e-
+(``bench/disk_corrector.py``). This network reads a patch of the raw pattern around the fitted
+position, sampled in units of the disk radius, and predicts the remaining offset to the true centre.
+It is made exactly equivariant to the 8 symmetries of the pixel grid (90° turns and mirrors) by
+averaging its prediction over them, so a turned crystal gets the turned correction.
+
+A correction file holds the weights and a ``gain`` (the fraction of the predicted offset applied),
+chosen on the uniform series (``bench/uniform_series.py``), not on the accuracy suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stemstrain.errors import StemstrainInputError
+from stemstrain.io import atomic_output
+
+__all__ = ["PATCH", "REACH", "DiskCorrector", "disk_patches", "load_disk_corrector", "save_disk_corrector"]
+
+PATCH = 13
+"""Samples per side of a disk's patch."""
+REACH = 1.6
+"""Half-width of the patch [disk radii]."""
+FORMAT = "stemstrain-disk-corrector"
+SHIPPED_CORRECTORS = Path(__file__).resolve().parents[3] / "models" / "disks"
+"""The shipped correctors, beside the shipped networks (models/ at the top of the source tree)."""
+
+_GRID = np.linspace(-REACH, REACH, PATCH)
+_CENTRE = PATCH // 2
+
+
+def _symmetries() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8 symmetries of the pixel grid: matrices (8, 2, 2) on (x, y) and patch permutations (8, PATCH²).
+
+    Permutation k gathers the patch turned by matrix T_k: its value at offset v is the old value at T_k⁻¹ v.
+    """
+    matrices = [
+        ((1, 0), (0, 1)), ((0, -1), (1, 0)), ((-1, 0), (0, -1)), ((0, 1), (-1, 0)),
+        ((-1, 0), (0, 1)), ((1, 0), (0, -1)), ((0, 1), (1, 0)), ((0, -1), (-1, 0)),
+    ]  # fmt: skip
+    offsets = np.stack(np.meshgrid(np.arange(PATCH) - _CENTRE, np.arange(PATCH) - _CENTRE), -1).reshape(-1, 2)
+    permutations = []
+    for matrix in matrices:
+        source = offsets @ np.linalg.inv(np.array(matrix, float)).T  # (x, y) offsets, rows of T⁻¹ v
+        source = np.rint(source).astype(int) + _CENTRE
+        permutations.append(source[:, 1] * PATCH + source[:, 0])
+    return torch.tensor(matrices, dtype=torch.float32), torch.as_tensor(np.stack(permutations))
+
+
+MATRICES, PERMUTATIONS = _symmetries()
+
+
+class DiskCorrector(nn.Module):
+    """Offset (x, y) [px] from a disk's fitted position to its centre, from its normalised patch.
+
+    Parameters
+    ----------
+    width : int
+        Channels of the first convolutions.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.width = int(width)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(3),
+        )
+        self.head = nn.Sequential(nn.Linear(2 * width * 9 + 2, 128), nn.ReLU(), nn.Linear(128, 2))
+
+    def forward(self, patches: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        """Offsets (n, 2) [px] of patches (n, PATCH²) with their scalars (n, 2) (:func:`disk_patches`)."""
+        found = self.features(patches.view(-1, 1, PATCH, PATCH)).flatten(1)
+        return self.head(torch.cat([found, scalars], dim=1))
+
+    def symmetric(self, patches: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        """Offsets averaged over the grid's symmetries: g⁻¹ f(g patch), exactly equivariant."""
+        offsets = [
+            self(patches[:, p], scalars) @ torch.linalg.inv(m).T for m, p in zip(MATRICES, PERMUTATIONS, strict=True)
+        ]
+        return torch.stack(offsets).mean(dim=0)
+
+
+def disk_patches(patterns: np.ndarray, positions: np.ndarray, radius_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches of the raw patterns around disk positions, in units of the disk radius.
+
+    Parameters
+    ----------
+    patterns : ndarray (n, k_y, k_x)
+        Patterns [counts].
+    positions : ndarray (n, m, 2)
+        Disk positions (x, y) [px]; NaN rows give patches of zeros.
+    radius_px : float
+        Disk radius [px].
+
+    Returns
+    -------
+    patches : Tensor (n·m, PATCH²)
+        Bilinear samples on a PATCH² grid over ±REACH radii, divided by the mean of the central 5×5
+        samples (at least 1 count).
+    scalars : Tensor (n·m, 2)
+        log10 of that mean [counts] and the disk radius / 3 [px].
+    """
+    n, m, _ = positions.shape
+    height, width = patterns.shape[-2:]
+    start = torch.as_tensor(np.nan_to_num(positions), dtype=torch.float32)
+    grid = torch.as_tensor(_GRID * radius_px, dtype=torch.float32)
+    x = start[..., 0, None, None] + grid[None, None, None, :]
+    y = start[..., 1, None, None] + grid[None, None, :, None]
+    x, y = torch.broadcast_tensors(x, y)
+    # grid_sample's coordinates with align_corners=True: -1 and 1 are the first and last pixel centres.
+    where = torch.stack([2 * x / (width - 1) - 1, 2 * y / (height - 1) - 1], dim=-1).reshape(n, m * PATCH, PATCH, 2)
+    images = torch.as_tensor(np.asarray(patterns, dtype=np.float32))[:, None]
+    patches = nn.functional.grid_sample(images, where, mode="bilinear", align_corners=True).reshape(n * m, -1)
+    inner = slice(_CENTRE - 2, _CENTRE + 3)
+    level = patches.reshape(-1, PATCH, PATCH)[:, inner, inner].mean(dim=(1, 2)).clamp_min(1.0)
+    scalars = torch.stack([torch.log10(level), torch.full_like(level, radius_px / 3.0)], dim=1)
+    return patches / level[:, None], scalars
+
+
+def correct_positions(
+    corrector: DiskCorrector, patterns: np.ndarray, positions: np.ndarray, radius_px: float, gain: float
+) -> np.ndarray:
+    """Disk positions (n, m, 2) [px] moved by ``gain`` times the corrector's offsets; NaN rows stay NaN."""
+    patches, scalars = disk_patches(patterns, positions, radius_px)
+    with torch.inference_mode():
+        offsets = corrector.symmetric(patches, scalars).double().numpy().reshape(positions.shape)
+    return positions + gain * offsets
+
+
+def save_disk_corrector(corrector: DiskCorrector, path: str | Path, metadata: dict) -> Path:
+    """Write the corrector (weights, width, ``metadata`` with its ``gain``) atomically."""
+    if "gain" not in metadata:
+        raise StemstrainInputError("disk corrector metadata needs its 'gain' (fraction of the offset applied)")
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        torch.save({"format": FORMAT, "width": corrector.width, "state": corrector.state_dict(), **metadata}, tmp)
+    return path
+
+
+def load_disk_corrector(path: str | Path) -> tuple[DiskCorrector, dict]:
+    """The corrector of a file written by :func:`save_disk_corrector` and its metadata.
+
+    Parameters
+    ----------
+    path : path or str
+        The file, or the name of a shipped corrector (``disks-v1``: ``models/disks/disks-v1.pt``).
+
+    Raises
+    ------
+    StemstrainInputError
+        If the file is missing or is not a disk corrector.
+    """
+    path = Path(path)
+    shipped = SHIPPED_CORRECTORS / f"{path.name}.pt"
+    if not path.is_file() and path.suffix != ".pt" and shipped.is_file():
+        path = shipped
+    if not path.is_file():
+        names = sorted(p.stem for p in SHIPPED_CORRECTORS.glob("*.pt"))
+        raise StemstrainInputError(
+            f"option disk_correction: file {path} does not exist (shipped correctors, by name: {', '.join(names)})"
+        )
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or foreign file
+        raise StemstrainInputError(f"option disk_correction: {path} is not a readable torch file ({err})") from err
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise StemstrainInputError(f"option disk_correction: {path} is not a disk corrector (format {FORMAT!r})")
+    corrector = DiskCorrector(saved["width"])
+    corrector.load_state_dict(saved["state"])
+    metadata = {key: value for key, value in saved.items() if key not in ("format", "width", "state")}
+    return corrector.eval(), metadata
