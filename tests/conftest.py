@@ -94,3 +94,29 @@ def tiny_training_set(tmp_path_factory):
         }
     )
     return simulate_training_set(config, tmp_path_factory.mktemp("tiny_training_set") / "train.zarr")
+
+
+UNIFORM_SCAN_REFERENCE_ROI = (0, 3, 0, 1)
+"""Reference region (y0, y1, x0, x1) of ``uniform_scan``."""
+
+
+@pytest.fixture(scope="session")
+def uniform_scan(tmp_path_factory):
+    """Si [110], 10 nm, uniform field of amplitude 1 % (e_xx 1 %, e_yy -0.5 %, e_xy 0.3 %, θ 4 mrad), 3 x 4
+    positions at 1e8 e-, with its vacuum probe. Returns the (scan, truth) store paths."""
+    from stemstrain.config import ScanConfig, parse_config
+    from stemstrain.simulate import simulate_scan
+
+    config = parse_config({"simulate": {"cluster": {"kind": "none"}}})
+    scan = ScanConfig(
+        name="uniform",
+        crystal="Si_110",
+        thickness_nm=10.0,
+        dose=1e8,
+        field="uniform",
+        amplitude=0.01,
+        scan_shape=(3, 4),
+        reference_roi=UNIFORM_SCAN_REFERENCE_ROI,
+    )
+    root = tmp_path_factory.mktemp("uniform_scan")
+    return simulate_scan(config, scan, root / "scan.zarr", root / "truth.zarr")

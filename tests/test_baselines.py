@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stemstrain.config import ScanConfig, parse_config
 from stemstrain.detect import make_detector
 from stemstrain.detect.bragg import TILT_PRIOR, BraggDetector, TemplateRefiner, disk_radius, probe_template
 from stemstrain.errors import StemstrainInputError
@@ -21,27 +20,7 @@ from stemstrain.strain import reference_lattice, strain_from_lattice
 from stemstrain.strainmap import describe_readout, strain_map
 
 TOLERANCE = 2e-3  # acceptance: each component of the 1 % strain recovered within this [1]
-REFERENCE_ROI = (0, 3, 0, 1)
-
-
-@pytest.fixture(scope="module")
-def uniform_scan(tmp_path_factory):
-    """Si [110], 10 nm, uniform field of amplitude 1 % (e_xx 1 %, e_yy -0.5 %, e_xy 0.3 %, θ 4 mrad)."""
-    from stemstrain.simulate import simulate_scan
-
-    config = parse_config({"simulate": {"cluster": {"kind": "none"}}})
-    scan = ScanConfig(
-        name="uniform",
-        crystal="Si_110",
-        thickness_nm=10.0,
-        dose=1e8,
-        field="uniform",
-        amplitude=0.01,
-        scan_shape=(3, 4),
-        reference_roi=REFERENCE_ROI,
-    )
-    root = tmp_path_factory.mktemp("baselines")
-    return simulate_scan(config, scan, root / "scan.zarr", root / "truth.zarr")
+REFERENCE_ROI = (0, 3, 0, 1)  # the uniform_scan fixture's (conftest)
 
 
 def _strain_with_detector(scan_path, detector):

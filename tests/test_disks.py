@@ -57,27 +57,6 @@ def test_correction_turns_with_the_pattern():
     assert np.abs(moved).max() > 1e-4  # not trivially zero
 
 
-@pytest.fixture(scope="module")
-def uniform_scan(tmp_path_factory):
-    """Si [110], 10 nm, uniform 1 % strain field, 3 x 4 positions, with its vacuum probe."""
-    from stemstrain.config import ScanConfig, parse_config
-    from stemstrain.simulate import simulate_scan
-
-    config = parse_config({"simulate": {"cluster": {"kind": "none"}}})
-    scan = ScanConfig(
-        name="uniform",
-        crystal="Si_110",
-        thickness_nm=10.0,
-        dose=1e8,
-        field="uniform",
-        amplitude=0.01,
-        scan_shape=(3, 4),
-        reference_roi=(0, 3, 0, 1),
-    )
-    root = tmp_path_factory.mktemp("disks")
-    return simulate_scan(config, scan, root / "scan.zarr", root / "truth.zarr")
-
-
 def test_strain_applies_the_correction_file_and_refuses_bad_ones(pairs, uniform_scan, tmp_path):
     """strain's network read-out moves its disks by the file's gain times the correction and records the
     file; the 1 % strain comes back within 2e-3. A file that is not a corrector, or a read-out that cannot
