@@ -155,21 +155,28 @@ class UNetDetector:
         # a scan without its optics is fitted with the network's σ alone.
         self.disk_radius_px = None if radius is None else radius / self.k_sampling
         self.refine, self._refiner = self._template_refiner(scan, refine, template, radius, tilt_prior)
-        self.disk_correction, self._disks = None, None  # the map records the file and its gain
-        if disk_correction is not None:
-            if self._refiner is None:
-                raise StemstrainInputError("option disk_correction needs the template read-out (refine='template')")
-            self._disks, metadata = load_disk_corrector(disk_correction)
-            self._disk_gain = float(metadata["gain"])
-            self._disk_radius_scan_px = radius / self._scan_k_sampling
-            low, high = metadata.get("radius_px", (0.0, np.inf))
-            if not low <= self._disk_radius_scan_px <= high:
-                raise StemstrainInputError(
-                    f"option disk_correction: the scan's disks are {self._disk_radius_scan_px:.2f} px in radius; "
-                    f"{Path(disk_correction).name} learnt from disks of {low:.2f}-{high:.2f} px"
-                )
-            self.disk_correction = f"{Path(disk_correction).name} (gain {self._disk_gain:g})"
+        self.disk_correction = None  # the correction file's name and gain, recorded in the map
+        self._disks = None if disk_correction is None else self._disk_corrector(disk_correction, radius)
         self.timings = Timings()
+
+    def _disk_corrector(self, path: str | Path, radius: float | None):
+        """The disk-centre corrector of a file (:mod:`stemstrain.model.disks`), checked against this scan.
+
+        Sets ``disk_correction`` (the file's name and gain, recorded in the map) and the gain.
+        """
+        if self._refiner is None:
+            raise StemstrainInputError("option disk_correction needs the template read-out (refine='template')")
+        corrector, metadata = load_disk_corrector(path)
+        self._disk_gain = float(metadata["gain"])
+        self._disk_radius_scan_px = radius / self._scan_k_sampling
+        low, high = metadata.get("radius_px", (0.0, np.inf))
+        if not low <= self._disk_radius_scan_px <= high:
+            raise StemstrainInputError(
+                f"option disk_correction: the scan's disks are {self._disk_radius_scan_px:.2f} px in radius; "
+                f"{Path(path).name} learnt from disks of {low:.2f}-{high:.2f} px"
+            )
+        self.disk_correction = f"{Path(path).name} (gain {self._disk_gain:g})"
+        return corrector
 
     def _template_refiner(
         self, scan: xr.Dataset, refine: str, template: str, radius: float | None, tilt_prior: float | None

@@ -464,20 +464,16 @@ def describe_readout(attrs: dict) -> str:
     if attrs.get("readout") != "template":
         return ""
     source, tilt = attrs.get("readout_template"), attrs.get("readout_tilt_prior") or 0.0
-    corrected = attrs.get("readout_disk_correction")
-    line = f"read-out: the {source} template at each network spot, "
-    if tilt:
-        line += f"each disk's intensity tilt fitted (tilt_prior {tilt:g})"
-        return line + (f"; disk centres corrected by {corrected}" if corrected else "")
-    line += "plain correlation (tilt_prior 0)"
-    if corrected:
-        line += f"; disk centres corrected by {corrected}"
-    if source == "simulated":
-        line += (
-            "; the scan has no measured vacuum probe: `stemstrain ingest --probe FILE` stores one, and the "
+    fit = f"each disk's intensity tilt fitted (tilt_prior {tilt:g})" if tilt else "plain correlation (tilt_prior 0)"
+    parts = [f"read-out: the {source} template at each network spot, {fit}"]
+    if corrected := attrs.get("readout_disk_correction"):
+        parts.append(f"disk centres corrected by {corrected}")
+    if not tilt and source == "simulated":
+        parts.append(
+            "the scan has no measured vacuum probe: `stemstrain ingest --probe FILE` stores one, and the "
             "read-out then fits each disk's intensity tilt"
         )
-    return line
+    return "; ".join(parts)
 
 
 def _camera_hint(run: StrainRun) -> str:

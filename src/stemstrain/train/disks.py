@@ -25,6 +25,8 @@ MIN_AMPLITUDE = 0.05
 """Disks whose kinematic amplitude relative to the strongest is below this are left out."""
 MAX_RESIDUAL_PX = 1.0
 """Offsets beyond this [px] are failed placements (a neighbour's disk), not a bias to learn."""
+READ_BLOCK = 256
+"""Patterns read from the store at a time."""
 
 
 def residual_pairs(
@@ -58,40 +60,64 @@ def residual_pairs(
     k_sampling = float(data.attrs["k_sampling"])
     shape = (data.sizes["k_y"], data.sizes["k_x"])
     optics = {name: data[name].values for name in ("energy_eV", "semiangle_mrad", "blur_px", "dose")}
+    radii = np.array([disk_radius(*pair) for pair in zip(optics["energy_eV"], optics["semiangle_mrad"], strict=True)])
+    radii /= k_sampling  # [px]
     rng = np.random.default_rng(seed)
     refiners: dict[tuple[float, float], TemplateRefiner] = {}
     kept = {"patches": [], "scalars": [], "offsets": [], "amplitude": [], "dose": [], "sample": []}
-    indices = range(data.sizes["sample"])
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc="disk residuals", unit="pattern")
-    for index in indices:
-        radius = disk_radius(optics["energy_eV"][index], optics["semiangle_mrad"][index]) / k_sampling  # [px]
-        if radius < MIN_RADIUS_PX:
-            continue
-        key = (round(radius, 2), round(float(optics["blur_px"][index]), 1))
-        if key not in refiners:
-            disk = aperture_disk(shape, k_sampling, (shape[0] // 2, shape[1] // 2), key[0] * k_sampling)
-            refiners[key] = TemplateRefiner(ndimage.gaussian_filter(disk, key[1], mode="constant"), key[0])
-        pattern = np.asarray(data["inputs"][index].values, dtype=np.float32)[None]
-        truth = np.asarray(data["spots"][index].values, dtype=np.float64)
-        amplitude = np.asarray(data["spot_amplitudes"][index].values)
-        strong = np.isfinite(truth[:, 0]) & (amplitude > MIN_AMPLITUDE)
-        truth, amplitude = truth[strong][None], amplitude[strong]
-        placed, _ = refiners[key](pattern, truth + rng.uniform(-0.4, 0.4, truth.shape))
-        offsets = (truth - placed)[0]
-        good = np.isfinite(offsets).all(axis=1) & (np.hypot(*offsets.T) < MAX_RESIDUAL_PX)
-        patches, scalars = disk_patches(pattern, placed[:, good], radius)
-        kept["patches"].append(patches)
-        kept["scalars"].append(scalars)
-        kept["offsets"].append(torch.as_tensor(offsets[good], dtype=torch.float32))
-        kept["amplitude"].append(torch.as_tensor(amplitude[good], dtype=torch.float32))
-        kept["dose"].append(torch.full((int(good.sum()),), float(optics["dose"][index])))
-        kept["sample"].append(torch.full((int(good.sum()),), index))
+        bar = tqdm(total=len(radii), desc="disk residuals", unit="pattern")
+    for first in range(0, len(radii), READ_BLOCK):
+        block = data[["inputs", "spots", "spot_amplitudes"]].isel(sample=slice(first, first + READ_BLOCK)).load()
+        for offset in range(block.sizes["sample"]):
+            index = first + offset
+            if radii[index] < MIN_RADIUS_PX:
+                continue
+            key = (round(float(radii[index]), 2), round(float(optics["blur_px"][index]), 1))
+            if key not in refiners:
+                disk = aperture_disk(shape, k_sampling, (shape[0] // 2, shape[1] // 2), key[0] * k_sampling)
+                refiners[key] = TemplateRefiner(ndimage.gaussian_filter(disk, key[1], mode="constant"), key[0])
+            pattern = block["inputs"].values[offset].astype(np.float32)[None]
+            spots, amplitude = block["spots"].values[offset], block["spot_amplitudes"].values[offset]
+            pairs = _pattern_pairs(refiners[key], radii[index], pattern, spots, amplitude, rng)
+            for name, values in zip(("patches", "scalars", "offsets", "amplitude"), pairs, strict=True):
+                kept[name].append(values)
+            kept["dose"].append(torch.full((len(pairs[2]),), float(optics["dose"][index])))
+            kept["sample"].append(torch.full((len(pairs[2]),), index))
+        if bar is not None:
+            bar.update(block.sizes["sample"])
+    if bar is not None:
+        bar.close()
     if not kept["patches"]:
         raise StemstrainInputError(f"training set {store}: no disk of radius >= {MIN_RADIUS_PX} px to learn from")
     return {name: torch.cat(values) for name, values in kept.items()}
+
+
+def _pattern_pairs(
+    refiner: TemplateRefiner,
+    radius_px: float,
+    pattern: np.ndarray,
+    spots: np.ndarray,
+    amplitude: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pattern's kept disks: patches, scalars, offsets to the true centres [px] and amplitudes.
+
+    ``pattern`` (1, k_y, k_x) [counts], ``spots`` (m, 2) true centres (x, y) [px] NaN-padded, ``amplitude``
+    (m,) their kinematic amplitudes, ``radius_px`` the disk radius [px].
+    """
+    truth = np.asarray(spots, dtype=np.float64)
+    strong = np.isfinite(truth[:, 0]) & (amplitude > MIN_AMPLITUDE)
+    truth, amplitude = truth[strong][None], amplitude[strong]
+    placed, _ = refiner(pattern, truth + rng.uniform(-0.4, 0.4, truth.shape))
+    offsets = (truth - placed)[0]
+    good = np.isfinite(offsets).all(axis=1) & (np.hypot(*offsets.T) < MAX_RESIDUAL_PX)
+    patches, scalars = disk_patches(pattern, placed[:, good], radius_px)
+    offsets = torch.as_tensor(offsets[good], dtype=torch.float32)
+    return patches, scalars, offsets, torch.as_tensor(amplitude[good], dtype=torch.float32)
 
 
 def fit_disk_corrector(
