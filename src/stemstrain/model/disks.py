@@ -89,10 +89,11 @@ class DiskCorrector(nn.Module):
         return self.head(torch.cat([found, scalars], dim=1))
 
     def symmetric(self, patches: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
-        """Offsets averaged over the grid's symmetries: g⁻¹ f(g patch), exactly equivariant."""
-        offsets = [
-            self(patches[:, p], scalars) @ torch.linalg.inv(m).T for m, p in zip(MATRICES, PERMUTATIONS, strict=True)
-        ]
+        """Offsets averaged over the grid's symmetries: g⁻¹ f(g patch), exactly equivariant.
+
+        The matrices are orthogonal, so g⁻¹ on the row vectors f is a product with the matrix itself.
+        """
+        offsets = [self(patches[:, p], scalars) @ m for m, p in zip(MATRICES, PERMUTATIONS, strict=True)]
         return torch.stack(offsets).mean(dim=0)
 
 
@@ -138,9 +139,12 @@ def correct_positions(
 ) -> np.ndarray:
     """Disk positions (n, m, 2) [px] moved by ``gain`` times the corrector's offsets; NaN rows stay NaN."""
     patches, scalars = disk_patches(patterns, positions, radius_px)
+    # Only found disks go through the network: the NaN padding of a batch's spot lists would cost as much.
+    found = torch.as_tensor(np.isfinite(positions).all(axis=-1).reshape(-1))
+    offsets = torch.zeros(len(found), 2, dtype=torch.float64)
     with torch.inference_mode():
-        offsets = corrector.symmetric(patches, scalars).double().numpy().reshape(positions.shape)
-    return positions + gain * offsets
+        offsets[found] = corrector.symmetric(patches[found], scalars[found]).double()
+    return positions + gain * offsets.numpy().reshape(positions.shape)
 
 
 def save_disk_corrector(corrector: DiskCorrector, path: str | Path, metadata: dict) -> Path:
