@@ -34,6 +34,7 @@ from peers import children_cpu_seconds, region_spread, run_py4dstem  # noqa: E40
 
 from stemstrain.ingest import ingest  # noqa: E402
 from stemstrain.io import open_4d  # noqa: E402
+from stemstrain.model import default_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RAW = HERE.parent.parent / "shared" / "data" / "experimental" / "mgo_nanocubes_sped" / "mgo_nanoparticles.zspy"
@@ -164,7 +165,7 @@ def main() -> None:
             return
         if args.model:
             label, options = f"{label}@{Path(args.model).stem}", [*options, "--model", args.model]
-        results[label] = {**ours(scan, method, options, label), "model": args.model or "default"}
+        results[label] = {**ours(scan, method, options, label), "model": args.model or default_model().stem}
 
     for method in args.methods:
         run(method, method)

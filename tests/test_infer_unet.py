@@ -94,7 +94,7 @@ def test_full_chain_on_the_trained_fixture_model(request, tmp_path):
 
 
 def test_the_shipped_model_loads_and_strain_uses_it_by_default(tmp_path, monkeypatch):
-    """``models/general-v2.pt`` is small, loads, says what it was trained on, and is what ``strain`` runs."""
+    """``models/fast-v1.pt`` is small, loads, says what it was trained on, and is what ``strain`` runs."""
     from test_infer import target_scan
 
     from stemstrain.detect.network import model_hash
@@ -102,7 +102,7 @@ def test_the_shipped_model_loads_and_strain_uses_it_by_default(tmp_path, monkeyp
 
     monkeypatch.delenv("STEMSTRAIN_MODEL", raising=False)
     path = default_model()
-    assert path.name == "general-v2.pt" and path.stat().st_size < 5e6
+    assert path.name == "fast-v1.pt" and path.stat().st_size < 5e6
     _, metadata = load_model(path)
     assert len(metadata["trained_on"]["crystals"]) >= 8
     out = strain_map(target_scan(tmp_path / "scan.zarr"), tmp_path / "strain.zarr", progress=False)
@@ -112,8 +112,8 @@ def test_the_shipped_model_loads_and_strain_uses_it_by_default(tmp_path, monkeyp
 
 
 def test_a_shipped_model_is_chosen_by_name():
-    """``--model camera-v1`` is ``models/camera-v1.pt`` (trained with camera effects), ``--model fast-v1`` the
-    small network; a wrong name lists them all."""
+    """``--model camera-v1`` is ``models/camera-v1.pt`` (trained with camera effects), ``--model general-v2`` the
+    default until 2026-12-02 (four times fast-v1's compute); a wrong name lists them all."""
     from stemstrain.errors import StemstrainInputError
     from stemstrain.model import load_model, resolve_model
 
@@ -122,27 +122,11 @@ def test_a_shipped_model_is_chosen_by_name():
     _, metadata = load_model(path)
     augment = metadata["config"]["train"]["augment"]
     assert augment["halo"] > 0 and augment["psf_px"] > 0 and augment["saturation"] > 0
-    fast = resolve_model("fast-v1")  # the small network for CPUs without native bf16
-    _, metadata = load_model(fast)
-    assert metadata["config"]["model"]["base_channels"] == 4 and fast.stat().st_size < 1e6
+    general = resolve_model("general-v2")
+    _, metadata = load_model(general)
+    assert metadata["config"]["model"]["base_channels"] == 8 and general.stat().st_size < 1e6
     with pytest.raises(StemstrainInputError, match=r"camera-v1, fast-v1, general-v2"):
         resolve_model("camera-v9")
-
-
-def test_the_small_model_is_suggested_where_the_default_runs_in_fp32(monkeypatch):
-    """On a CPU without native bf16 the default model runs in fp32: ``strain`` suggests fast-v1 there only."""
-    from stemstrain.model.export import MODEL_ENV, fast_model_hint
-    from stemstrain.runtime import native_bf16
-
-    monkeypatch.delenv(MODEL_ENV, raising=False)
-    hint = fast_model_hint(None, "cpu")
-    if native_bf16("cpu"):
-        assert hint is None
-    else:
-        assert "--model fast-v1" in hint
-    assert fast_model_hint("general-v2", "cpu") is None and fast_model_hint(None, "cuda:0") is None
-    monkeypatch.setenv(MODEL_ENV, "my-model.pt")
-    assert fast_model_hint(None, "cpu") is None
 
 
 # Tuned py4DSTEM on the same positions (bench/results/mgo.json, row py4dstem): std of e_xx, e_yy, e_xy, theta.
@@ -154,9 +138,10 @@ BRAGG_MGO_SPREAD = (1.23e-3, 0.83e-3, 0.67e-3, 0.81e-3)
 def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_path):
     """Real SPED data (precession, halo, saturated beam): the MgO cube is relaxed, so its spread is noise.
 
-    Read by the network's own offsets (``-o refine=offsets``), general-v2 finds no lattice in these
-    patterns, and the error points to camera-v1; with the template read-out (the default) it fits
-    some of the reference region only, and the run warns and points to camera-v1. camera-v1 with
+    Read by the network's own offsets (``-o refine=offsets``), general-v2 (the default until
+    2026-12-02, trained without camera effects) finds no lattice in these patterns, and the error
+    points to camera-v1; with the template read-out (the default) it fits some of the reference region
+    only, and the run warns and points to camera-v1. camera-v1 with
     ``--static-offsets`` maps the cube (rows 85-100, columns 14-29, reference rows 89-92, columns
     18-23) all valid, each component's spread below tuned py4DSTEM's on the same positions. With the template read-out
     (``-o refine=template``) its spread is below our bragg's with ``--static-offsets`` too.
@@ -175,12 +160,13 @@ def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_
         strain_map(
             scan,
             tmp_path / "default.zarr",
+            model="general-v2",
             reference_roi=(4, 8, 4, 10),
             detector_options={"refine": "offsets"},
             progress=False,
         )
     with pytest.warns(UserWarning, match=r"only \d+ of 24 positions .* valid lattice fit.*try --model camera-v1"):
-        strain_map(scan, tmp_path / "general.zarr", reference_roi=(4, 8, 4, 10), progress=False)
+        strain_map(scan, tmp_path / "general.zarr", model="general-v2", reference_roi=(4, 8, 4, 10), progress=False)
     # camera-v1 with its own offsets beats py4DSTEM; its spots placed by the probe template (the
     # aperture disk at the scan's optics) beat our bragg, the best classical method here.
     for refine, spread in (("offsets", PY4DSTEM_MGO_SPREAD), ("template", BRAGG_MGO_SPREAD)):

@@ -216,9 +216,9 @@ def strain(
         Path | None,
         typer.Option(
             help="Exported network (CKPT_DIR/model.pt) or the name of a shipped model for --method unet; default: "
-            "the shipped general-v2 (or $STEMSTRAIN_MODEL), see models/general-v2.md. On real detector data "
-            "(diffuse halo, blur, saturated beam) try camera-v1, see models/camera-v1.md; on CPUs without "
-            "native bf16 (AVX2 only), fast-v1 runs about twice as fast, see models/fast-v1.md."
+            "the shipped fast-v1 (or $STEMSTRAIN_MODEL), see models/fast-v1.md. On real detector data "
+            "(diffuse halo, blur, saturated beam) try camera-v1, see models/camera-v1.md; general-v2 (four times "
+            "the compute, the default until 2026-12-02) gives the same accuracy, see models/general-v2.md."
         ),
     ] = None,
     config: Annotated[
@@ -328,11 +328,8 @@ def strain(
     chunks it finished. The result follows the strain-map contract (e_xx, e_yy, e_xy, theta,
     fit_error, n_peaks, mask, plus the fitted lattice per position).
     """
-    from stemstrain.detect import NETWORK
     from stemstrain.io import open_store, read_values
     from stemstrain.lattice import FitOptions
-    from stemstrain.model.export import fast_model_hint
-    from stemstrain.runtime import resolve_device
     from stemstrain.strainmap import describe_readout, strain_map
 
     flags = {"batch_size": batch, "device": device, "precision": precision, "unit_patterns": unit_patterns}
@@ -342,10 +339,6 @@ def strain(
     options = parse_detector_options(detector_option)
     if allow_calibration_mismatch:
         options["allow_calibration_mismatch"] = True
-    if method == NETWORK and settings.precision == "auto" and settings.cluster.kind != "slurm":
-        hint = fast_model_hint(model, resolve_device(settings.device))  # this machine runs the network
-        if hint:
-            typer.echo(f"note: {hint}", err=True)
     strain_map(
         scan,
         out,
