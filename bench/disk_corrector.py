@@ -33,7 +33,7 @@ DOSES = (1e3, 1e4, 1e5, 1e6)
 def median_distances(corrector, pairs: dict, strong: torch.Tensor) -> list[dict]:
     """Median distance [px] to the true centre before and after the correction, per dose decade."""
     with torch.inference_mode():
-        predicted = corrector.symmetric(pairs["patches"], pairs["scalars"])
+        predicted = corrector(pairs["patches"], pairs["scalars"])
     rows = []
     for low in DOSES:
         band = strong & (pairs["dose"] >= low) & (pairs["dose"] < 10 * low)

@@ -1,4 +1,4 @@
-"""The disk-centre correction: learned on real abTEM patterns, equivariant, applied by the network's read-out."""
+"""The disk-centre correction: learned on real abTEM patterns, turns with the pattern, used by the read-out."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from stemstrain.detect import make_detector
+from stemstrain.detect.bragg import disk_radius
 from stemstrain.errors import StemstrainInputError
 from stemstrain.model import resolve_model
-from stemstrain.model.disks import DiskCorrector, correct_positions, load_disk_corrector, save_disk_corrector
+from stemstrain.model.disks import correct_positions, load_disk_corrector, save_disk_corrector
 from stemstrain.train.disks import fit_disk_corrector, residual_pairs
 
 
@@ -34,27 +35,39 @@ def test_fitted_corrector_learns_the_offsets_it_was_shown(pairs):
     corrector, losses = fit_disk_corrector(pairs, epochs=40, batch_size=64)
     assert losses[-1] < 0.9 * losses[0], losses
     with torch.inference_mode():
-        left = (pairs["offsets"] - corrector.symmetric(pairs["patches"], pairs["scalars"])).norm(dim=1)
+        left = (pairs["offsets"] - corrector(pairs["patches"], pairs["scalars"])).norm(dim=1)
     before = pairs["offsets"].norm(dim=1)
     assert float(left.median()) < 0.85 * float(before.median()), (float(left.median()), float(before.median()))
 
 
-def test_correction_turns_with_the_pattern():
-    """Turning a pattern by 90° (np.rot90) turns each disk's correction with it, exactly: the corrector
-    averages its prediction over the 8 symmetries of the pixel grid."""
-    torch.manual_seed(3)
-    corrector = DiskCorrector(width=8).eval()
-    rng = np.random.default_rng(0)
-    size = 40
-    pattern = rng.poisson(200.0, (size, size)).astype(np.float32)
-    positions = np.array([[[12.3, 20.6], [25.1, 14.8]]])
-    moved = correct_positions(corrector, pattern[None], positions, 2.4, gain=1.0) - positions
+def test_correction_turns_with_the_pattern(tiny_training_set):
+    """Turning a real pattern by 90° (np.rot90) turns the shipped corrector's correction of each disk
+    with it, nearly: the corrector learnt with random grid symmetries and runs once per disk (on its
+    validation set the two differ by 0.03 px, median, against corrections of 0.11 px)."""
+    import xarray as xr
+
+    corrector, _ = load_disk_corrector("disks-v1")
+    data = xr.open_zarr(tiny_training_set)
+    radius = disk_radius(float(data["energy_eV"][0]), float(data["semiangle_mrad"][0])) / data.attrs["k_sampling"]
+    size = data.sizes["k_x"]
+    pattern = np.asarray(data["inputs"].values[0], dtype=np.float32)
+    spots = data["spots"].values[0]
+    strong = np.isfinite(spots[:, 0]) & (data["spot_amplitudes"].values[0] > 0.2)
+    positions = spots[strong][None].astype(np.float64) + 0.2  # off the centres, as the template leaves them
+    inside = (positions > 8).all(-1) & (positions < size - 9).all(-1)
+    positions = positions[:, inside[0]]
+    moved = correct_positions(corrector, pattern[None], positions, radius, gain=1.0) - positions
     # rot90: B[i, j] = A[j, N-1-i], so (x, y) in A is (y, N-1-x) in B and an offset (dx, dy) is (dy, -dx).
     turned_positions = np.stack([positions[..., 1], size - 1 - positions[..., 0]], axis=-1)
-    turned = correct_positions(corrector, np.rot90(pattern)[None].copy(), turned_positions, 2.4, gain=1.0)
+    turned = correct_positions(corrector, np.rot90(pattern)[None].copy(), turned_positions, radius, gain=1.0)
     expected = np.stack([moved[..., 1], -moved[..., 0]], axis=-1)
-    np.testing.assert_allclose(turned - turned_positions, expected, atol=1e-5)
-    assert np.abs(moved).max() > 1e-4  # not trivially zero
+    difference = np.linalg.norm(turned - turned_positions - expected, axis=-1)
+    size_of = np.linalg.norm(moved, axis=-1)
+    assert positions.shape[1] >= 6
+    # and it moves the disks towards their true centres, 0.28 px away
+    after = np.linalg.norm(positions + moved - (positions - 0.2), axis=-1)
+    assert np.median(after) < 0.2, np.median(after)
+    assert np.median(difference) < 0.5 * np.median(size_of), (np.median(difference), np.median(size_of))
 
 
 def test_strain_applies_the_correction_file_and_refuses_bad_ones(pairs, uniform_scan, tmp_path):
