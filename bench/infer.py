@@ -3,7 +3,8 @@
 Builds a uint16 scan of kinematic disk patterns (aperture disks at SIM's spots, Poisson noise) and runs
 ``stemstrain.strainmap.strain_map`` with the unet method in fp32 and bf16 (the default read-out),
 then with each read-out (``refine``: the network's offsets, the probe template; the template also
-untilted, ``tilt_prior=0``) in the fastest precision, after timing the network alone (NCHW,
+untilted, ``tilt_prior=0``, and with the shipped disk-centre correction, ``disk_correction=disks-v1``)
+in the fastest precision, after timing the network alone (NCHW,
 channels_last, folded BatchNorm, bf16 autocast, torch.compile, its FLOPs and the CPU's fp32 GEMM
 rate; ``strain`` itself compiles only on a GPU). The network is the default U-Net of config.yaml
 with random weights and a pass-through channel (:func:`default_model`: every layer costs what it
@@ -252,7 +253,7 @@ def main() -> None:
         fast = "fp32" if args.no_bf16 else "bf16"
         variants = [("fp32", {})] + ([] if args.no_bf16 else [("bf16", {})])
         variants += [(fast, {"refine": "offsets"}), (fast, {"refine": "template"})]
-        variants += [(fast, {"refine": "template", "tilt_prior": 0})]
+        variants += [(fast, {"refine": "template", "tilt_prior": 0}), (fast, {"disk_correction": "disks-v1"})]
         for precision, options in variants:
             name = " ".join([precision, *(f"{key}={value}" for key, value in options.items())])
             timings: dict = {}
