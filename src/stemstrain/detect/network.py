@@ -176,6 +176,8 @@ class UNetDetector:
                 f"{Path(path).name} learnt from disks of {low:.2f}-{high:.2f} px"
             )
         self.disk_correction = f"{Path(path).name} (gain {self._disk_gain:g})"
+        # The corrector runs on the CPU: in the network's precision there, else in the CPU's own.
+        self._disk_precision = self.precision if self.device == "cpu" else resolve_precision("auto", "cpu")
         return corrector
 
     def _template_refiner(
@@ -341,7 +343,9 @@ class UNetDetector:
         scale = self.k_sampling / self._scan_k_sampling  # scan px per model px
         refined, heights = self._refiner(patterns, centre + (positions - half) * scale)
         if self._disks is not None:
-            refined = correct_positions(self._disks, patterns, refined, self._disk_radius_scan_px, self._disk_gain)
+            refined = correct_positions(
+                self._disks, patterns, refined, self._disk_radius_scan_px, self._disk_gain, self._disk_precision
+            )
         heights = np.clip(heights, 0.0, None)  # background-subtracted counts can correlate negatively
         strongest = np.max(heights, axis=-1, keepdims=True)
         return half + (refined - centre) / scale, heights / np.where(strongest > 0, strongest, 1.0)
