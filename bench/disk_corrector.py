@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-from stemstrain.model.disks import save_disk_corrector  # noqa: E402
+from stemstrain.model.disks import RADIUS_SCALE, save_disk_corrector  # noqa: E402
 from stemstrain.train.disks import fit_disk_corrector, residual_pairs  # noqa: E402
 
 DOSES = (1e3, 1e4, 1e5, 1e6)
@@ -63,7 +63,7 @@ def main() -> None:
     validate = residual_pairs(args.validate, progress=True)
     collected = time.time()
     corrector, losses = fit_disk_corrector(train, epochs=args.epochs)
-    radius = 3.0 * train["scalars"][:, 1]  # the disk radii it learnt from [px]
+    radius = RADIUS_SCALE * train["scalars"][:, 1]  # the disk radii it learnt from [px]
     fitted = time.time()
     save_disk_corrector(
         corrector,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import UNIFORM_SCAN_REFERENCE_ROI as REFERENCE_ROI
 
 from stemstrain.detect import make_detector
 from stemstrain.detect.bragg import TILT_PRIOR, BraggDetector, TemplateRefiner, disk_radius, probe_template
@@ -20,7 +21,6 @@ from stemstrain.strain import reference_lattice, strain_from_lattice
 from stemstrain.strainmap import describe_readout, strain_map
 
 TOLERANCE = 2e-3  # acceptance: each component of the 1 % strain recovered within this [1]
-REFERENCE_ROI = (0, 3, 0, 1)  # the uniform_scan fixture's (conftest)
 
 
 def _strain_with_detector(scan_path, detector):

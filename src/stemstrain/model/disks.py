@@ -30,12 +30,23 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.io import atomic_output
 from stemstrain.runtime import autocast
 
-__all__ = ["PATCH", "REACH", "DiskCorrector", "disk_patches", "load_disk_corrector", "save_disk_corrector"]
+__all__ = [
+    "PATCH",
+    "RADIUS_SCALE",
+    "REACH",
+    "DiskCorrector",
+    "correct_positions",
+    "disk_patches",
+    "load_disk_corrector",
+    "save_disk_corrector",
+]
 
 PATCH = 13
 """Samples per side of a disk's patch."""
 REACH = 1.6
 """Half-width of the patch [disk radii]."""
+RADIUS_SCALE = 3.0
+"""The disk radius enters the network divided by this [px] (second of :func:`disk_patches`' scalars)."""
 FORMAT = "stemstrain-disk-corrector"
 SHIPPED_CORRECTORS = Path(__file__).resolve().parents[3] / "models" / "disks"
 """The shipped correctors, beside the shipped networks (models/ at the top of the source tree)."""
@@ -114,7 +125,7 @@ def disk_patches(patterns: np.ndarray, positions: np.ndarray, radius_px: float) 
         Bilinear samples on a PATCH² grid over ±REACH radii, divided by the mean of the central 5×5
         samples (at least 1 count).
     scalars : Tensor (n·m, 2)
-        log10 of that mean [counts] and the disk radius / 3 [px].
+        log10 of that mean [counts] and the disk radius / RADIUS_SCALE [px].
     """
     n, m, _ = positions.shape
     height, width = patterns.shape[-2:]
@@ -129,7 +140,7 @@ def disk_patches(patterns: np.ndarray, positions: np.ndarray, radius_px: float) 
     patches = nn.functional.grid_sample(images, where, mode="bilinear", align_corners=True).reshape(n * m, -1)
     inner = slice(_CENTRE - 2, _CENTRE + 3)
     level = patches.reshape(-1, PATCH, PATCH)[:, inner, inner].mean(dim=(1, 2)).clamp_min(1.0)
-    scalars = torch.stack([torch.log10(level), torch.full_like(level, radius_px / 3.0)], dim=1)
+    scalars = torch.stack([torch.log10(level), torch.full_like(level, radius_px / RADIUS_SCALE)], dim=1)
     return patches / level[:, None], scalars
 
 
