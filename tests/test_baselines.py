@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import UNIFORM_SCAN_REFERENCE_ROI as REFERENCE_ROI
 
 from stemstrain.detect import make_detector
 from stemstrain.detect.bragg import TILT_PRIOR, BraggDetector, TemplateRefiner, disk_radius, probe_template
@@ -21,6 +20,9 @@ from stemstrain.strain import reference_lattice, strain_from_lattice
 from stemstrain.strainmap import describe_readout, strain_map
 
 TOLERANCE = 2e-3  # acceptance: each component of the 1 % strain recovered within this [1]
+# The uniform_scan fixture's (conftest.UNIFORM_SCAN_REFERENCE_ROI): `from conftest import` would find
+# tests/slurm/conftest.py first when the whole suite is collected.
+REFERENCE_ROI = (0, 3, 0, 1)
 
 
 def _strain_with_detector(scan_path, detector):
