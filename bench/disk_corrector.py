@@ -8,61 +8,112 @@ whose kinematic amplitude is at least 0.2 of the strongest. The strain it gives 
 ``bench/uniform_series.py`` (where ``--gain`` is chosen) and ``bench/accuracy.py``, both with
 ``--disk-correction FILE``.
 
+With ``--series`` the training set holds strain series (``simulate.strain_series``, config/disks-series.yaml):
+the corrector learns with the loss on each disk's error less the mean error of its reflection over the
+series (``stemstrain.train.disks.series_cells``), one series in ``--hold-out`` is kept back, and the
+report adds the median of that relative error before and after, the part of the bias a strain map sees.
+
 Usage: ``python bench/disk_corrector.py --train TRAIN.zarr --validate VAL.zarr --out models/disks/disks-v1.pt
-[--epochs 6] [--gain 0.5]``; writes ``bench/results/disk_corrector.json``.
+[--epochs 6] [--gain 0.5]``, or ``--train SERIES.zarr --series --out FILE``; writes
+``bench/results/disk_corrector.json`` (``disk_corrector_series.json`` with ``--series``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from stemstrain.model.disks import RADIUS_SCALE, save_disk_corrector  # noqa: E402
-from stemstrain.train.disks import fit_disk_corrector, residual_pairs  # noqa: E402
+from stemstrain.train.disks import fit_disk_corrector, residual_pairs, series_cells  # noqa: E402
 
 DOSES = (1e3, 1e4, 1e5, 1e6)
 
 
-def median_distances(corrector, pairs: dict, strong: torch.Tensor) -> list[dict]:
-    """Median distance [px] to the true centre before and after the correction, per dose decade."""
+def median_distances(corrector, pairs: dict, strong: torch.Tensor, cells: torch.Tensor | None = None) -> list[dict]:
+    """Median distance [px] to the true centre before and after the correction, per dose decade.
+
+    With ``cells``, also the median of the error less its cell's mean error (disks of cells of two or more).
+    """
     with torch.inference_mode():
         predicted = corrector(pairs["patches"], pairs["scalars"])
+    if cells is not None:
+        _, member = torch.unique(cells, return_inverse=True)
+        size = torch.zeros(int(member.max()) + 1).index_add_(0, member, torch.ones(len(member)))
+
+        def relative(error: torch.Tensor) -> torch.Tensor:
+            mean = torch.zeros(len(size), 2).index_add_(0, member, error) / size[:, None]
+            return (error - mean[member]).norm(dim=1)
+
+        shared = size[member] >= 2
+        relative_before, relative_after = relative(-pairs["offsets"]), relative(predicted - pairs["offsets"])
     rows = []
     for low in DOSES:
         band = strong & (pairs["dose"] >= low) & (pairs["dose"] < 10 * low)
         before = pairs["offsets"][band].norm(dim=1)
         after = (pairs["offsets"][band] - predicted[band]).norm(dim=1)
-        rows.append(
-            {
-                "dose_from": low,
-                "disks": int(band.sum()),
-                "median_before_px": float(before.median()),
-                "median_after_px": float(after.median()),
-            }
-        )
+        row = {
+            "dose_from": low,
+            "disks": int(band.sum()),
+            "median_before_px": float(before.median()),
+            "median_after_px": float(after.median()),
+        }
+        if cells is not None:
+            row["median_relative_before_px"] = float(relative_before[band & shared].median())
+            row["median_relative_after_px"] = float(relative_after[band & shared].median())
+        rows.append(row)
     return rows
+
+
+def _subset(pairs: dict, keep: torch.Tensor) -> dict:
+    return {name: values[keep] for name, values in pairs.items()}
+
+
+def _patterns_per_series(store: str) -> int:
+    """Patterns of one strain series of a training set (states x positions x thicknesses)."""
+    simulate = json.loads(xr.open_zarr(store).attrs["simulate_config"])
+    return simulate["strain_series"] * simulate.get("positions_per_state", 1) * len(simulate["thicknesses_nm"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True, help="training set (zarr) to learn from")
-    parser.add_argument("--validate", required=True, help="independent training set (zarr) to measure on")
+    parser.add_argument("--validate", help="independent training set (zarr) to measure on (not with --series)")
+    parser.add_argument("--series", action="store_true", help="--train holds strain series: learn what changes")
+    parser.add_argument("--hold-out", type=int, default=8, help="with --series: every n-th series is measured on")
+    parser.add_argument("--absolute-weight", type=float, default=0.2, help="with --series: weight of the plain loss")
     parser.add_argument("--out", required=True, help="corrector file to write")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--gain", type=float, default=0.5, help="fraction of the offset applied (uniform series)")
+    parser.add_argument("--cache", help="keep the collected disks in this file and read them back from it")
     args = parser.parse_args()
+    if args.series == bool(args.validate):
+        parser.error("give --validate (an independent set) or --series (held-out series of --train), not both")
     start = time.time()
-    train = residual_pairs(args.train, progress=True)
-    validate = residual_pairs(args.validate, progress=True)
+    if args.cache and Path(args.cache).is_file():
+        train = torch.load(args.cache)
+    else:
+        train = residual_pairs(args.train, progress=True)
+        if args.cache:
+            torch.save(train, args.cache)
+    cells = validate_cells = None
+    if args.series:
+        cells = series_cells(args.train, train)
+        held = (train["sample"] // _patterns_per_series(args.train)) % args.hold_out == args.hold_out - 1
+        validate, validate_cells = _subset(train, held), cells[held]
+        train, cells = _subset(train, ~held), cells[~held]
+    else:
+        validate = residual_pairs(args.validate, progress=True)
     collected = time.time()
-    corrector, losses = fit_disk_corrector(train, epochs=args.epochs)
+    corrector, losses = fit_disk_corrector(train, epochs=args.epochs, cells=cells, absolute_weight=args.absolute_weight)
     radius = RADIUS_SCALE * train["scalars"][:, 1]  # the disk radii it learnt from [px]
     fitted = time.time()
     save_disk_corrector(
@@ -74,20 +125,27 @@ def main() -> None:
             "train": str(args.train),
             "disks": len(train["offsets"]),
             "epochs": args.epochs,
+            **({"series": True, "absolute_weight": args.absolute_weight} if args.series else {}),
         },
     )
     strong = validate["amplitude"] >= 0.2
-    rows = median_distances(corrector, validate, strong)
+    rows = median_distances(corrector, validate, strong, validate_cells)
     for row in rows:
+        relative = ""
+        if args.series:
+            relative = f"; less its series mean {row['median_relative_before_px']:.3f} -> "
+            relative += f"{row['median_relative_after_px']:.3f} px"
         print(
             f"dose {row['dose_from']:.0e}: {row['disks']} disks, median {row['median_before_px']:.3f} -> "
-            f"{row['median_after_px']:.3f} px"
+            f"{row['median_after_px']:.3f} px{relative}"
         )
     write_result(
-        "disk_corrector",
+        "disk_corrector_series" if args.series else "disk_corrector",
         {
             "train": str(args.train),
-            "validate": str(args.validate),
+            "validate": f"every {args.hold_out}th series of --train" if args.series else str(args.validate),
+            "absolute_weight": args.absolute_weight if args.series else None,
+            "out": str(args.out),
             "disks_train": len(train["offsets"]),
             "disks_validate": len(validate["offsets"]),
             "epochs": args.epochs,

@@ -112,6 +112,25 @@ def test_training_set_stores_spots_that_match_the_targets(tmp_path):
     np.testing.assert_allclose(hk, np.rint(hk), atol=0.05)
 
 
+def test_a_strain_series_shares_crystal_and_microscope_and_changes_the_strain():
+    """strain_series 2: states 0-1 and 2-3 are one crystal at one orientation, mistilt, optics and thickness."""
+    from stemstrain.simulate.dataset import simulate_chunk
+
+    config = parse_config(
+        {"simulate": {**VARIED, "strain_series": 2, "chunk_size": 8, "strain_max": 0.03, "tilt_max_mrad": 2.0}}
+    )
+    chunk = simulate_chunk(config, 0)  # 4 states x 2 thicknesses, real multislice
+    shared = ("orientation_rad", "energy_eV", "semiangle_mrad", "thickness_nm", "frozen_phonons", "tilt_mrad")
+    for first in (0, 4):  # the two thicknesses of state 0 (2) against those of state 1 (3)
+        for name in shared:
+            np.testing.assert_array_equal(chunk[name][first : first + 2], chunk[name][first + 2 : first + 4], name)
+        assert np.abs(chunk["strain"][first] - chunk["strain"][first + 2]).max() > 1e-3
+        assert not np.array_equal(chunk["inputs"][first], chunk["inputs"][first + 2])
+    assert chunk["orientation_rad"][0] != chunk["orientation_rad"][4]  # the next series draws anew
+    with pytest.raises(ValueError, match="strain_series"):
+        parse_config({"simulate": {**VARIED, "strain_series": 3, "n_samples": 6}})  # 2 states per chunk
+
+
 def test_composite_field_has_a_shape_per_component_and_vanishes_in_the_reference():
     roi = (0, 8, 0, 3)
     field = strain_field("composite", (8, 10), roi, 0.02)

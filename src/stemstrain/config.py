@@ -143,9 +143,21 @@ class SimulateConfig(_Section):
         description="Convergence semiangles drawn log-uniform per strain state [mrad], capped so that neighbouring "
         "disks do not overlap and the probe fits the simulation box; default: optics.semiangle_mrad.",
     )
+    strain_series: int = Field(
+        1,
+        ge=1,
+        description="Consecutive strain states that share crystal, orientation, mistilt, optics, thicknesses and "
+        "frozen-phonon count and differ only in strain (and noise); 1: everything drawn per state. Training of the "
+        "disk correction (stemstrain.train.disks) learns from such series what changes with strain.",
+    )
     noise: Noise = Field(default_factory=Noise)
     precession: Precession = Field(default_factory=Precession)
     cluster: Cluster = Field(default_factory=Cluster)
+
+    @property
+    def states_per_chunk(self) -> int:
+        """Strain states per chunk (and per task): whole states of chunk_size patterns, at least one."""
+        return max(1, self.chunk_size // (self.positions_per_state * len(self.thicknesses_nm)))
 
     @model_validator(mode="after")
     def _positive_thickness(self) -> SimulateConfig:
@@ -154,6 +166,14 @@ class SimulateConfig(_Section):
             raise ValueError(f"thicknesses_nm must be positive, found {bad}")
         if self.semiangle_range_mrad is not None and self.semiangle_range_mrad[0] > self.semiangle_range_mrad[1]:
             raise ValueError(f"semiangle_range_mrad must be (low, high), found {list(self.semiangle_range_mrad)}")
+        if self.n_samples % self.strain_series:
+            raise ValueError(f"n_samples ({self.n_samples}) must be a multiple of strain_series ({self.strain_series})")
+        if self.states_per_chunk % self.strain_series:
+            raise ValueError(
+                f"a chunk holds {self.states_per_chunk} strain states (chunk_size {self.chunk_size} / "
+                f"(positions_per_state x {len(self.thicknesses_nm)} thicknesses)); strain_series "
+                f"({self.strain_series}) must divide it, so that a series is simulated by one task"
+            )
         return self
 
 

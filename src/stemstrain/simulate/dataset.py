@@ -90,8 +90,7 @@ def training_layout(config: Config) -> tuple[int, int, int]:
     """Patterns per strain state, strain states per chunk and number of chunks."""
     sim = config.simulate
     per_state = sim.positions_per_state * len(sim.thicknesses_nm)
-    states_per_chunk = max(1, sim.chunk_size // per_state)
-    return per_state, states_per_chunk, math.ceil(sim.n_samples / states_per_chunk)
+    return per_state, sim.states_per_chunk, math.ceil(sim.n_samples / sim.states_per_chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +206,12 @@ def simulate_chunk(config: Config, chunk: int) -> dict[str, np.ndarray]:
     states = range(first, min(first + states_per_chunk, sim.n_samples))
     rng = np.random.default_rng([sim.seed, chunk])
     columns: dict[str, list] = {name: [] for name in ("inputs", "targets", "spots", "spot_amplitudes", *_LABELS)}
+    series = None
     for index in states:
-        state = draw_state(rng, config, index)
+        if index % sim.strain_series == 0:
+            state = series = draw_state(rng, config, index)
+        else:  # the next state of a strain series: its first state's crystal and microscope, a new strain
+            state = dataclasses.replace(series, strain=_draw_strain(rng, sim.strain_max, sim.rotation_max_rad))
         optics = state.optics
         k_max = (optics.pixels // 2 - 1) * optics.k_sampling
         positions = probe_positions_in_cell(

@@ -8,16 +8,20 @@ pattern's detector blurred it: the vacuum probe a user would record on that dete
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 import xarray as xr
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.spatial.distance import cdist
 
 from stemstrain.detect.bragg import TemplateRefiner, aperture_disk, disk_radius
 from stemstrain.errors import StemstrainInputError
 from stemstrain.model.disks import MATRICES, PERMUTATIONS, DiskCorrector, disk_patches
+from stemstrain.strain import deformation_from_strain
 
-__all__ = ["fit_disk_corrector", "residual_pairs"]
+__all__ = ["fit_disk_corrector", "residual_pairs", "series_cells"]
 
 MIN_RADIUS_PX = 1.2
 """Disks smaller than this [px] are left out: their template is a point and has no edge to fit."""
@@ -27,6 +31,9 @@ MAX_RESIDUAL_PX = 1.0
 """Offsets beyond this [px] are failed placements (a neighbour's disk), not a bias to learn."""
 READ_BLOCK = 256
 """Patterns read from the store at a time."""
+MATCH_TOLERANCE = 0.05
+"""Largest distance [1/angstrom] between one reflection's unstrained positions in a strain series (the
+detector's ellipticity, at most 1 %, moves them by up to 0.02 1/angstrom; reflections lie >= 0.2 apart)."""
 
 
 def residual_pairs(
@@ -50,7 +57,8 @@ def residual_pairs(
     -------
     dict
         ``patches`` (n, PATCH²), ``scalars`` (n, 2), ``offsets`` (n, 2) [px], ``amplitude`` (n,) (kinematic,
-        relative to the strongest reflection), ``dose`` (n,) [e-] and ``sample`` (n,) of each kept disk.
+        relative to the strongest reflection), ``centre`` (n, 2) (its true centre (x, y) [px]), ``dose`` (n,)
+        [e-] and ``sample`` (n,) of each kept disk.
     """
     data = xr.open_zarr(store)
     needed = {"inputs", "spots", "spot_amplitudes", "energy_eV", "semiangle_mrad", "blur_px", "dose"}
@@ -64,7 +72,7 @@ def residual_pairs(
     radii /= k_sampling  # [px]
     rng = np.random.default_rng(seed)
     refiners: dict[tuple[float, float], TemplateRefiner] = {}
-    kept = {"patches": [], "scalars": [], "offsets": [], "amplitude": [], "dose": [], "sample": []}
+    kept = {"patches": [], "scalars": [], "offsets": [], "amplitude": [], "centre": [], "dose": [], "sample": []}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -83,7 +91,7 @@ def residual_pairs(
             pattern = block["inputs"].values[offset].astype(np.float32)[None]
             spots, amplitude = block["spots"].values[offset], block["spot_amplitudes"].values[offset]
             pairs = _pattern_pairs(refiners[key], radii[index], pattern, spots, amplitude, rng)
-            for name, values in zip(("patches", "scalars", "offsets", "amplitude"), pairs, strict=True):
+            for name, values in zip(("patches", "scalars", "offsets", "amplitude", "centre"), pairs, strict=True):
                 kept[name].append(values)
             kept["dose"].append(torch.full((len(pairs[2]),), float(optics["dose"][index])))
             kept["sample"].append(torch.full((len(pairs[2]),), index))
@@ -96,6 +104,54 @@ def residual_pairs(
     return {name: torch.cat(values) for name, values in kept.items()}
 
 
+def series_cells(store: str, pairs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Which kept disks are one reflection of one strain series at one thickness.
+
+    A strain series (``simulate.strain_series`` > 1) is one crystal at one orientation, mistilt, optics and
+    thickness series under several strains. A reflection is recognised across it by its unstrained
+    position: the true centre, shifted back and undeformed, ``Dᵀ k`` with ``D = R(θ)(I + ε)`` of the
+    sample's strain, is the same for every strain (the crystal's orientation is common to the series).
+
+    Parameters
+    ----------
+    store : path
+        The training set :func:`residual_pairs` read.
+    pairs : dict
+        Its result (``sample`` and ``centre`` are used).
+
+    Returns
+    -------
+    Tensor (n,) int64
+        A cell number per disk; the disks of one cell differ only in strain, noise and frozen phonons.
+
+    Raises
+    ------
+    StemstrainInputError
+        If the store holds no strain series.
+    """
+    data = xr.open_zarr(store)
+    simulate = json.loads(data.attrs.get("simulate_config", "{}"))
+    length = int(simulate.get("strain_series", 1))
+    if length < 2:
+        raise StemstrainInputError(
+            f"training set {store} holds no strain series (simulate.strain_series is {length}, at least 2 needed)"
+        )
+    per_state = int(simulate.get("positions_per_state", 1)) * len(simulate["thicknesses_nm"])
+    sample = pairs["sample"].numpy().astype(np.int64)
+    strain, shift = data["strain"].values[sample], data["shift_px"].values[sample]
+    k = (pairs["centre"].numpy() - data.sizes["k_x"] // 2 - shift) * float(data.attrs["k_sampling"])
+    unstrained = np.einsum("nji,nj->ni", deformation_from_strain(*strain.T), k)  # Dᵀ k [1/angstrom]
+    group = (sample // per_state // length) * per_state + sample % per_state
+    cells = np.empty(len(sample), dtype=np.int64)
+    first = 0
+    for members in np.split(np.argsort(group, kind="stable"), np.flatnonzero(np.diff(np.sort(group))) + 1):
+        close = sparse.csr_matrix(cdist(unstrained[members], unstrained[members]) < MATCH_TOLERANCE)
+        count, labels = sparse.csgraph.connected_components(close, directed=False)
+        cells[members] = first + labels
+        first += count
+    return torch.as_tensor(cells)
+
+
 def _pattern_pairs(
     refiner: TemplateRefiner,
     radius_px: float,
@@ -103,8 +159,8 @@ def _pattern_pairs(
     spots: np.ndarray,
     amplitude: np.ndarray,
     rng: np.random.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pattern's kept disks: patches, scalars, offsets to the true centres [px] and amplitudes.
+) -> tuple[torch.Tensor, ...]:
+    """One pattern's kept disks: patches, scalars, offsets to the true centres [px], amplitudes, true centres [px].
 
     ``pattern`` (1, k_y, k_x) [counts], ``spots`` (m, 2) true centres (x, y) [px] NaN-padded, ``amplitude``
     (m,) their kinematic amplitudes, ``radius_px`` the disk radius [px].
@@ -117,16 +173,28 @@ def _pattern_pairs(
     good = np.isfinite(offsets).all(axis=1) & (np.hypot(*offsets.T) < MAX_RESIDUAL_PX)
     patches, scalars = disk_patches(pattern, placed[:, good], radius_px)
     offsets = torch.as_tensor(offsets[good], dtype=torch.float32)
-    return patches, scalars, offsets, torch.as_tensor(amplitude[good], dtype=torch.float32)
+    amplitude, centres = (torch.as_tensor(values[good], dtype=torch.float32) for values in (amplitude, truth[0]))
+    return patches, scalars, offsets, amplitude, centres
 
 
 def fit_disk_corrector(
-    pairs: dict[str, torch.Tensor], epochs: int = 6, batch_size: int = 256, lr: float = 3e-3, seed: int = 0
+    pairs: dict[str, torch.Tensor],
+    epochs: int = 6,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    seed: int = 0,
+    cells: torch.Tensor | None = None,
+    absolute_weight: float = 0.2,
 ) -> tuple[DiskCorrector, list[float]]:
     """Train a :class:`~stemstrain.model.disks.DiskCorrector` on :func:`residual_pairs`.
 
     Each batch is turned by one random symmetry of the pixel grid (patch and offset together). The
     loss is a smooth L1 (quadratic below 0.3 px): the offsets at low dose are mostly counting noise.
+
+    With ``cells`` (:func:`series_cells`), batches hold whole cells and the loss is on each disk's error
+    less its cell's mean error, plus ``absolute_weight`` times the loss on the error itself. A bias common
+    to a reflection at every strain cancels against the reference region in a strain map, so only what
+    changes with strain is paid for in full.
 
     Returns
     -------
@@ -141,13 +209,26 @@ def fit_disk_corrector(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
     losses = []
     for _ in range(epochs):
-        order, total = torch.randperm(len(pairs["offsets"])), 0.0
+        if cells is None:
+            order = torch.randperm(len(pairs["offsets"]))
+        else:  # whole cells in turn, in a random order of cells
+            order = torch.argsort(torch.randperm(int(cells.max()) + 1)[cells], stable=True)
+        total = 0.0
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             k = int(torch.randint(8, ()))
             patches = pairs["patches"][batch][:, PERMUTATIONS[k]]
             target = pairs["offsets"][batch] @ MATRICES[k].T
-            loss = torch.nn.functional.smooth_l1_loss(corrector(patches, pairs["scalars"][batch]), target, beta=0.3)
+            error = corrector(patches, pairs["scalars"][batch]) - target
+            loss = torch.nn.functional.smooth_l1_loss(error, torch.zeros_like(error), beta=0.3)
+            if cells is not None:
+                _, member = torch.unique(cells[batch], return_inverse=True)
+                size = torch.zeros(int(member.max()) + 1).index_add_(0, member, torch.ones(len(member)))
+                mean = torch.zeros(len(size), 2).index_add_(0, member, error) / size[:, None]
+                relative = error - mean[member]
+                loss = absolute_weight * loss + torch.nn.functional.smooth_l1_loss(
+                    relative, torch.zeros_like(relative), beta=0.3
+                )
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
