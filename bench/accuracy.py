@@ -6,7 +6,7 @@
     python bench/accuracy.py --methods unet --refine offsets   # rows unet+offsets: the network's own read-out
     python bench/accuracy.py --methods unet --tilt-prior 0     # rows unet+tilt0: the plain template correlation
     python bench/accuracy.py --methods bragg --tilt-prior 0.14 # rows bragg+tilt0.14: bragg's disks, the tilted read-out
-    python bench/accuracy.py --methods unet --disk-correction disks-v1  # rows unet+disks
+    python bench/accuracy.py --methods unet --disk-correction disks-v1  # rows unet+disks-v1
 
 The scans are the ``scans:`` of ``bench/suite.yaml`` (held out from every training config: turned
 crystals, a composite strain field, thicknesses absent from training, a crystal absent from it),
@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--disk-correction",
         type=Path,
-        help="a disk-centre correction file (bench/disk_corrector.py) for unet; its rows are labelled unet+disks",
+        help="a disk-centre correction, a file (bench/disk_corrector.py) or a shipped name, for unet; its rows "
+        "are labelled unet+NAME (the file's name without .pt)",
     )
     args = parser.parse_args(argv)
     config = load_config(SUITE)
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         label = NETWORK if model == shipped else f"{NETWORK}@{model.stem}"
         label += f"+{args.refine}" if args.refine else ""
         label += f"+tilt{args.tilt_prior:g}" if args.tilt_prior is not None else ""
-        label += "+disks" if args.disk_correction else ""
+        label += f"+{args.disk_correction.stem}" if args.disk_correction else ""
     tilt = {} if args.tilt_prior is None else {"tilt_prior": args.tilt_prior}
     network = tilt | ({"refine": args.refine} if args.refine else {})
     network |= {"disk_correction": str(args.disk_correction)} if args.disk_correction else {}

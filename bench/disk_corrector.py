@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="corrector file to write")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--gain", type=float, default=0.5, help="fraction of the offset applied (uniform series)")
+    parser.add_argument("--width", type=int, default=32, help="channels of the corrector's first convolutions")
     parser.add_argument("--cache", help="keep the collected disks in this file and read them back from it")
     args = parser.parse_args()
     if args.series == bool(args.validate):
@@ -113,7 +114,9 @@ def main() -> None:
     else:
         validate = residual_pairs(args.validate, progress=True)
     collected = time.time()
-    corrector, losses = fit_disk_corrector(train, epochs=args.epochs, cells=cells, absolute_weight=args.absolute_weight)
+    corrector, losses = fit_disk_corrector(
+        train, epochs=args.epochs, cells=cells, absolute_weight=args.absolute_weight, width=args.width
+    )
     radius = RADIUS_SCALE * train["scalars"][:, 1]  # the disk radii it learnt from [px]
     fitted = time.time()
     save_disk_corrector(
@@ -149,6 +152,7 @@ def main() -> None:
             "disks_train": len(train["offsets"]),
             "disks_validate": len(validate["offsets"]),
             "epochs": args.epochs,
+            "width": args.width,
             "gain": args.gain,
             "losses": losses,
             "selection": "validation disks of kinematic amplitude >= 0.2 of the strongest",

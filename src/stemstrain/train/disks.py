@@ -185,6 +185,7 @@ def fit_disk_corrector(
     seed: int = 0,
     cells: torch.Tensor | None = None,
     absolute_weight: float = 0.2,
+    width: int = 32,
 ) -> tuple[DiskCorrector, list[float]]:
     """Train a :class:`~stemstrain.model.disks.DiskCorrector` on :func:`residual_pairs`.
 
@@ -194,7 +195,7 @@ def fit_disk_corrector(
     With ``cells`` (:func:`series_cells`), batches hold whole cells and the loss is on each disk's error
     less its cell's mean error, plus ``absolute_weight`` times the loss on the error itself. A bias common
     to a reflection at every strain cancels against the reference region in a strain map, so only what
-    changes with strain is paid for in full.
+    changes with strain is paid for in full. ``width``: channels of the corrector's first convolutions.
 
     Returns
     -------
@@ -203,7 +204,7 @@ def fit_disk_corrector(
         Mean training loss per epoch [px].
     """
     torch.manual_seed(seed)
-    corrector = DiskCorrector()
+    corrector = DiskCorrector(width)
     optimiser = torch.optim.AdamW(corrector.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * -(-len(pairs["offsets"]) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
