@@ -4,6 +4,11 @@ Each training pattern's disks are placed by the template read-out, started withi
 true centres (as the network's spots start it), and the corrector learns the offset from the placed
 to the true centre. The template is the aperture disk at the pattern's optics, blurred as the
 pattern's detector blurred it: the vacuum probe a user would record on that detector.
+
+A strain map only sees what changes with strain: a bias a reflection keeps at every strain cancels
+against the reference region. On a training set of strain series (``simulate.strain_series``),
+:func:`series_cells` groups each reflection's disks across a series and :func:`fit_disk_corrector`
+weighs the error less its group's mean in full and the error itself by ``absolute_weight``.
 """
 
 from __future__ import annotations
