@@ -14,7 +14,8 @@ series (``stemstrain.train.disks.series_cells``), one series in ``--hold-out`` i
 report adds the median of that relative error before and after, the part of the bias a strain map sees.
 
 Usage: ``python bench/disk_corrector.py --train TRAIN.zarr --validate VAL.zarr --out models/disks/disks-v1.pt
-[--epochs 6] [--gain 0.5]``, or ``--train SERIES.zarr --series --out FILE``; writes
+[--epochs 6] [--gain 0.5]``, or ``--train SERIES.zarr --series --out FILE [--start disks-v1 --epochs 3 --lr 1e-3]
+[--absolute-weight 0.2] [--cache DISKS.pt]``; writes
 ``bench/results/disk_corrector.json`` (``disk_corrector_series.json`` with ``--series``).
 """
 
@@ -32,7 +33,7 @@ import xarray as xr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-from stemstrain.model.disks import RADIUS_SCALE, save_disk_corrector  # noqa: E402
+from stemstrain.model.disks import RADIUS_SCALE, load_disk_corrector, save_disk_corrector  # noqa: E402
 from stemstrain.train.disks import fit_disk_corrector, residual_pairs, series_cells  # noqa: E402
 
 DOSES = (1e3, 1e4, 1e5, 1e6)
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--gain", type=float, default=0.5, help="fraction of the offset applied (uniform series)")
     parser.add_argument("--width", type=int, default=32, help="channels of the corrector's first convolutions")
+    parser.add_argument("--start", help="a corrector (file or shipped name) whose weights the fit starts from")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--cache", help="keep the collected disks in this file and read them back from it")
     args = parser.parse_args()
     if args.series == bool(args.validate):
@@ -114,8 +117,15 @@ def main() -> None:
     else:
         validate = residual_pairs(args.validate, progress=True)
     collected = time.time()
+    start_from = load_disk_corrector(args.start)[0] if args.start else None
     corrector, losses = fit_disk_corrector(
-        train, epochs=args.epochs, cells=cells, absolute_weight=args.absolute_weight, width=args.width
+        train,
+        epochs=args.epochs,
+        lr=args.lr,
+        cells=cells,
+        absolute_weight=args.absolute_weight,
+        width=args.width,
+        start=start_from,
     )
     radius = RADIUS_SCALE * train["scalars"][:, 1]  # the disk radii it learnt from [px]
     fitted = time.time()
@@ -153,6 +163,8 @@ def main() -> None:
             "disks_validate": len(validate["offsets"]),
             "epochs": args.epochs,
             "width": args.width,
+            "start": args.start,
+            "lr": args.lr,
             "gain": args.gain,
             "losses": losses,
             "selection": "validation disks of kinematic amplitude >= 0.2 of the strongest",

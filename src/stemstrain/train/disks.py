@@ -191,6 +191,7 @@ def fit_disk_corrector(
     cells: torch.Tensor | None = None,
     absolute_weight: float = 0.2,
     width: int = 32,
+    start: DiskCorrector | None = None,
 ) -> tuple[DiskCorrector, list[float]]:
     """Train a :class:`~stemstrain.model.disks.DiskCorrector` on :func:`residual_pairs`.
 
@@ -200,7 +201,8 @@ def fit_disk_corrector(
     With ``cells`` (:func:`series_cells`), batches hold whole cells and the loss is on each disk's error
     less its cell's mean error, plus ``absolute_weight`` times the loss on the error itself. A bias common
     to a reflection at every strain cancels against the reference region in a strain map, so only what
-    changes with strain is paid for in full. ``width``: channels of the corrector's first convolutions.
+    changes with strain is paid for in full. ``width``: channels of the corrector's first convolutions;
+    ``start``: a corrector whose weights the fit starts from (its width is kept).
 
     Returns
     -------
@@ -209,7 +211,10 @@ def fit_disk_corrector(
         Mean training loss per epoch [px].
     """
     torch.manual_seed(seed)
-    corrector = DiskCorrector(width)
+    corrector = DiskCorrector(start.width if start is not None else width)
+    if start is not None:
+        corrector.load_state_dict(start.state_dict())
+    corrector = corrector.train()
     optimiser = torch.optim.AdamW(corrector.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * -(-len(pairs["offsets"]) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
