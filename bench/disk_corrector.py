@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from stemstrain.model.disks import RADIUS_SCALE, load_disk_corrector, save_disk_corrector  # noqa: E402
-from stemstrain.train.disks import fit_disk_corrector, residual_pairs, series_cells  # noqa: E402
+from stemstrain.train.disks import fit_disk_corrector, less_cell_mean, residual_pairs, series_cells  # noqa: E402
 
 DOSES = (1e3, 1e4, 1e5, 1e6)
 
@@ -47,15 +47,9 @@ def median_distances(corrector, pairs: dict, strong: torch.Tensor, cells: torch.
     with torch.inference_mode():
         predicted = corrector(pairs["patches"], pairs["scalars"])
     if cells is not None:
-        _, member = torch.unique(cells, return_inverse=True)
-        size = torch.zeros(int(member.max()) + 1).index_add_(0, member, torch.ones(len(member)))
-
-        def relative(error: torch.Tensor) -> torch.Tensor:
-            mean = torch.zeros(len(size), 2).index_add_(0, member, error) / size[:, None]
-            return (error - mean[member]).norm(dim=1)
-
-        shared = size[member] >= 2
-        relative_before, relative_after = relative(-pairs["offsets"]), relative(predicted - pairs["offsets"])
+        shared = torch.bincount(cells)[cells] >= 2
+        relative_before = less_cell_mean(-pairs["offsets"], cells).norm(dim=1)
+        relative_after = less_cell_mean(predicted - pairs["offsets"], cells).norm(dim=1)
     rows = []
     for low in DOSES:
         band = strong & (pairs["dose"] >= low) & (pairs["dose"] < 10 * low)

@@ -26,7 +26,7 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.model.disks import MATRICES, PERMUTATIONS, DiskCorrector, disk_patches
 from stemstrain.strain import deformation_from_strain
 
-__all__ = ["fit_disk_corrector", "residual_pairs", "series_cells"]
+__all__ = ["fit_disk_corrector", "less_cell_mean", "residual_pairs", "series_cells"]
 
 MIN_RADIUS_PX = 1.2
 """Disks smaller than this [px] are left out: their template is a point and has no edge to fit."""
@@ -157,6 +157,14 @@ def series_cells(store: str, pairs: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.as_tensor(cells)
 
 
+def less_cell_mean(values: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """``values`` (n, d) less the mean of their cell's values (``cells`` (n,), :func:`series_cells`)."""
+    _, member = torch.unique(cells, return_inverse=True)
+    size = torch.zeros(int(member.max()) + 1, dtype=values.dtype).index_add_(0, member, torch.ones_like(values[:, 0]))
+    mean = torch.zeros(len(size), values.shape[1], dtype=values.dtype).index_add_(0, member, values) / size[:, None]
+    return values - mean[member]
+
+
 def _pattern_pairs(
     refiner: TemplateRefiner,
     radius_px: float,
@@ -233,10 +241,7 @@ def fit_disk_corrector(
             error = corrector(patches, pairs["scalars"][batch]) - target
             loss = torch.nn.functional.smooth_l1_loss(error, torch.zeros_like(error), beta=0.3)
             if cells is not None:
-                _, member = torch.unique(cells[batch], return_inverse=True)
-                size = torch.zeros(int(member.max()) + 1).index_add_(0, member, torch.ones(len(member)))
-                mean = torch.zeros(len(size), 2).index_add_(0, member, error) / size[:, None]
-                relative = error - mean[member]
+                relative = less_cell_mean(error, cells[batch])
                 loss = absolute_weight * loss + torch.nn.functional.smooth_l1_loss(
                     relative, torch.zeros_like(relative), beta=0.3
                 )
