@@ -22,19 +22,23 @@ Usage: ``python bench/disk_corrector.py --train TRAIN.zarr --validate VAL.zarr -
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from stemstrain.model.disks import RADIUS_SCALE, load_disk_corrector, save_disk_corrector  # noqa: E402
-from stemstrain.train.disks import fit_disk_corrector, less_cell_mean, residual_pairs, series_cells  # noqa: E402
+from stemstrain.train.disks import (  # noqa: E402
+    fit_disk_corrector,
+    less_cell_mean,
+    residual_pairs,
+    series_cells,
+    series_layout,
+)
 
 DOSES = (1e3, 1e4, 1e5, 1e6)
 
@@ -72,12 +76,6 @@ def _subset(pairs: dict, keep: torch.Tensor) -> dict:
     return {name: values[keep] for name, values in pairs.items()}
 
 
-def _patterns_per_series(store: str) -> int:
-    """Patterns of one strain series of a training set (states x positions x thicknesses)."""
-    simulate = json.loads(xr.open_zarr(store).attrs["simulate_config"])
-    return simulate["strain_series"] * simulate.get("positions_per_state", 1) * len(simulate["thicknesses_nm"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True, help="training set (zarr) to learn from")
@@ -105,7 +103,8 @@ def main() -> None:
     cells = validate_cells = None
     if args.series:
         cells = series_cells(args.train, train)
-        held = (train["sample"] // _patterns_per_series(args.train)) % args.hold_out == args.hold_out - 1
+        length, per_state = series_layout(args.train)
+        held = (train["sample"] // (length * per_state)) % args.hold_out == args.hold_out - 1
         validate, validate_cells = _subset(train, held), cells[held]
         train, cells = _subset(train, ~held), cells[~held]
     else:

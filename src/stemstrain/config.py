@@ -160,7 +160,7 @@ class SimulateConfig(_Section):
         return max(1, self.chunk_size // (self.positions_per_state * len(self.thicknesses_nm)))
 
     @model_validator(mode="after")
-    def _positive_thickness(self) -> SimulateConfig:
+    def _consistent_options(self) -> SimulateConfig:
         bad = [t for t in self.thicknesses_nm if t <= 0]
         if bad:
             raise ValueError(f"thicknesses_nm must be positive, found {bad}")

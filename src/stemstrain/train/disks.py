@@ -26,7 +26,7 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.model.disks import MATRICES, PERMUTATIONS, DiskCorrector, disk_patches
 from stemstrain.strain import deformation_from_strain
 
-__all__ = ["fit_disk_corrector", "less_cell_mean", "residual_pairs", "series_cells"]
+__all__ = ["fit_disk_corrector", "less_cell_mean", "residual_pairs", "series_cells", "series_layout"]
 
 MIN_RADIUS_PX = 1.2
 """Disks smaller than this [px] are left out: their template is a point and has no edge to fit."""
@@ -109,6 +109,23 @@ def residual_pairs(
     return {name: torch.cat(values) for name, values in kept.items()}
 
 
+def series_layout(store: str) -> tuple[int, int]:
+    """Strain states per series and patterns per state (probe positions x thicknesses) of a training set.
+
+    Raises
+    ------
+    StemstrainInputError
+        If the store holds no strain series (``simulate.strain_series`` < 2).
+    """
+    simulate = json.loads(xr.open_zarr(store).attrs.get("simulate_config", "{}"))
+    length = int(simulate.get("strain_series", 1))
+    if length < 2:
+        raise StemstrainInputError(
+            f"training set {store} holds no strain series (simulate.strain_series is {length}, at least 2 needed)"
+        )
+    return length, int(simulate.get("positions_per_state", 1)) * len(simulate["thicknesses_nm"])
+
+
 def series_cells(store: str, pairs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Which kept disks are one reflection of one strain series at one thickness.
 
@@ -135,13 +152,7 @@ def series_cells(store: str, pairs: dict[str, torch.Tensor]) -> torch.Tensor:
         If the store holds no strain series.
     """
     data = xr.open_zarr(store)
-    simulate = json.loads(data.attrs.get("simulate_config", "{}"))
-    length = int(simulate.get("strain_series", 1))
-    if length < 2:
-        raise StemstrainInputError(
-            f"training set {store} holds no strain series (simulate.strain_series is {length}, at least 2 needed)"
-        )
-    per_state = int(simulate.get("positions_per_state", 1)) * len(simulate["thicknesses_nm"])
+    length, per_state = series_layout(store)
     sample = pairs["sample"].numpy().astype(np.int64)
     strain, shift = data["strain"].values[sample], data["shift_px"].values[sample]
     k = (pairs["centre"].numpy() - data.sizes["k_x"] // 2 - shift) * float(data.attrs["k_sampling"])
