@@ -1,16 +1,16 @@
 """Throughput of the strain step per stage (read, network, peaks, fit, write) and end to end.
 
 Builds a uint16 scan of kinematic disk patterns (aperture disks at SIM's spots, Poisson noise) and runs
-``stemstrain.strainmap.strain_map`` with the unet method in fp32 and bf16 (the default read-out),
-then with each read-out (``refine``: the network's offsets, the probe template; the template also
-untilted, ``tilt_prior=0``, and with the shipped disk-centre correction, ``disk_correction=disks-v1``)
-in the fastest precision, after timing the network alone (NCHW,
-channels_last, folded BatchNorm, bf16 autocast, torch.compile, its FLOPs and the CPU's fp32 GEMM
-rate; ``strain`` itself compiles only on a GPU). The network is the default U-Net of config.yaml
-with random weights and a pass-through channel (:func:`default_model`: every layer costs what it
-costs in a trained network, and the peaks and fits see real spots) unless ``--model`` names a
-trained one. On a shared machine compare the ratios of one run; the load average is recorded next
-to each figure. Results: ``bench/results/infer.json``.
+``stemstrain.strainmap.strain_map`` with the unet method in fp32 (run by ONNX Runtime, the default
+for fp32 on a CPU, and by torch) and bf16 (the default read-out), then with each read-out
+(``refine``: the network's offsets, the probe template; the template also untilted,
+``tilt_prior=0``, and with the shipped disk-centre correction, ``disk_correction=disks-v1``) in the
+fastest precision, after timing the network alone (NCHW, channels_last, folded BatchNorm, ONNX
+Runtime, bf16 autocast, torch.compile, its FLOPs and the CPU's fp32 GEMM rate; ``strain`` itself
+compiles only on a GPU). The network is the default U-Net of config.yaml with random weights and a
+pass-through channel (:func:`default_model`: every layer costs what it costs in a trained network,
+and the peaks and fits see real spots) unless ``--model`` names a trained one. On a shared machine
+compare the ratios of one run; the load average is recorded next to each figure. Results: ``bench/results/infer.json``.
 
     python bench/infer.py [--patterns 4096] [--no-bf16] [--no-compile] [--tag NAME]
 
@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -141,12 +143,11 @@ def network_alone(model_path: Path, batch: int, rounds: int, compile: bool = Tru
     fp32 GEMM rate of this CPU (the FLOP limit).
     """
     import copy
-    import statistics
 
     import torch
 
     from stemstrain.model import load_model
-    from stemstrain.runtime import fold_batchnorm, network_chunk
+    from stemstrain.runtime import OnnxNetwork, fold_batchnorm, network_chunk
 
     network, _ = load_model(model_path)
     x = torch.poisson(torch.full((batch, 1, PIXELS, PIXELS), 6.0))
@@ -155,7 +156,8 @@ def network_alone(model_path: Path, batch: int, rounds: int, compile: bool = Tru
     variants = {
         "fp32 NCHW": (network, x, False),
         "fp32 channels_last": (copy.deepcopy(network).to(memory_format=torch.channels_last), x_cl, False),
-        "fp32 channels_last + folded BN (default)": (folded, x_cl, False),
+        "fp32 channels_last + folded BN (torch)": (folded, x_cl, False),
+        "fp32 onnxruntime (default without native bf16)": (OnnxNetwork(fold_batchnorm(network), PIXELS), x, False),
     }
 
     for model, inp, autocast in variants.values():
@@ -179,7 +181,7 @@ def network_alone(model_path: Path, batch: int, rounds: int, compile: bool = Tru
         value = patterns_per_s(model, x_cl, autocast)
         after = patterns_per_s(folded, x_cl, False)
         result[name] = round(value, 1)
-        result[name + " / default in the same minute"] = round(value / statistics.mean([before, after]), 2)
+        result[name + " / fp32 torch in the same minute"] = round(value / statistics.mean([before, after]), 2)
     result["gflop_per_pattern"] = gflop_per_pattern(network)
     a = torch.randn(2048, 2048)
     a @ a
@@ -187,7 +189,7 @@ def network_alone(model_path: Path, batch: int, rounds: int, compile: bool = Tru
     for _ in range(5):
         a @ a
     result["fp32_gemm_gflops"] = round(5 * 2 * 2048**3 / (time.perf_counter() - start) / 1e9, 1)
-    default = result["fp32 channels_last + folded BN (default)"]
+    default = result["fp32 onnxruntime (default without native bf16)"]
     result["flop_limit_patterns_per_s"] = round(result["fp32_gemm_gflops"] / result["gflop_per_pattern"], 1)
     result["default_fraction_of_flop_limit"] = round(default / result["flop_limit_patterns_per_s"], 2)
     result["samples"] = {name: [round(v, 1) for v in values] for name, values in samples.items()}
@@ -201,27 +203,46 @@ SIZES = [(4, 4), (8, 3), (8, 4), (12, 4), (16, 4), (24, 4)]
 def network_sizes(batch: int, rounds: int) -> dict:
     """Network-alone patterns/s and GFLOP per pattern of U-Nets of other widths and depths.
 
-    fp32, channels_last, folded BatchNorm (what ``stemstrain strain`` runs), random weights: the
-    cost of a layer does not depend on its weights. The median over ``rounds`` calls.
+    fp32, folded BatchNorm, run by torch (channels_last) and by ONNX Runtime (what ``stemstrain
+    strain`` runs in fp32 on a CPU), random weights: the cost of a layer does not depend on its
+    weights. The median over ``rounds`` calls.
     """
-    import statistics
-
     import torch
 
-    from stemstrain.runtime import fold_batchnorm
+    from stemstrain.runtime import OnnxNetwork, fold_batchnorm
 
-    x = torch.poisson(torch.full((batch, 1, PIXELS, PIXELS), 6.0)).contiguous(memory_format=torch.channels_last)
+    x = torch.poisson(torch.full((batch, 1, PIXELS, PIXELS), 6.0))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     result = {}
     for base, depth in SIZES:
-        network = UNet(ModelConfig(base_channels=base, depth=depth)).eval()
-        network = fold_batchnorm(network).to(memory_format=torch.channels_last)
-        patterns_per_s(network, x)  # warm-up
-        samples = [patterns_per_s(network, x) for _ in range(rounds)]
-        result[f"base {base} depth {depth}"] = {
-            "gflop_per_pattern": gflop_per_pattern(network),
-            "patterns_per_s": round(statistics.median(samples), 1),
+        network = fold_batchnorm(UNet(ModelConfig(base_channels=base, depth=depth)).eval())
+        engines = {
+            "patterns_per_s": (network.to(memory_format=torch.channels_last), x_cl),
+            "patterns_per_s_onnxruntime": (OnnxNetwork(network, PIXELS), x),
         }
+        result[f"base {base} depth {depth}"] = {"gflop_per_pattern": gflop_per_pattern(network)}
+        for key, (model, inputs) in engines.items():
+            patterns_per_s(model, inputs)  # warm-up
+            samples = [patterns_per_s(model, inputs) for _ in range(rounds)]
+            result[f"base {base} depth {depth}"][key] = round(statistics.median(samples), 1)
     return result
+
+
+def engines_interleaved(scan: Path, work: Path, model: Path, batch: int, rounds: int) -> dict:
+    """End-to-end patterns/s of ``strain`` in fp32 (the default read-out) run by each engine, the engines
+    alternated round by round after a warm-up round: on a shared machine whose speed drifts, only figures
+    taken this way compare them. The median and every round's figure per engine."""
+    samples: dict = {"onnxruntime": [], "torch": []}
+    for round_ in range(rounds + 1):
+        for engine, values in samples.items():
+            out = work / f"engine-{engine}.zarr"
+            shutil.rmtree(out, ignore_errors=True)
+            timings: dict = {}
+            options = {"precision": "fp32", "engine": engine, "batch_size": batch}
+            strain_map(scan, out, model=model, device="cpu", progress=False, timings=timings, **options)
+            if round_:
+                values.append(round(timings["patterns"] / timings["total"], 1))
+    return {engine: {"median": statistics.median(values), "rounds": values} for engine, values in samples.items()}
 
 
 def main() -> None:
@@ -251,7 +272,7 @@ def main() -> None:
         print("network sizes", results["network_sizes"], flush=True)
         # (precision, read-out options): the default read-out, and each read-out in the fastest precision
         fast = "fp32" if args.no_bf16 else "bf16"
-        variants = [("fp32", {})] + ([] if args.no_bf16 else [("bf16", {})])
+        variants = [("fp32", {}), ("fp32", {"engine": "torch"})] + ([] if args.no_bf16 else [("bf16", {})])
         variants += [(fast, {"refine": "offsets"}), (fast, {"refine": "template"})]
         variants += [(fast, {"refine": "template", "tilt_prior": 0}), (fast, {"disk_correction": "disks-v1"})]
         for precision, options in variants:
@@ -276,6 +297,8 @@ def main() -> None:
                 "load_avg": [round(v, 1) for v in os.getloadavg()],
             }
             print(name, results[name], flush=True)
+        results["fp32 engines interleaved"] = engines_interleaved(scan, work, model, args.batch, args.rounds)
+        print("fp32 engines interleaved", results["fp32 engines interleaved"], flush=True)
         results["load_avg_end"] = [round(v, 1) for v in os.getloadavg()]
         print(write_result("infer" + (f"_{args.tag}" if args.tag else ""), results))
 

@@ -16,7 +16,7 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.io import open_4d
 from stemstrain.lattice import index_peaks, initial_lattice
 from stemstrain.model import UNet, resolve_model
-from stemstrain.runtime import fold_batchnorm, resolve_precision
+from stemstrain.runtime import fold_batchnorm, resolve_engine, resolve_precision
 from stemstrain.simulate.targets import kinematic_spots
 from stemstrain.strainmap import material_lattice, strain_map
 
@@ -136,6 +136,18 @@ def test_precision_auto_and_emulated_bf16_warning():
             assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(StemstrainInputError, match="--precision"):
         resolve_precision("fp16", "cpu")
+
+
+def test_engine_rule():
+    """ONNX Runtime for fp32 on a CPU, torch for bf16 and on GPUs; onnxruntime elsewhere is refused."""
+    assert resolve_engine("auto", "cpu", "fp32") == "onnxruntime"
+    assert resolve_engine("auto", "cpu", "bf16") == "torch"
+    assert resolve_engine("auto", "cuda", "fp32") == "torch"
+    assert resolve_engine("torch", "cpu", "fp32") == "torch"
+    with pytest.raises(StemstrainInputError, match="--engine onnxruntime: runs fp32 on the CPU only, found fp16"):
+        resolve_engine("onnxruntime", "cuda", "fp16")
+    with pytest.raises(StemstrainInputError, match="--engine: expected one of auto, torch, onnxruntime, found 'tvm'"):
+        resolve_engine("tvm", "cpu", "fp32")
 
 
 def test_compile_is_ignored_on_the_cpu(scan):

@@ -249,6 +249,13 @@ def strain(
             "native AVX-512-BF16/AMX, fp32 on other CPUs: emulated bf16 is several times slower)."
         ),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="What runs the network: torch, onnxruntime (fp32 on a CPU only) or auto (the default: onnxruntime "
+            "for fp32 on a CPU, torch for bf16 and on GPUs)."
+        ),
+    ] = None,
     compile: Annotated[
         bool,
         typer.Option("--compile", help="torch.compile the network on a GPU (pays off on long runs; ignored on CPUs)."),
@@ -332,7 +339,13 @@ def strain(
     from stemstrain.lattice import FitOptions
     from stemstrain.strainmap import describe_readout, strain_map
 
-    flags = {"batch_size": batch, "device": device, "precision": precision, "unit_patterns": unit_patterns}
+    flags = {
+        "batch_size": batch,
+        "device": device,
+        "precision": precision,
+        "engine": engine,
+        "unit_patterns": unit_patterns,
+    }
     cluster = parse_detector_options(cluster_option, "--cluster-option")
     cluster |= {k: v for k, v in {"kind": scheduler, "workers": workers}.items() if v is not None}
     settings = _strain_config(config, flags | {"compile": compile or None}, cluster, gpus_per_worker)
@@ -364,6 +377,7 @@ _STRAIN_FLAGS = {
     ("batch_size",): "--batch",
     ("device",): "--device",
     ("precision",): "--precision",
+    ("engine",): "--engine",
     ("unit_patterns",): "--unit-patterns",
     ("cluster", "kind"): "--scheduler",
     ("cluster", "workers"): "--workers",

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from stemstrain.errors import StemstrainInputError
-from stemstrain.runtime import PRECISIONS
+from stemstrain.runtime import ENGINES, PRECISIONS
 
 SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
 
@@ -317,6 +317,11 @@ class StrainConfig(_Section):
         "auto",
         description="Network precision; auto: bf16 where native (GPUs, AVX-512-BF16/AMX CPUs), else fp32 "
         "(fp16 on GPUs without bf16).",
+    )
+    engine: Literal[ENGINES] = Field(
+        "auto",
+        description="What runs the network: torch, onnxruntime (fp32 on a CPU only) or auto (onnxruntime for fp32 on "
+        "a CPU, where it ran 1.2x faster end to end on an AVX2 CPU; torch for bf16 and on GPUs).",
     )
     refine: Literal[REFINEMENTS] = Field(
         "auto",

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["BASELINES", "METHODS", "NETWORK", "NETWORK_OPTIONS", "Detector", "make_detector"]
 
 # Options of the network alone; the other methods ignore them (the baselines batch on their own).
-NETWORK_OPTIONS = {"precision", "compile", "allow_calibration_mismatch"}
+NETWORK_OPTIONS = {"precision", "engine", "compile", "allow_calibration_mismatch"}
 
 
 class Detector(Protocol):
@@ -58,7 +58,7 @@ def make_detector(method: str, scan: xr.Dataset, model=None, **options) -> Detec
     model : path or (torch.nn.Module, dict), optional
         The exported network, for ``unet``.
     **options
-        Options of the method's detector: unet: device, precision, compile, batch_size,
+        Options of the method's detector: unet: device, precision, engine, compile, batch_size,
         threshold_rel, min_distance, max_peaks, allow_calibration_mismatch, refine ("auto",
         "offsets", "template"), template, tilt_prior, disk_correction (a file of
         :mod:`stemstrain.model.disks`) (:class:`~stemstrain.detect.network.UNetDetector`);

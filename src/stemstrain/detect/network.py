@@ -1,8 +1,9 @@
 """The network as a spot detector: patterns -> network -> spots (1/angstrom), at the scan's calibration.
 
 Patterns are resampled from the scan's k coords to the model's calibration when they differ. The
-network runs in inference mode, channels_last, with BatchNorm folded into its convolutions, in the
-precision of :func:`stemstrain.runtime.resolve_precision` and optionally under ``torch.compile``.
+network runs in inference mode with BatchNorm folded into its convolutions, in the precision of
+:func:`stemstrain.runtime.resolve_precision`, by the engine of :func:`stemstrain.runtime.resolve_engine`:
+ONNX Runtime for fp32 on a CPU, else torch (channels_last, optionally under ``torch.compile``).
 Spots are read out of its output by :func:`stemstrain.model.encoding.decode_spots`, as validation
 does during training, with each spot's counting noise in its weight when the scan records its beam
 energy and convergence semiangle.
@@ -25,12 +26,14 @@ from stemstrain.io import k_calibration
 from stemstrain.model.disks import correct_positions, load_disk_corrector
 from stemstrain.model.encoding import decode_spots
 from stemstrain.runtime import (
+    OnnxNetwork,
     Timings,
     autocast,
     default_batch_size,
     fold_batchnorm,
     network_chunk,
     resolve_device,
+    resolve_engine,
     resolve_precision,
 )
 
@@ -65,6 +68,9 @@ class UNetDetector:
         Where the network runs.
     precision : {"auto", "fp32", "bf16", "fp16"}
         Autocast precision of the network (:func:`stemstrain.runtime.resolve_precision`).
+    engine : {"auto", "torch", "onnxruntime"}
+        What runs the network (:func:`stemstrain.runtime.resolve_engine`); ``auto``: ONNX Runtime for
+        fp32 on a CPU (1.2x faster end to end on an AVX2 CPU), torch otherwise.
     compile : bool
         Compile the network with ``torch.compile`` on a GPU (pays off on long runs); ignored with a
         warning on the CPU.
@@ -106,6 +112,7 @@ class UNetDetector:
         scan: xr.Dataset,
         device: str = "auto",
         precision: str = "auto",
+        engine: str = "auto",
         compile: bool = False,
         batch_size: int | None = None,
         threshold_rel: float | None = None,
@@ -130,7 +137,13 @@ class UNetDetector:
             network, self.metadata = model
             network = network.to(self.device).eval()
             self.model_hash = self.metadata.get("data_hash", "in-memory")
-        self.network = fold_batchnorm(network).to(memory_format=torch.channels_last)
+        self.engine = resolve_engine(engine, self.device, precision, option="option engine")
+        if self.engine == "onnxruntime":
+            self.network = OnnxNetwork(fold_batchnorm(network), int(self.metadata["pixels"]))
+            self._layout = torch.contiguous_format
+        else:
+            self.network = fold_batchnorm(network).to(memory_format=torch.channels_last)
+            self._layout = torch.channels_last
         if compile and not self.device.startswith("cuda"):
             warnings.warn(
                 "option compile: ignored on the CPU, where torch.compile gained 0-3 % end to end and torch 2.13's "
@@ -309,7 +322,7 @@ class UNetDetector:
                 if cuda:
                     # Page-locked host memory lets the copy run asynchronously to the GPU.
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
-                batch = self.resample(batch).contiguous(memory_format=torch.channels_last)
+                batch = self.resample(batch).contiguous(memory_format=self._layout)
                 # The network on CPU-cache-sized parts (network_chunk); the output in the usual layout
                 # again, so that the read-out's filters run over contiguous images.
                 output = torch.cat([self.network(part) for part in batch.split(self._chunk)])

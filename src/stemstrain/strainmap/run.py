@@ -213,6 +213,7 @@ def plan_strain_map(
         "lattice_space": detector.space,
         "source": str(scan_path),
         "precision": getattr(detector, "precision", None),
+        "engine": getattr(detector, "engine", None),
         "readout": getattr(detector, "refine", None),
         "readout_template": getattr(detector, "template_source", None),
         "readout_tilt_prior": getattr(detector, "tilt_prior", None),
@@ -244,6 +245,7 @@ def detector_settings(method: str, config: StrainConfig) -> dict:
         "device": config.device,
         "batch_size": config.batch_size,
         "precision": config.precision,
+        "engine": config.engine,
         "compile": config.compile,
         "refine": config.refine,
     }
