@@ -150,6 +150,19 @@ def test_engine_rule():
         resolve_engine("tvm", "cpu", "fp32")
 
 
+def test_engine_without_onnxruntime_installed(monkeypatch):
+    """On a platform without onnxruntime's wheels auto runs torch; asking for onnxruntime names the package."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
+    )
+    assert resolve_engine("auto", "cpu", "fp32") == "torch"
+    with pytest.raises(StemstrainInputError, match=r"the package\(s\) onnxruntime are not installed"):
+        resolve_engine("onnxruntime", "cpu", "fp32")
+
+
 def test_compile_is_ignored_on_the_cpu(scan):
     """torch.compile runs only on a GPU: on the CPU the network stays eager and the run says so."""
     dataset = open_4d(scan)

@@ -321,7 +321,7 @@ class StrainConfig(_Section):
     engine: Literal[ENGINES] = Field(
         "auto",
         description="What runs the network: torch, onnxruntime (fp32 on a CPU only) or auto (onnxruntime for fp32 on "
-        "a CPU, where it ran 1.2x faster end to end on an AVX2 CPU; torch for bf16 and on GPUs).",
+        "a CPU, where it ran 1.15-1.3x faster end to end on an AVX2 CPU; torch for bf16 and on GPUs).",
     )
     refine: Literal[REFINEMENTS] = Field(
         "auto",

@@ -116,9 +116,10 @@ def resolve_engine(engine: str, device, precision: str, option: str = "--engine"
     """What runs an inference network: ``auto`` -> ``onnxruntime`` for fp32 on a CPU, else ``torch``.
 
     ONNX Runtime fuses each convolution with its ReLU and keeps a blocked memory layout through the
-    U-Net's concatenations, which torch's eager CPU path does not: fast-v1 alone ran 1.6-1.8x faster
-    and ``strain`` end to end 1.2x (fp32, 2 cores of an AMD EPYC with AVX2 only; the same strains within
-    3e-7). bf16 and GPUs stay with torch (autocast, AMX, CUDA).
+    U-Net's concatenations, which torch's eager CPU path does not: fast-v1 alone ran 1.5-1.8x faster
+    and ``strain`` end to end 1.15-1.3x (fp32, 2 cores of an AMD EPYC with AVX2 only; the same strains
+    within 3e-7). bf16 and GPUs stay with torch (autocast, AMX, CUDA). Where ``onnxruntime`` or ``onnx``
+    is not installed (a platform without their wheels), ``auto`` is torch.
 
     Parameters
     ----------
@@ -139,18 +140,26 @@ def resolve_engine(engine: str, device, precision: str, option: str = "--engine"
     Raises
     ------
     StemstrainInputError
-        For an unknown engine, or onnxruntime on a GPU or in another precision than fp32.
+        For an unknown engine, or onnxruntime on a GPU, in another precision than fp32 or not installed.
     """
+    import importlib.util
+
     import torch
 
     if engine not in ENGINES:
         raise StemstrainInputError(f"{option}: expected one of {', '.join(ENGINES)}, found {engine!r}")
     cpu_fp32 = torch.device(device).type == "cpu" and precision == "fp32"
+    missing = [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
     if engine == "auto":
-        return "onnxruntime" if cpu_fp32 else "torch"
+        return "onnxruntime" if cpu_fp32 and not missing else "torch"
     if engine == "onnxruntime" and not cpu_fp32:
         raise StemstrainInputError(
             f"{option} onnxruntime: runs fp32 on the CPU only, found {precision} on {device} (use torch or auto)"
+        )
+    if engine == "onnxruntime" and missing:
+        raise StemstrainInputError(
+            f"{option} onnxruntime: the package(s) {', '.join(missing)} are not installed "
+            "(pip install onnxruntime onnx, or use torch or auto)"
         )
     return engine
 

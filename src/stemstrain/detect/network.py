@@ -70,7 +70,7 @@ class UNetDetector:
         Autocast precision of the network (:func:`stemstrain.runtime.resolve_precision`).
     engine : {"auto", "torch", "onnxruntime"}
         What runs the network (:func:`stemstrain.runtime.resolve_engine`); ``auto``: ONNX Runtime for
-        fp32 on a CPU (1.2x faster end to end on an AVX2 CPU), torch otherwise.
+        fp32 on a CPU (1.15-1.3x faster end to end on an AVX2 CPU), torch otherwise.
     compile : bool
         Compile the network with ``torch.compile`` on a GPU (pays off on long runs); ignored with a
         warning on the CPU.
