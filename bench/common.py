@@ -32,6 +32,16 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")) or "bf16" in f)
 
 
+def _version(package: str) -> str | None:
+    """A package's installed version, None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_info() -> dict:
     """Cores, memory, CPU model and flags, versions of the main libraries, GPU if any."""
     import numpy
@@ -55,6 +65,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
+        "onnxruntime": _version("onnxruntime"),  # runs the network in fp32 on a CPU (engine auto)
         "torch_threads": torch.get_num_threads(),
         # the vector ISA torch dispatches to, and any limit set on it (e.g. to measure an AVX2-only CPU)
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
