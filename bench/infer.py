@@ -157,7 +157,7 @@ def network_alone(model_path: Path, batch: int, rounds: int, compile: bool = Tru
         "fp32 NCHW": (network, x, False),
         "fp32 channels_last": (copy.deepcopy(network).to(memory_format=torch.channels_last), x_cl, False),
         "fp32 channels_last + folded BN (torch)": (folded, x_cl, False),
-        "fp32 onnxruntime (default without native bf16)": (OnnxNetwork(fold_batchnorm(network), PIXELS), x, False),
+        "fp32 onnxruntime (default without native bf16)": (OnnxNetwork(folded, PIXELS), x, False),
     }
 
     for model, inp, autocast in variants.values():

@@ -138,12 +138,13 @@ class UNetDetector:
             network = network.to(self.device).eval()
             self.model_hash = self.metadata.get("data_hash", "in-memory")
         self.engine = resolve_engine(engine, self.device, precision, option="option engine")
+        self.pixels = int(self.metadata["pixels"])
+        folded = fold_batchnorm(network)
+        # The layout of the network's input: ONNX Runtime keeps its own blocked one, torch runs channels_last.
         if self.engine == "onnxruntime":
-            self.network = OnnxNetwork(fold_batchnorm(network), int(self.metadata["pixels"]))
-            self._layout = torch.contiguous_format
+            self.network, self._layout = OnnxNetwork(folded, self.pixels), torch.contiguous_format
         else:
-            self.network = fold_batchnorm(network).to(memory_format=torch.channels_last)
-            self._layout = torch.channels_last
+            self.network, self._layout = folded.to(memory_format=torch.channels_last), torch.channels_last
         if compile and not self.device.startswith("cuda"):
             warnings.warn(
                 "option compile: ignored on the CPU, where torch.compile gained 0-3 % end to end and torch 2.13's "
@@ -158,7 +159,6 @@ class UNetDetector:
         self._chunk = network_chunk(self.device, self.batch_size)
         readout = {"threshold_rel": threshold_rel, "min_distance": min_distance, "max_peaks": max_peaks}
         self.readout = {name: value for name, value in readout.items() if value is not None}
-        self.pixels = int(self.metadata["pixels"])
         self.k_sampling = float(self.metadata["k_sampling"])
         self._grid = self._resampling_grid(scan, allow_calibration_mismatch)
         energy, semiangle = scan.attrs.get("energy_eV"), scan.attrs.get("semiangle_mrad")
