@@ -97,6 +97,28 @@ def test_template_refiner_places_a_shifted_probe_to_a_thousandth_of_a_pixel(unif
     assert np.all(heights[1:] > 0)
 
 
+def test_fine_grid_maximum_with_the_cross_term_finds_a_diagonal_peak_that_the_axis_parabolas_miss():
+    """A quadratic peak elongated along a diagonal, sampled on a grid: its maximum is off the row and
+    column through the grid maximum, so the axis parabolas miss it by a fraction of a step; the full
+    quadratic returns it to float rounding. On a border maximum both keep the grid point."""
+    import torch
+
+    from stemstrain.detect.fourier import fine_grid_maximum
+
+    step, truth = 0.0625, np.array([0.021, -0.013])  # [px]: the grid spacing, the peak's (x, y)
+    offsets = (np.arange(9) - 4) * step
+    y, x = np.meshgrid(offsets - truth[1], offsets - truth[0], indexing="ij")
+    surface = torch.as_tensor(-(3 * x**2 + 2.6 * x * y + 3 * y**2) + 5.0, dtype=torch.float32)[None, None]
+    centres = torch.zeros(1, 1, 2, dtype=torch.float64)
+    axis, _ = fine_grid_maximum(surface, centres, step)
+    full, heights = fine_grid_maximum(surface, centres, step, cross=True)
+    assert np.linalg.norm(axis[0, 0].numpy() - truth) > 0.1 * step
+    np.testing.assert_allclose(full[0, 0].numpy(), truth, atol=1e-4 * step)
+    assert heights[0, 0] == surface.max()
+    edge = torch.as_tensor(np.add.outer(-(offsets**2), offsets), dtype=torch.float32)[None, None]  # rising in x
+    np.testing.assert_allclose(fine_grid_maximum(edge, centres, step, cross=True)[0][0, 0].numpy(), [4 * step, 0])
+
+
 def tilted_disks(scan):
     """Eight single-disk patterns: the scan's probe (peak 1) moved anywhere and its intensity rising by
     30 % from the centre to one edge, in a random direction; returns the probe, the disk radius [px],
