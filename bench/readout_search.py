@@ -6,8 +6,9 @@ through the fine grid's best. On the uniform series' clean patterns (``bench/uni
 must have cached them: static lattice, its three crystals and five thicknesses), with Poisson noise
 at each dose, the default network's spots start the read-out as in ``strain``; each search variant
 (fine grid 1/32 or 1/16 px; axis parabolas or the quadratic with its xy term) is compared with a
-search on a 1/128 px grid, which stands for the score's maximum. Then the old read-out (1/32 px,
-parabolas) and the default one are timed on the same inputs, alternated round by round.
+search on a 1/128 px grid, which stands for the score's maximum. Then the default read-out (1/32 px,
+parabolas) and the 1/16 px grid with the xy quadratic are timed on the same inputs, alternated
+round by round.
 
     python bench/readout_search.py [--rounds 5]
 
@@ -34,8 +35,8 @@ from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.detect.bragg import TemplateRefiner, disk_radius, probe_template  # noqa: E402
 from stemstrain.model import resolve_model  # noqa: E402
 
-VARIANTS = {"1/32 px, parabolas (until 2026-12-02)": (32, False), "1/32 px, xy quadratic": (32, True)}
-VARIANTS |= {"1/16 px, parabolas": (16, False), "1/16 px, xy quadratic (default)": (16, True)}
+VARIANTS = {"1/32 px, parabolas (default)": (32, False), "1/32 px, xy quadratic": (32, True)}
+VARIANTS |= {"1/16 px, parabolas": (16, False), "1/16 px, xy quadratic": (16, True)}
 REFERENCE = (128, True)
 """Fine grid steps per px and ``cross`` of each variant, and of the search standing for the maximum."""
 
@@ -94,7 +95,7 @@ def main() -> None:
             }
             print(crystal, f"{dose:.0e}", summary, flush=True)
             if dose == 1e6:
-                pair = {"old": refiner(32, False), "default": refiner(16, True)}
+                pair = {"default": refiner(32, False), "1/16 px, xy quadratic": refiner(16, True)}
                 n_patterns = sum(len(patterns) for patterns, _ in inputs)
                 rates = timing[crystal] = {name: [] for name in pair}
                 for _ in range(args.rounds):

@@ -372,16 +372,16 @@ class TemplateRefiner:
     only over the template's support, so it costs a few small matrix products per pattern instead of
     a full-frame FFT and a Fourier sum per disk. The search is coarse to fine: shifts on a
     ``1/coarse`` px grid over ±1 px, then a ``1/fine`` px grid over ±1/``coarse`` px around the best,
-    then the maximum of the quadratic fitted to the 3×3 around the fine grid's best, xy term
-    included (:func:`~stemstrain.detect.fourier.fine_grid_maximum` with ``cross``). That fit on a
-    1/16 px grid lands nearer the score's maximum (a 1/128 px search) than the axis parabolas did on a
-    1/32 px grid, with 81 shifts per disk in place of 289: median 0.8-1.1 mpx against 1.2-1.5 (RMS
-    1.2-1.6 against 2.6-3.2) at 1e6 e-; at 1e4 e- the median is lower again (0.8-0.9 against
-    0.8-1.4) but the RMS higher (4-19 against 5-8 mpx: faint disks whose score has two maxima within
-    ±1/4 px, of which the coarser grid takes the other more often). The refiner alone runs 1.5-1.7
-    times as fast and the uniform series gives the same strain (geometric means 4.285e-4 against
-    4.284e-4 at 1e6 e-, 16.68e-4 against 16.69e-4 at 1e4 e-); ``bench/readout_search.py``,
-    ``bench/results/uniform_series_zen4-*.json``.
+    then a three-point parabola along each axis
+    (:func:`~stemstrain.detect.fourier.fine_grid_maximum`). With ``fine=16, cross=True`` the fine
+    step takes 81 shifts per disk in place of 289 and ends in the quadratic fitted to the 3×3 around
+    the best, xy term included: it lands nearer the score's maximum (median 0.8-1.1 mpx against
+    1.2-1.5 at 1e6 e-; ``bench/readout_search.py``), the refiner runs 1.5-1.9 times as fast and the
+    uniform series gives the same strain (4.285e-4 against 4.284e-4 static at 1e6 e-, 16.68 against
+    16.69e-4 at 1e4 e-, 9.295 against 9.288e-4 with 4 frozen phonons at 1e5 e-;
+    ``bench/results/uniform_series*_zen4-*.json``), but on the held-out accuracy suite the geometric
+    mean went from 7.92e-4 to 8.07e-4 (Si [110] 75 nm at 1e6 e- 5.8 → 6.8e-4, through the e_xx
+    offset against the reference, -3.6 → -4.6e-4; SrTiO3 16.2 → 15.7e-4): not the default.
 
     Parameters
     ----------
@@ -395,8 +395,7 @@ class TemplateRefiner:
         Prior spread of the relative intensity change from a disk's centre to its edge (:data:`TILT_PRIOR`);
         0 fits no tilt: the plain correlation, as :class:`BraggDetector` has it.
     cross : bool
-        The final step fits the quadratic with its xy term; False: a parabola along each axis (the
-        read-out until 2026-12-02, with ``fine=32``).
+        The final step fits the quadratic with its xy term (see above); False: a parabola along each axis.
     """
 
     def __init__(
@@ -404,9 +403,9 @@ class TemplateRefiner:
         template: np.ndarray,
         disk_radius_px: float,
         coarse: int = 4,
-        fine: int = 16,
+        fine: int = 32,
         tilt_prior: float = TILT_PRIOR,
-        cross: bool = True,
+        cross: bool = False,
     ):
         if tilt_prior < 0:
             raise StemstrainInputError(f"option tilt_prior must be >= 0 (0: no tilt), found {tilt_prior}")
