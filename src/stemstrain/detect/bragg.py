@@ -342,7 +342,10 @@ TILT_PRIOR = 0.14
 Chosen on the uniform series (``bench/uniform_series.py``; static 1e6 and 1e4 e-, 4 frozen phonons at
 1e6 e-), not on the accuracy suite: 0.14 (a ridge κ = 1/τ² = 300 px² at the suite's 2.4 px disks) was
 the best of the values tried in each of the three (static 1e6: no prior, 0.44, 0.14; 1e4: 0.14,
-0.076, 0.044; 4 frozen phonons: 0.24, 0.14, 0.076)."""
+0.076, 0.044; 4 frozen phonons: 0.24, 0.14, 0.076). Checked again on 2026-12-02 (stop 36, AMD EPYC
+Zen 4, bf16) with 4 frozen phonons at 1e5 e-, a set not used for the choice: 0.08, 0.14, 0.24 give
+9.62, 9.29, 9.50e-4 (static 1e6: 4.18, 4.28, 4.52; 1e4: 16.89, 16.69, 16.99;
+``bench/results/uniform_series*_zen4-tilt*.json``)."""
 
 
 class TemplateRefiner:
