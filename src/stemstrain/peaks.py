@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["find_peaks", "local_maximum", "refine_peaks"]
+__all__ = ["find_peaks", "fit_quadratic", "local_maximum", "refine_peaks"]
 
 _TIE_LAGS = 8  # equal-valued peaks compared when dropping duplicates (a plateau, and its mirror images)
 
@@ -35,6 +35,35 @@ _QUADRATIC = np.linalg.pinv(
 )  # (6, 9)
 
 
+def fit_quadratic(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares quadratic ``c0 + c1 x + c2 y + c3 x² + c4 xy + c5 y²`` on 3×3 windows, and its vertex.
+
+    Parameters
+    ----------
+    values : ndarray, shape (p, 9)
+        The windows' values, row by row from (-1, -1) (the order of ``_OFFSETS``).
+
+    Returns
+    -------
+    coefficients : ndarray, shape (p, 6)
+        c0 ... c5 [value units, per px and per px²].
+    offsets : ndarray, shape (p, 2)
+        Offset (x, y) of the stationary point from the centre pixel [px]; 0 where the Hessian is singular.
+    maximum : ndarray of bool, shape (p,)
+        True where that point is a maximum (the Hessian negative definite) within ±1 px of the centre.
+    """
+    c = np.asarray(values, dtype=np.float64) @ _QUADRATIC.T  # (p, 6)
+    # The stationary point, where the gradient vanishes; a maximum if the Hessian
+    # [[2 c3, c4], [c4, 2 c5]] is negative definite.
+    h_xx, h_xy, h_yy = 2 * c[:, 3], c[:, 4], 2 * c[:, 5]
+    det = h_xx * h_yy - h_xy**2
+    safe_det = np.where(det > 0, det, 1.0)
+    dx = (-h_yy * c[:, 1] + h_xy * c[:, 2]) / safe_det
+    dy = (h_xy * c[:, 1] - h_xx * c[:, 2]) / safe_det
+    maximum = (det > 0) & (h_xx < 0) & (np.abs(dx) <= 1) & (np.abs(dy) <= 1)
+    return c, np.stack([dx, dy], axis=-1), maximum
+
+
 def refine_peaks(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Subpixel offsets and amplitudes of peaks from their 3×3 neighbourhoods.
 
@@ -53,16 +82,9 @@ def refine_peaks(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(windows, dtype=np.float64).reshape(-1, 9)
     centre = values[:, 4]
     positive = np.all(values > 0, axis=-1)
-    logs = np.log(np.where(positive[:, None], values, 1.0))
-    c = logs @ _QUADRATIC.T  # (p, 6)
-    # The fitted quadratic has its maximum where its gradient vanishes; it is one if the Hessian
-    # [[2 c3, c4], [c4, 2 c5]] is negative definite.
-    h_xx, h_xy, h_yy = 2 * c[:, 3], c[:, 4], 2 * c[:, 5]
-    det = h_xx * h_yy - h_xy**2
-    safe_det = np.where(det > 0, det, 1.0)
-    dx = (-h_yy * c[:, 1] + h_xy * c[:, 2]) / safe_det
-    dy = (h_xy * c[:, 1] - h_xx * c[:, 2]) / safe_det
-    quadratic_ok = positive & (det > 0) & (h_xx < 0) & (np.abs(dx) <= 1) & (np.abs(dy) <= 1)
+    c, vertex, maximum = fit_quadratic(np.log(np.where(positive[:, None], values, 1.0)))
+    dx, dy = vertex[:, 0], vertex[:, 1]
+    quadratic_ok = positive & maximum
 
     # Fallback: centre of mass of the window above its minimum.
     above = values - values.min(axis=-1, keepdims=True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from stemstrain.errors import StemstrainInputError
+from stemstrain.peaks import fit_quadratic
 
 __all__ = ["fine_grid", "fine_grid_maximum", "in_batches", "local_fourier_sum"]
 
@@ -73,13 +74,6 @@ def fine_grid(spacing: float, upsample: int, device) -> tuple[torch.Tensor, floa
     return torch.arange(-upsample, upsample + 1, device=device) * step, step
 
 
-_WINDOW = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-# Least squares of f = c0 + c1 x + c2 y + c3 x² + c4 xy + c5 y² on the 3×3 window (rows: c, columns: window).
-_QUADRATIC = torch.as_tensor(
-    np.linalg.pinv(np.array([[1, dx, dy, dx * dx, dx * dy, dy * dy] for dy, dx in _WINDOW], dtype=float))
-)
-
-
 def fine_grid_maximum(
     surface: torch.Tensor, centres: torch.Tensor, step: float, cross: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,11 +81,12 @@ def fine_grid_maximum(
 
     By default a three-point parabola along each axis through the grid maximum. With ``cross`` the
     full quadratic, xy term included, is fitted to the 3×3 around the grid maximum by least squares
-    and its maximum taken: a peak elongated along a diagonal has its maximum off the row and column
-    through the grid maximum, which the parabolas miss (on the template read-out's scores of the
-    uniform series, ``bench/readout_search.py``: 0.3-0.5 mpx RMS from the scores' maximum on a 1/32 px
-    grid, against 2.6-3.2 for the parabolas, static lattice at 1e6 e-; 1.2-1.6 on a
-    1/16 px grid). Where the fit has no maximum within one step (a saddle, a flat or noisy surface)
+    (:func:`stemstrain.peaks.fit_quadratic`) and its maximum taken: a peak elongated along a
+    diagonal has its maximum off the row and column through the grid maximum, which the parabolas
+    miss (on the template read-out's scores of the uniform series, ``bench/readout_search.py``:
+    0.3-0.5 mpx RMS from the scores' maximum on a 1/32 px grid, against 2.6-3.2 for the parabolas,
+    static lattice at 1e6 e-; 1.2-1.6 on a 1/16 px grid). Where the fit has no maximum within one
+    step (a saddle, a flat or noisy surface)
     or the grid maximum lies on the border, the parabolas' position is kept.
 
     Parameters
@@ -133,16 +128,12 @@ def fine_grid_maximum(
     dy = torch.where(inner_y, dy, torch.zeros_like(dy))
     dx = torch.where(inner_x, dx, torch.zeros_like(dx))
     if cross:
-        window = torch.stack([at(iy + wy, ix + wx) for wy, wx in _WINDOW], dim=-1).double()
-        c = window @ _QUADRATIC.T  # (n, m, 6)
-        h_xx, h_xy, h_yy = 2 * c[..., 3], c[..., 4], 2 * c[..., 5]
-        det = h_xx * h_yy - h_xy**2
-        safe_det = torch.where(det > 0, det, torch.ones_like(det))
-        full_x = (-h_yy * c[..., 1] + h_xy * c[..., 2]) / safe_det
-        full_y = (h_xy * c[..., 1] - h_xx * c[..., 2]) / safe_det
-        fits = inner_y & inner_x & (det > 0) & (h_xx < 0) & (full_x.abs() <= 1) & (full_y.abs() <= 1)
-        dx = torch.where(fits, full_x.to(dx.dtype), dx)
-        dy = torch.where(fits, full_y.to(dy.dtype), dy)
+        window = torch.stack([at(iy + wy, ix + wx) for wy in (-1, 0, 1) for wx in (-1, 0, 1)], dim=-1)
+        _, vertex, maximum = fit_quadratic(window.reshape(-1, 9).cpu().numpy())
+        vertex = torch.as_tensor(vertex, dtype=dx.dtype, device=dx.device).reshape(n, m, 2)
+        fits = inner_y & inner_x & torch.as_tensor(maximum, device=dx.device).reshape(n, m)
+        dx = torch.where(fits, vertex[..., 0], dx)
+        dy = torch.where(fits, vertex[..., 1], dy)
     half = (u - 1) / 2
     offset = torch.stack([(ix - half + dx) * step, (iy - half + dy) * step], dim=-1)
     found = torch.isfinite(centres).all(dim=-1)
