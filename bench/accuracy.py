@@ -7,6 +7,7 @@
     python bench/accuracy.py --methods unet --tilt-prior 0     # rows unet+tilt0: the plain template correlation
     python bench/accuracy.py --methods bragg --tilt-prior 0.14 # rows bragg+tilt0.14: bragg's disks, the tilted read-out
     python bench/accuracy.py --methods unet --disk-correction disks-v1  # rows unet+disks-v1
+    python bench/accuracy.py --draws 4        # each scan also with 3 more draws of its counting noise
 
 The scans are the ``scans:`` of ``bench/suite.yaml`` (held out from every training config: turned
 crystals, a composite strain field, thicknesses absent from training, a crystal absent from it),
@@ -14,8 +15,13 @@ simulated by ``stemstrain.simulate.simulate_scan`` into ``bench/work/suite/`` an
 scans that differ only in dose share their multislice (the cache folder). Each method runs on the
 same patterns in this process, one after the other, with both cores: ours through
 ``stemstrain.strainmap.strain_map``, py4DSTEM through ``bench/peers.py`` (one process per core, its
-own venv). Writes ``bench/results/accuracy.json`` (every row, the machine and its load) and
-``bench/results/accuracy.md`` (the table); ``make bench`` copies the table into ``summary.md``.
+own venv). With ``--draws N`` every method also runs on N - 1 more draws of each scan's counting
+noise (the same multislice, ``simulate_scan(..., noise_draw=k)``, ``<scan>.drawK.zarr``) and the
+table gives the RMSE pooled over the draws with its spread from draw to draw: one draw of 256
+patterns decides a ranking only where methods differ by more than that spread. Frozen phonons are
+part of the multislice and are the same in every draw. Writes ``bench/results/accuracy.json``
+(every row, the machine and its load) and ``bench/results/accuracy.md`` (the table); ``make bench``
+copies the table into ``summary.md``.
 """
 
 from __future__ import annotations
@@ -45,24 +51,31 @@ PY4DSTEM = "py4dstem"
 METHODS = [NETWORK, *BASELINES, PY4DSTEM]
 
 
-def simulate(config, names: list[str]) -> None:
-    """Simulate the suite's scans that are not there yet (resumable, cached multislice)."""
+def stores(scan: str, draw: int = 0) -> tuple[Path, Path]:
+    """The 4D scan and truth stores of one draw of a suite scan's counting noise (0: the scan's own)."""
+    name = scan if draw == 0 else f"{scan}.draw{draw}"
+    return WORK / f"{name}.zarr", WORK / f"{name}.truth.zarr"
+
+
+def simulate(config, names: list[str], draws: int = 1) -> None:
+    """Simulate the suite's scans and their other noise draws not there yet (resumable, cached multislice)."""
     for scan in config.scans:
-        scan_path, truth = WORK / f"{scan.name}.zarr", WORK / f"{scan.name}.truth.zarr"
-        if scan.name in names and not truth.exists():
-            simulate_scan(config, scan, scan_path, truth, cache=WORK / "cache")
+        for draw in range(draws):
+            scan_path, truth = stores(scan.name, draw)
+            if scan.name in names and not truth.exists():
+                simulate_scan(config, scan, scan_path, truth, cache=WORK / "cache", noise_draw=draw)
 
 
 def run_method(
-    scan: str, method: str, model: Path | None, options: dict | None = None, label: str | None = None
+    scan: str, method: str, model: Path | None, options: dict | None = None, label: str | None = None, draw: int = 0
 ) -> dict:
-    """One row of the table: ``method`` on ``scan``, timed end to end and scored against the truth.
+    """One row of the table: ``method`` on ``scan`` (its noise draw ``draw``), timed end to end and scored.
 
     ``options`` set the detector's read-out (unet: ``refine``, ``tilt_prior``; bragg: ``tilt_prior``;
     default: the detector's own); the map is written under the row's ``label`` (default: the method).
     """
-    scan_path, truth = WORK / f"{scan}.zarr", WORK / f"{scan}.truth.zarr"
-    out = WORK / "maps" / f"{scan}.{label or method}.zarr"
+    scan_path, truth = stores(scan, draw)
+    out = WORK / "maps" / f"{scan_path.stem}.{label or method}.zarr"
     if method == PY4DSTEM:
         from peers import run_py4dstem
 
@@ -107,13 +120,21 @@ def main(argv=None) -> int:
         help="a disk-centre correction, a file (bench/disk_corrector.py) or a shipped name, for unet; its rows "
         "are labelled unet+NAME (the file's name without .pt)",
     )
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="draws of each scan's counting noise to run (default 1: the scan's own); the table pools them",
+    )
     args = parser.parse_args(argv)
+    if args.draws < 1:
+        parser.error(f"--draws must be at least 1 (1: the scans' own noise), found {args.draws}")
     config = load_config(SUITE)
     names = args.scans or [scan.name for scan in config.scans]
     unknown = sorted(set(names) - {scan.name for scan in config.scans})
     if unknown:
         parser.error(f"--scans: unknown {unknown}; bench/suite.yaml has {[s.name for s in config.scans]}")
-    simulate(config, names)
+    simulate(config, names, args.draws)
     if args.simulate_only:
         return 0
     shipped = default_model()
@@ -131,14 +152,16 @@ def main(argv=None) -> int:
     labels = {NETWORK: label, "bragg": "bragg" + (f"+tilt{args.tilt_prior:g}" if tilt else "")}
     rows = []
     for scan in names:
-        for method in args.methods:
-            load = os.getloadavg()
-            row = run_method(scan, method, model, options.get(method), labels.get(method))
-            if method in labels:
-                row = {**row, "method": labels[method]}
-            if method == NETWORK:
-                row = {**row, "model": str(model)}
-            rows.append({**row, "load_average_before": load, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        for draw in range(args.draws):
+            for method in args.methods:
+                load = os.getloadavg()
+                row = run_method(scan, method, model, options.get(method), labels.get(method), draw)
+                if method in labels:
+                    row = {**row, "method": labels[method]}
+                if method == NETWORK:
+                    row = {**row, "model": str(model)}
+                date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                rows.append({**row, "draw": draw, "load_average_before": load, "date": date})
     rows = merged(rows, [scan.name for scan in config.scans], METHODS)
     table = suite_table(rows, list(dict.fromkeys(r["method"] for r in rows)))
     (RESULTS / "accuracy.md").write_text(table)
@@ -156,19 +179,25 @@ def main(argv=None) -> int:
 
 
 def merged(rows: list[dict], scans: list[str], methods: list[str]) -> list[dict]:
-    """This run's rows, and the previous accuracy.json's rows of the (scan, method) pairs not re-run.
+    """This run's rows, and the previous accuracy.json's rows of the (scan, method, draw) triples not re-run.
 
-    A partial run (``--scans``/``--methods``) thus completes the table; each row keeps its own date
-    and load average. Rows come in suite order, methods in ``methods`` order, then other models'
-    rows (``unet@NAME``).
+    A partial run (``--scans``/``--methods``/``--draws``) thus completes the table; each row keeps its
+    own date and load average. Rows come in suite order, methods in ``methods`` order, then other
+    models' rows (``unet@NAME``), draws in order (a row without ``draw`` is draw 0).
     """
     previous = RESULTS / "accuracy.json"
+
+    def key(row: dict) -> tuple[str, str, int]:
+        return row["scan"], row["method"], int(row.get("draw", 0))
+
     by_key = {}
     if previous.exists():
-        by_key = {(r["scan"], r["method"]): r for r in json.loads(previous.read_text()).get("rows", [])}
-    by_key |= {(r["scan"], r["method"]): r for r in rows}
-    others = sorted({m for _, m in by_key} - set(methods))  # other models' rows (unet@NAME)
-    return [by_key[(s, m)] for s in scans for m in [*methods, *others] if (s, m) in by_key]
+        by_key = {key(r): r for r in json.loads(previous.read_text()).get("rows", [])}
+    by_key |= {key(r): r for r in rows}
+    others = sorted({m for _, m, _ in by_key} - set(methods))  # other models' rows (unet@NAME)
+    draws = sorted({d for _, _, d in by_key})
+    order = [(s, m, d) for s in scans for m in [*methods, *others] for d in draws]
+    return [by_key[k] for k in order if k in by_key]
 
 
 if __name__ == "__main__":

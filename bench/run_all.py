@@ -94,6 +94,8 @@ def write_summary() -> Path:
             "",
             "Worst strain-component RMSE outside the reference region [1e-4], valid fraction when under",
             "99.5 %, slopes of predicted against true e_xx/e_yy; patterns/s end to end on the same scans.",
+            "A cell with ± pools several draws of the scans' counting noise (`--draws`): the RMSE over",
+            "the draws ± the standard error of their mean.",
             "",
             accuracy.read_text().strip(),
             "",

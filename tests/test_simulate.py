@@ -343,6 +343,18 @@ def test_cached_clean_patterns_are_the_scans_before_noise(tmp_path):
             noise = PatternNoise(dose=scan.dose)
             expected = apply_noise(pattern, noise, config.detector.k_sampling, np.random.default_rng([scan.seed, i]))
             np.testing.assert_array_equal(data.reshape(-1, 128, 128)[i], expected)
+    # Another draw of the counting noise: the same clean patterns (nothing simulated), its own seed.
+    other, _ = simulate_scan(
+        config, config.scans[1], tmp_path / "low2.zarr", tmp_path / "low2.truth.zarr", cache=cache, noise_draw=2
+    )
+    assert {path: path.stat().st_mtime_ns for path in tasks.glob("*.npy")} == stamps
+    data, first = open_4d(other)["data"].values, open_4d(low)["data"].values
+    assert not np.array_equal(data, first)
+    rng = np.random.default_rng([config.scans[1].seed, 0, 2])
+    expected = apply_noise(clean[0, 0], PatternNoise(dose=1e4), config.detector.k_sampling, rng)
+    np.testing.assert_array_equal(data[0, 0], expected)
+    with pytest.raises(StemstrainInputError, match="noise_draw"):
+        simulate_scan(config, config.scans[1], tmp_path / "x.zarr", tmp_path / "x.truth.zarr", noise_draw=-1)
 
 
 def test_tiny_training_set_fixture(tiny_training_set):

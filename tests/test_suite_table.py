@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from stemstrain.errors import StemstrainInputError
-from stemstrain.evaluate.suite import failed_row, slopes, suite_table, timed_row
+from stemstrain.evaluate.suite import failed_row, pooled_row, slopes, suite_table, timed_row
 
 
 def _ok_row(scan: str, method: str, rmse: float) -> dict:
@@ -34,6 +34,22 @@ def test_table_marks_a_failed_method_with_its_reason():
     assert cells[2] == "3.2 (90 % valid) · s 0.97/1.02"
     assert cells[3] == "not run"
     assert "| patterns/s (median) | – | 100 | – |" in table
+
+
+def test_noise_draws_of_a_scan_are_pooled_with_their_standard_error():
+    rows = []
+    for draw, (e_xx, e_yy) in enumerate([(3e-4, 1e-4), (5e-4, 1e-4)]):
+        row = _ok_row("si110", "unet", max(e_xx, e_yy)) | {"draw": draw}
+        rows.append(row | {"rmse": {"e_xx": e_xx, "e_yy": e_yy, "e_xy": 0.0, "theta": 0.0}})
+    pooled = pooled_row(rows)
+    assert pooled["worst_strain_rmse"] == pytest.approx(np.sqrt((3e-4**2 + 5e-4**2) / 2))
+    assert pooled["worst_strain_rmse_se"] == pytest.approx(1e-4)  # std 1.41e-4 over 2 draws / sqrt(2)
+    assert pooled["draws"] == 2
+    line = next(r for r in suite_table(rows, ["unet"]).splitlines() if r.startswith("| si110"))
+    assert line == "| si110 | 4.1 ±1.0 (90 % valid) · s 0.97/1.02 |"
+    # a failed draw fails the cell; one draw is the row itself
+    assert pooled_row([*rows, failed_row("si110", "unet", "no lattice")])["status"] == "failed"
+    assert pooled_row(rows[:1]) is rows[0]
 
 
 def test_a_bad_input_error_becomes_a_failed_row(tmp_path):

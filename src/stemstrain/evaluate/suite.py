@@ -20,7 +20,7 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.evaluate.score import evaluate_strain
 from stemstrain.strain import STRAIN_COMPONENTS
 
-__all__ = ["failed_row", "score_row", "slopes", "suite_table", "timed_row"]
+__all__ = ["failed_row", "pooled_row", "score_row", "slopes", "suite_table", "timed_row"]
 
 STRAIN_ONLY = ("e_xx", "e_yy", "e_xy")
 
@@ -96,6 +96,31 @@ def timed_row(scan: str, method: str, truth: str | Path, out: str | Path, run) -
     return score_row(scan, method, out, truth, time.perf_counter() - start)
 
 
+def pooled_row(rows: list[dict]) -> dict | None:
+    """One row for several noise draws of one (scan, method): a failed draw's row, else the draws pooled.
+
+    The RMSE of each component is pooled over the draws (root of the mean square; every draw scores
+    the same positions), slopes and valid fractions are averaged, and ``worst_strain_rmse_se`` is the
+    standard error of the mean of the draws' worst-component RMSE (absent for one draw).
+    """
+    if not rows:
+        return None
+    failed = [row for row in rows if row["status"] != "ok"]
+    if failed or len(rows) == 1:
+        return (failed or rows)[0]
+    rmse = {c: float(np.sqrt(np.mean([row["rmse"][c] ** 2 for row in rows]))) for c in rows[0]["rmse"]}
+    worst = [row["worst_strain_rmse"] for row in rows]
+    return {
+        **rows[0],
+        "rmse": rmse,
+        "worst_strain_rmse": max(rmse[c] for c in STRAIN_ONLY),
+        "worst_strain_rmse_se": float(np.std(worst, ddof=1) / np.sqrt(len(worst))),
+        "draws": len(rows),
+        "valid_fraction": float(np.mean([row["valid_fraction"] for row in rows])),
+        "slope": {c: float(np.mean([row["slope"][c] for row in rows])) for c in rows[0]["slope"]},
+    }
+
+
 def _cell(row: dict | None) -> str:
     if row is None:
         return "not run"
@@ -104,6 +129,8 @@ def _cell(row: dict | None) -> str:
         return f"fails: {reason[:90] + '…' if len(reason) > 90 else reason}"
     slope = row["slope"]
     text = f"{1e4 * row['worst_strain_rmse']:.1f}"
+    if "worst_strain_rmse_se" in row:
+        text += f" ±{1e4 * row['worst_strain_rmse_se']:.1f}"
     if row["valid_fraction"] < 0.995:
         text += f" ({100 * row['valid_fraction']:.0f} % valid)"
     return text + f" · s {slope['e_xx']:.2f}/{slope['e_yy']:.2f}"
@@ -114,10 +141,15 @@ def suite_table(rows: list[dict], methods: list[str]) -> str:
 
     Each cell holds the worst-component strain RMSE outside the reference region [1e-4], the valid
     fraction when under 99.5 %, and the slopes of e_xx and e_yy (``s 0.98/1.01``); a failed method
-    shows ``fails: <reason>``. A last row gives each method's patterns per second (median over scans).
+    shows ``fails: <reason>``. Rows of several noise draws (``draw``) of one scan and method are pooled
+    (:func:`pooled_row`) and the RMSE is followed by its standard error over the draws (``5.8 ±0.1``).
+    A last row gives each method's patterns per second (median over scans and draws).
     """
     scans = list(dict.fromkeys(row["scan"] for row in rows))
-    by_key = {(row["scan"], row["method"]): row for row in rows}
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        grouped.setdefault((row["scan"], row["method"]), []).append(row)
+    by_key = {key: pooled_row(group) for key, group in grouped.items()}
     lines = [
         "| scan | " + " | ".join(methods) + " |",
         "|---|" + "---|" * len(methods),

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from stemstrain.config import Config, ScanConfig
+from stemstrain.errors import StemstrainInputError
 from stemstrain.execute import run_tasks
 from stemstrain.io import (
     atomic_output,
@@ -172,7 +173,7 @@ def _task_cache(cache: Path, fingerprint: str) -> Path:
 
 
 def simulate_scan(
-    config: Config, scan: ScanConfig, out: Path, truth: Path, cache: Path | None = None
+    config: Config, scan: ScanConfig, out: Path, truth: Path, cache: Path | None = None, noise_draw: int = 0
 ) -> tuple[Path, Path]:
     """Simulate a strained 4D scan and its ground-truth strain map.
 
@@ -190,20 +191,30 @@ def simulate_scan(
         Folder in which finished multislice tasks are kept, in a subfolder per set of clean patterns
         (scans differing only in name and dose share one); default: ``<out>.partial.tasks``, removed
         when the stores are written.
+    noise_draw : int
+        Which draw of the counting noise: 0 (the scan's own, seeded by ``(seed, position)``) or k > 0,
+        another independent draw on the same clean patterns (seeded by ``(seed, position, k)``), so that a
+        benchmark can average its scores over draws. Frozen phonons are part of the clean patterns and
+        are the same in every draw.
 
     Returns
     -------
     (Path, Path)
         ``out`` and ``truth``.
     """
+    if noise_draw < 0:
+        raise StemstrainInputError(f"noise_draw must be >= 0 (0: the scan's own counting noise), found {noise_draw}")
     optics = check_simulation(config, [scan.crystal])
     roi, field = _scan_field(scan)
     keep_cache = cache is not None
     folder = Path(cache) if keep_cache else Path(out).with_name(Path(out).name + ".partial.tasks")
     clean, task_folder = _clean_patterns(config, scan, optics, field, folder, subfolder=keep_cache)
+    draw = [noise_draw] if noise_draw else []
     counts = np.stack(
         [
-            apply_noise(pattern, PatternNoise(dose=scan.dose), optics.k_sampling, np.random.default_rng([scan.seed, i]))
+            apply_noise(
+                pattern, PatternNoise(dose=scan.dose), optics.k_sampling, np.random.default_rng([scan.seed, i, *draw])
+            )
             for i, pattern in enumerate(clean)
         ]
     ).reshape(*scan.scan_shape, optics.pixels, optics.pixels)
