@@ -4,7 +4,8 @@ For each crystal of the accuracy suite (SrTiO3 [001] turned 61°, Si [110] 23.5�
 orientations), real multislice patterns of a uniformly strained crystal (one probe position, the
 suite's 200 kV and 1.5 mrad; a static lattice, or with ``--frozen-phonons N`` thermal diffuse
 scattering from N configurations drawn anew for each state) are simulated at 10, 25, 37, 50 and
-75 nm for the states: no strain, e_xx, e_yy and e_xy each at ±1 and ±2 %. Every pattern gets 4
+75 nm for the states: no strain, e_xx, e_yy and e_xy each at ±1 and ±2 % (``--states mixed``: no
+strain, rotations alone, and components together with a rotation, ``MIXED``). Every pattern gets 4
 Poisson draws at ``--dose``. Each method's strain is measured against the median lattice of the
 unstrained patterns, as in a strain run. Per crystal and thickness the result gives the slope of
 measured against applied strain for each component and the RMSE over all strained patterns. A
@@ -14,9 +15,9 @@ dynamical scattering is seen where it arises. The clean patterns are cached in
 
 Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]
 [--frozen-phonons 4] [--crystals SrTiO3_001] [--refine template] [--tilt-prior 0] [--disk-correction FILE]
-[--tag NAME]``; writes
-``bench/results/uniform_series.json``
-(``uniform_series_d1e+05.json`` for another dose, ``uniform_series_fp4.json`` with frozen phonons; a
+[--states mixed] [--tag NAME]``; writes ``bench/results/uniform_series.json``
+(``uniform_series_d1e+05.json`` for another dose, ``uniform_series_fp4.json`` with frozen phonons,
+``uniform_series_mixed.json`` with the mixed states; a
 subset of crystals adds their names, ``--tag`` its text). Each method is calibrated as for the suite's scan of the
 crystal (``CASES``): its optics, and the vacuum probe at the dose.
 """
@@ -58,25 +59,42 @@ STATES = np.array(
     [(0.0, 0.0, 0.0, 0.0)] + [tuple(a if i == c else 0.0 for i in range(4)) for c in range(3) for a in AMPLITUDES]
 )
 """Strain states (e_xx, e_yy, e_xy, θ): unstrained, then each component at each amplitude."""
+MIXED = np.array(
+    [
+        (0.0, 0.0, 0.0, 0.0),
+        *[(0.0, 0.0, 0.0, angle) for angle in (0.01, -0.01, 0.02, -0.02)],
+        (0.015, -0.01, 0.005, 0.01),
+        (-0.015, 0.01, -0.005, -0.01),
+        (0.02, -0.015, 0.0, 0.012),
+        (0.01, 0.01, 0.01, 0.005),
+    ]
+)
+"""``--states mixed``: unstrained, rotations alone [rad], then components together with a rotation, as in
+a scan's field (the suite's mixes a ramp, a bump, a shear and a rotation); a read-out that is right for
+each component alone can be wrong for them together."""
+STATE_SETS = {"single": STATES, "mixed": MIXED}
 DRAWS = 4
 """Poisson draws per clean pattern."""
 TRAINING_KEYS = ("data_path", "data_hash", "steps", "train_patterns", "init_model")
 """What the result records of how its model was trained."""
 
 
-def clean_patterns(config, crystal: str, orientation_deg: float, frozen_phonons: int = 0) -> np.ndarray:
-    """Clean patterns (state, thickness, H, W) of ``STATES``, cached per crystal, orientation and phonons.
+def clean_patterns(
+    config, crystal: str, orientation_deg: float, frozen_phonons: int = 0, states: str = "single"
+) -> np.ndarray:
+    """Clean patterns (state, thickness, H, W) of ``STATE_SETS[states]``, cached per crystal, orientation,
+    phonons and state set.
 
     With frozen phonons each state draws its own thermal displacements (seed 5 + state), as the
     positions of a scan do.
     """
-    suffix = f"_fp{frozen_phonons}" if frozen_phonons else ""
+    suffix = (f"_fp{frozen_phonons}" if frozen_phonons else "") + ("" if states == "single" else f"_{states}")
     cache = WORK / "uniform_series" / f"{crystal}_{orientation_deg:g}{suffix}.npy"
     if cache.exists():
         return np.load(cache)
     optics = check_simulation(config, [crystal])
     patterns = []
-    for index, state in enumerate(STATES):
+    for index, state in enumerate(STATE_SETS[states]):
         deformation = deformation_from_strain(*state) @ rotation_matrix(np.radians(orientation_deg))
         position = probe_positions_in_cell(crystal, deformation, np.zeros((1, 2)), optics.box)
         seed = 5 + index if frozen_phonons else 5
@@ -106,35 +124,39 @@ def calibration_scan(config, crystal: str, pattern: np.ndarray, dose: float):
     )
 
 
-def noisy_draws(clean: np.ndarray, dose: float, k_sampling: float) -> tuple[np.ndarray, np.ndarray]:
+def noisy_draws(
+    clean: np.ndarray, dose: float, k_sampling: float, states: np.ndarray = STATES
+) -> tuple[np.ndarray, np.ndarray]:
     """``DRAWS`` Poisson draws of each clean pattern of one thickness, and the strain state of each.
 
     Parameters
     ----------
-    clean : ndarray (len(STATES), H, W)
+    clean : ndarray (len(states), H, W)
         Clean patterns of the states, intensity as a fraction of the incident beam.
     dose : float
         Electrons per pattern [e-].
     k_sampling : float
         Detector sampling [1/angstrom per pixel].
+    states : ndarray (s, 4)
+        The states (e_xx, e_yy, e_xy, θ) of the clean patterns, the unstrained first.
 
     Returns
     -------
-    patterns : ndarray (len(STATES) * DRAWS, H, W)
+    patterns : ndarray (len(states) * DRAWS, H, W)
         Noisy patterns [counts], state by state; the same draws on every call (seed 0).
-    states : ndarray (len(STATES) * DRAWS, 4)
+    states : ndarray (len(states) * DRAWS, 4)
         Applied (e_xx, e_yy, e_xy, θ) of each [1].
     """
     rng = np.random.default_rng(0)
     patterns = np.stack(
         [apply_noise(p, PatternNoise(dose=dose), k_sampling, rng) for p in clean for _ in range(DRAWS)]
     ).astype(np.float32)
-    return patterns, np.repeat(STATES, DRAWS, axis=0)
+    return patterns, np.repeat(states, DRAWS, axis=0)
 
 
-def thickness_row(detector, clean: np.ndarray, dose: float, k_sampling: float) -> dict:
+def thickness_row(detector, clean: np.ndarray, dose: float, k_sampling: float, states: np.ndarray = STATES) -> dict:
     """Slopes and RMSE of one method's strain on the noisy draws of one thickness's patterns."""
-    noisy, truth = noisy_draws(clean, dose, k_sampling)
+    noisy, truth = noisy_draws(clean, dose, k_sampling, states)
     lattice, valid = fitted_lattices(detector, noisy)
     measured = strain_from_lattice(lattice, np.median(lattice[:DRAWS][valid[:DRAWS]], axis=0))
     strained = np.arange(len(truth)) >= DRAWS
@@ -167,7 +189,14 @@ def main() -> None:
         help="the template read-out's tilt prior (0: the plain correlation; default: the detector's own)",
     )
     parser.add_argument("--disk-correction", help="a disk-centre correction file (bench/disk_corrector.py) for unet")
+    parser.add_argument(
+        "--states",
+        choices=list(STATE_SETS),
+        default="single",
+        help="single: each component alone at ±1, ±2 %% (default); mixed: rotations, and components together",
+    )
     args = parser.parse_args()
+    states = STATE_SETS[args.states]
     config = load_config(SUITE)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}
     model = resolve_model(args.model)
@@ -175,7 +204,7 @@ def main() -> None:
     rows, readout, tilt_prior = {}, None, None
     for crystal in args.crystals:
         scan_name = CASES[crystal]
-        clean = clean_patterns(config, crystal, orientation[scan_name], args.frozen_phonons)
+        clean = clean_patterns(config, crystal, orientation[scan_name], args.frozen_phonons, args.states)
         scan = calibration_scan(config, crystal, clean[0, 0], args.dose)
         for method in args.methods:
             options = {}
@@ -187,7 +216,7 @@ def main() -> None:
             readout = getattr(detector, "refine", readout)
             tilt_prior = getattr(detector, "tilt_prior", tilt_prior)
             for index, thickness in enumerate(THICKNESSES_NM):
-                row = thickness_row(detector, clean[:, index], args.dose, config.detector.k_sampling)
+                row = thickness_row(detector, clean[:, index], args.dose, config.detector.k_sampling, states)
                 rows[f"{crystal}/{thickness:g}nm/{method}"] = row
                 slopes = "/".join(f"{row[f'slope_{c}']:.2f}" for c in COMPONENTS)
                 print(f"{crystal:11s} {thickness:4.0f} nm {method:6s} rmse {row['rmse'] * 1e4:5.1f}e-4 slopes {slopes}")
@@ -201,9 +230,12 @@ def main() -> None:
         "disk_correction": args.disk_correction,
         "crystals": list(args.crystals),
         "thicknesses_nm": THICKNESSES_NM,
+        "states": args.states,
+        "strain_states": states.tolist(),
         "rows": rows,
     }
     name = "uniform_series" + (f"_fp{args.frozen_phonons}" if args.frozen_phonons else "")
+    name += "" if args.states == "single" else f"_{args.states}"
     if list(args.crystals) != list(CASES):
         name += "_" + "_".join(args.crystals)
     if args.tag:
