@@ -20,12 +20,13 @@ RESULTS = HERE / "results"
 
 def scripts() -> list[list[str]]:
     """The benchmarks in order: the accuracy suite (every method and tuned py4DSTEM), the response to a
-    known stretch, uniform strains by thickness (static lattice and with frozen phonons), spot
-    precision under a shift, spot noise at low dose, the Cramér–Rao bound of each suite scan, and the
-    real MgO scan."""
+    known stretch, uniform strains by thickness (static lattice and with frozen phonons), the floor of
+    few frozen-phonon configurations, spot precision under a shift, spot noise at low dose, the
+    Cramér–Rao bound of each suite scan, and the real MgO scan."""
     runs = [["simulate.py"], ["train.py"], ["infer.py"], ["baselines.py"], ["accuracy.py"], ["warp_response.py"]]
     runs.append(["uniform_series.py"])
     runs.append(["uniform_series.py", "--frozen-phonons", "4"])
+    runs.append(["phonon_floor.py"])
     runs.append(["shift_response.py"])
     runs.append(["spot_noise.py"])
     runs.append(["bound.py"])
