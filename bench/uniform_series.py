@@ -11,7 +11,9 @@ unstrained patterns, as in a strain run. Per crystal and thickness the result gi
 measured against applied strain for each component and the RMSE over all strained patterns. A
 scan's field mixes these errors; here each thickness shows its own, so a method's bias from
 dynamical scattering is seen where it arises. The clean patterns are cached in
-``bench/work/uniform_series/``.
+``bench/work/uniform_series/``. With frozen phonons each state is one thermal draw: with 4
+configurations a pattern's lattice moves by 3-10e-4 from one draw to the next (``bench/phonon_floor.py``),
+so compare such runs of one method paired, on the same cache, and read their slopes as ±3 %.
 
 Usage: ``python bench/uniform_series.py [--methods unet bragg] [--model NAME] [--dose 1e6]
 [--frozen-phonons 4] [--crystals SrTiO3_001] [--refine template] [--tilt-prior 0] [--disk-correction FILE]
