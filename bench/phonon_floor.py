@@ -12,9 +12,10 @@ their sum its offset at 2 % (a bias that does not grow linearly with the strain)
 
 Usage: ``python bench/phonon_floor.py [--crystal SrTiO3_001] [--frozen-phonons 4 16] [--seeds 8]
 [--thicknesses 37 50] [--doses 1e5 1e8] [--methods bragg unet] [--tilt-prior T] [--disk-correction NAME]``;
-writes ``bench/results/phonon_floor.json``, where a run's rows replace those of the same configurations,
-thickness, dose and method label and keep the others (labels as in ``bench/accuracy.py``: ``unet+tilt0``,
-``bragg+tilt0.14``, ``unet+disks-v1``). Clean patterns are cached in ``bench/work/phonon_floor/``.
+writes ``bench/results/phonon_floor.json`` (another crystal adds its name, another number of seeds
+``_sN``). A run's rows replace those of the same configurations, thickness, dose and method label and
+keep the others (labels as in ``bench/accuracy.py``: ``unet+tilt0``, ``bragg+tilt0.14``,
+``unet+disks-v1``). Clean patterns are cached in ``bench/work/phonon_floor/``.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ FIRST_SEED = 100
 """Thermal seeds FIRST_SEED, FIRST_SEED + 1, ... (the uniform series uses 5 + state)."""
 
 
+def cache_path(crystal: str, configurations: int, seeds: int, thicknesses: tuple[float, ...]) -> Path:
+    """Where :func:`clean_patterns` keeps the patterns of these settings."""
+    return WORK / (f"{crystal}_fp{configurations}_s{seeds}_pm_" + "_".join(f"{t:g}" for t in thicknesses) + ".npy")
+
+
 def clean_patterns(config, crystal: str, configurations: int, seeds: int, thicknesses: tuple[float, ...]) -> np.ndarray:
     """Clean patterns (3, seeds, thickness, H, W): unstrained, e_xx = +STRAIN, e_xx = -STRAIN; cached."""
-    name = f"{crystal}_fp{configurations}_s{seeds}_pm_" + "_".join(f"{t:g}" for t in thicknesses) + ".npy"
-    cache = WORK / name
+    cache = cache_path(crystal, configurations, seeds, thicknesses)
     if cache.exists():
         return np.load(cache)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}[CASES[crystal]]
@@ -127,9 +132,13 @@ def main() -> None:
         labels["unet"] += f"+{Path(args.disk_correction).stem}"
     rows, seconds = {}, {}
     for configurations in args.frozen_phonons:
-        start = time.perf_counter()
+        simulated, start = (
+            not cache_path(args.crystal, configurations, args.seeds, thicknesses).exists(),
+            time.perf_counter(),
+        )
         clean = clean_patterns(config, args.crystal, configurations, args.seeds, thicknesses)
-        seconds[configurations] = time.perf_counter() - start
+        if simulated:  # the simulation's time, recorded only when it ran [s]
+            seconds[str(configurations)] = time.perf_counter() - start
         for index, thickness in enumerate(thicknesses):
             for dose in args.doses:
                 scan = calibration_scan(config, args.crystal, clean[0, 0, index], dose)
@@ -145,14 +154,15 @@ def main() -> None:
                         f"offset {1e4 * row['offset_e_xx']:+.1f}e-4",
                         flush=True,
                     )
-    previous = RESULTS / "phonon_floor.json"
+    name = "phonon_floor" + ("" if args.crystal == "SrTiO3_001" else f"_{args.crystal}")
+    name += "" if args.seeds == 8 else f"_s{args.seeds}"
+    previous = RESULTS / f"{name}.json"
     if previous.exists():
         old = json.loads(previous.read_text())
-        if (old.get("crystal"), old.get("seeds")) == (args.crystal, args.seeds):
-            rows = old["rows"] | rows
-            seconds = old.get("simulation_seconds", {}) | {str(k): v for k, v in seconds.items()}
+        rows = old["rows"] | rows
+        seconds = old.get("simulation_seconds", {}) | seconds
     write_result(
-        "phonon_floor",
+        name,
         {
             "crystal": args.crystal,
             "suite_scan": CASES[args.crystal],
