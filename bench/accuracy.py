@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import RESULTS, write_result  # noqa: E402
+from common import RESULTS, readout_variant, write_result  # noqa: E402
 
 from stemstrain.config import BASELINES, NETWORK, REFINEMENTS, load_config  # noqa: E402
 from stemstrain.errors import StemstrainInputError  # noqa: E402
@@ -142,14 +142,7 @@ def main(argv=None) -> int:
     if NETWORK in args.methods:
         model = resolve_model(args.model)
         label = NETWORK if model == shipped else f"{NETWORK}@{model.stem}"
-        label += f"+{args.refine}" if args.refine else ""
-        label += f"+tilt{args.tilt_prior:g}" if args.tilt_prior is not None else ""
-        label += f"+{args.disk_correction.stem}" if args.disk_correction else ""
-    tilt = {} if args.tilt_prior is None else {"tilt_prior": args.tilt_prior}
-    network = tilt | ({"refine": args.refine} if args.refine else {})
-    network |= {"disk_correction": str(args.disk_correction)} if args.disk_correction else {}
-    options = {NETWORK: network, "bragg": tilt}
-    labels = {NETWORK: label, "bragg": "bragg" + (f"+tilt{args.tilt_prior:g}" if tilt else "")}
+    options, labels = readout_variant(label, args.refine, args.tilt_prior, args.disk_correction)
     rows = []
     for scan in names:
         for draw in range(args.draws):

@@ -100,6 +100,42 @@ def fitted_lattices(detector, patterns: np.ndarray, first: np.ndarray | None = N
     return fit["lattice"], fit["valid"]
 
 
+def readout_variant(
+    network_label: str = "unet",
+    refine: str | None = None,
+    tilt_prior: float | None = None,
+    disk_correction: str | Path | None = None,
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Detector options and row labels of unet and bragg for one read-out variant.
+
+    Parameters
+    ----------
+    network_label : str
+        The network's label before the variant's suffixes (``unet``, or ``unet@NAME`` for another model).
+    refine : str, optional
+        The network's subpixel read-out (label ``+REFINE``).
+    tilt_prior : float, optional
+        The template read-out's tilt prior, for both methods (label ``+tiltVALUE``).
+    disk_correction : str or Path, optional
+        A disk-centre correction, a file or a shipped name, for the network (label ``+NAME``, the
+        file's name without its suffix).
+
+    Returns
+    -------
+    options : dict
+        ``{"unet": ..., "bragg": ...}``: keyword options of :func:`stemstrain.detect.make_detector`.
+    labels : dict
+        ``{"unet": ..., "bragg": ...}``: their rows' method labels.
+    """
+    tilt = {} if tilt_prior is None else {"tilt_prior": tilt_prior}
+    network = tilt | ({"refine": refine} if refine else {})
+    network |= {"disk_correction": str(disk_correction)} if disk_correction else {}
+    tilt_label = f"+tilt{tilt_prior:g}" if tilt else ""
+    network_label += (f"+{refine}" if refine else "") + tilt_label
+    network_label += f"+{Path(disk_correction).stem}" if disk_correction else ""
+    return {"unet": network, "bragg": tilt}, {"unet": network_label, "bragg": "bragg" + tilt_label}
+
+
 def write_result(name: str, payload: dict) -> Path:
     """Write ``bench/results/<name>.json`` atomically, with the machine description added."""
     RESULTS.mkdir(parents=True, exist_ok=True)

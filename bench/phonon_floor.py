@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, fitted_lattices, write_result  # noqa: E402
+from common import RESULTS, fitted_lattices, readout_variant, write_result  # noqa: E402
 from uniform_series import CASES, COMPONENTS, calibration_scan  # noqa: E402
 
 from stemstrain.config import load_config  # noqa: E402
@@ -61,19 +61,18 @@ def clean_patterns(config, crystal: str, configurations: int, seeds: int, thickn
         return np.load(cache)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}[CASES[crystal]]
     optics = check_simulation(config, [crystal])
-    patterns = np.empty((3, seeds), dtype=object)
-    for i, e_xx in enumerate((0.0, STRAIN, -STRAIN)):
+    patterns = []
+    for e_xx in (0.0, STRAIN, -STRAIN):
         deformation = deformation_from_strain(e_xx, 0.0, 0.0, 0.0) @ rotation_matrix(np.radians(orientation))
         position = probe_positions_in_cell(crystal, deformation, np.zeros((1, 2)), optics.box)
-        for seed in range(seeds):
-            seed_i = FIRST_SEED + seed
+        for seed in range(FIRST_SEED, FIRST_SEED + seeds):
             series, _ = simulate_patterns(
-                crystal, deformation, thicknesses, position, optics, frozen_phonons=configurations, seed=seed_i
+                crystal, deformation, thicknesses, position, optics, frozen_phonons=configurations, seed=seed
             )
-            patterns[i, seed] = series[0]
+            patterns.append(series[0])
     WORK.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(".partial.npy")
-    np.save(partial, np.stack([np.stack(list(row)) for row in patterns]))
+    np.save(partial, np.stack(patterns).reshape(3, seeds, *patterns[0].shape))
     partial.rename(cache)
     return np.load(cache)
 
@@ -122,20 +121,12 @@ def main() -> None:
     config = load_config(SUITE)
     model = resolve_model(args.model)
     thicknesses = tuple(args.thicknesses)
-    options, labels = {"unet": {"model": model}, "bragg": {}}, {"unet": "unet", "bragg": "bragg"}
-    if args.tilt_prior is not None:
-        for method in options:
-            options[method]["tilt_prior"] = args.tilt_prior
-            labels[method] += f"+tilt{args.tilt_prior:g}"
-    if args.disk_correction:
-        options["unet"]["disk_correction"] = args.disk_correction
-        labels["unet"] += f"+{Path(args.disk_correction).stem}"
+    options, labels = readout_variant(tilt_prior=args.tilt_prior, disk_correction=args.disk_correction)
+    options["unet"]["model"] = model
     rows, seconds = {}, {}
     for configurations in args.frozen_phonons:
-        simulated, start = (
-            not cache_path(args.crystal, configurations, args.seeds, thicknesses).exists(),
-            time.perf_counter(),
-        )
+        simulated = not cache_path(args.crystal, configurations, args.seeds, thicknesses).exists()
+        start = time.perf_counter()
         clean = clean_patterns(config, args.crystal, configurations, args.seeds, thicknesses)
         if simulated:  # the simulation's time, recorded only when it ran [s]
             seconds[str(configurations)] = time.perf_counter() - start
