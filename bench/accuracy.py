@@ -51,31 +51,49 @@ PY4DSTEM = "py4dstem"
 METHODS = [NETWORK, *BASELINES, PY4DSTEM]
 
 
-def stores(scan: str, draw: int = 0) -> tuple[Path, Path]:
+def variant(box_scale: float) -> tuple[Path, str]:
+    """Work folder and result name of the suite simulated in a box of at least ``box_scale`` [1/k_sampling].
+
+    The suite of the table (``bench/suite.yaml``) is simulated in the 1x box; a larger box is another
+    suite (``work/suite-box2``, ``accuracy_box2.json``), so that its rows never mix with the table's.
+    """
+    if box_scale == 1.0:
+        return WORK, "accuracy"
+    tag = f"box{box_scale:g}".replace(".", "p")
+    return WORK.with_name(f"suite-{tag}"), f"accuracy_{tag}"
+
+
+def stores(work: Path, scan: str, draw: int = 0) -> tuple[Path, Path]:
     """The 4D scan and truth stores of one draw of a suite scan's counting noise (0: the scan's own)."""
     name = scan if draw == 0 else f"{scan}.draw{draw}"
-    return WORK / f"{name}.zarr", WORK / f"{name}.truth.zarr"
+    return work / f"{name}.zarr", work / f"{name}.truth.zarr"
 
 
-def simulate(config, names: list[str], draws: int = 1) -> None:
+def simulate(config, work: Path, names: list[str], draws: int = 1) -> None:
     """Simulate the suite's scans and their other noise draws not there yet (resumable, cached multislice)."""
     for scan in config.scans:
         for draw in range(draws):
-            scan_path, truth = stores(scan.name, draw)
+            scan_path, truth = stores(work, scan.name, draw)
             if scan.name in names and not truth.exists():
-                simulate_scan(config, scan, scan_path, truth, cache=WORK / "cache", noise_draw=draw)
+                simulate_scan(config, scan, scan_path, truth, cache=work / "cache", noise_draw=draw)
 
 
 def run_method(
-    scan: str, method: str, model: Path | None, options: dict | None = None, label: str | None = None, draw: int = 0
+    work: Path,
+    scan: str,
+    method: str,
+    model: Path | None,
+    options: dict | None = None,
+    label: str | None = None,
+    draw: int = 0,
 ) -> dict:
     """One row of the table: ``method`` on ``scan`` (its noise draw ``draw``), timed end to end and scored.
 
     ``options`` set the detector's read-out (unet: ``refine``, ``tilt_prior``; bragg: ``tilt_prior``;
     default: the detector's own); the map is written under the row's ``label`` (default: the method).
     """
-    scan_path, truth = stores(scan, draw)
-    out = WORK / "maps" / f"{scan_path.stem}.{label or method}.zarr"
+    scan_path, truth = stores(work, scan, draw)
+    out = work / "maps" / f"{scan_path.stem}.{label or method}.zarr"
     if method == PY4DSTEM:
         from peers import run_py4dstem
 
@@ -126,15 +144,25 @@ def main(argv=None) -> int:
         default=1,
         help="draws of each scan's counting noise to run (default 1: the scan's own); the table pools them",
     )
+    parser.add_argument(
+        "--box-scale",
+        type=float,
+        choices=[1.0, 1.5, 2.0],
+        default=1.0,
+        help="simulate the scans in a box of at least this side [1/k_sampling] (simulate.box_scale_min; default 1, "
+        "the table's suite); another box is another suite: bench/work/suite-boxN, bench/results/accuracy_boxN.json",
+    )
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error(f"--draws must be at least 1 (1: the scans' own noise), found {args.draws}")
     config = load_config(SUITE)
+    config.simulate.box_scale_min = args.box_scale
+    work, result = variant(args.box_scale)
     names = args.scans or [scan.name for scan in config.scans]
     unknown = sorted(set(names) - {scan.name for scan in config.scans})
     if unknown:
         parser.error(f"--scans: unknown {unknown}; bench/suite.yaml has {[s.name for s in config.scans]}")
-    simulate(config, names, args.draws)
+    simulate(config, work, names, args.draws)
     if args.simulate_only:
         return 0
     shipped = default_model()
@@ -148,19 +176,20 @@ def main(argv=None) -> int:
         for draw in range(args.draws):
             for method in args.methods:
                 load = os.getloadavg()
-                row = run_method(scan, method, model, options.get(method), labels.get(method), draw)
+                row = run_method(work, scan, method, model, options.get(method), labels.get(method), draw)
                 if method in labels:
                     row = {**row, "method": labels[method]}
                 if method == NETWORK:
                     row = {**row, "model": str(model)}
                 date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 rows.append({**row, "draw": draw, "load_average_before": load, "date": date})
-    rows = merged(rows, [scan.name for scan in config.scans], METHODS)
+    rows = merged(rows, [scan.name for scan in config.scans], METHODS, RESULTS / f"{result}.json")
     table = suite_table(rows, list(dict.fromkeys(r["method"] for r in rows)))
-    (RESULTS / "accuracy.md").write_text(table)
+    (RESULTS / f"{result}.md").write_text(table)
     write_result(
-        "accuracy",
+        result,
         {
+            "box_scale_min": args.box_scale,
             "load_average": os.getloadavg(),
             "model": str(shipped),  # the unet column's; rows of other models name theirs
             "suite": str(SUITE.relative_to(HERE.parent)),
@@ -171,14 +200,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def merged(rows: list[dict], scans: list[str], methods: list[str]) -> list[dict]:
-    """This run's rows, and the previous accuracy.json's rows of the (scan, method, draw) triples not re-run.
+def merged(rows: list[dict], scans: list[str], methods: list[str], previous: Path) -> list[dict]:
+    """This run's rows, and the ``previous`` result's rows of the (scan, method, draw) triples not re-run.
 
     A partial run (``--scans``/``--methods``/``--draws``) thus completes the table; each row keeps its
     own date and load average. Rows come in suite order, methods in ``methods`` order, then other
     models' rows (``unet@NAME``), draws in order (a row without ``draw`` is draw 0).
     """
-    previous = RESULTS / "accuracy.json"
 
     def key(row: dict) -> tuple[str, str, int]:
         return row["scan"], row["method"], int(row.get("draw", 0))

@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: machine description, atomic JSON results, lattice fits.
+"""Shared helpers of the benchmarks: machine description, atomic JSON results, lattice fits, cached
+patterns of uniformly strained crystals.
 
 Every benchmark writes ``bench/results/<name>.json`` with the machine it ran on, so that figures
 from different machines are never compared by accident. Compare ratios measured in one run.
@@ -10,12 +11,15 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from stemstrain.lattice import fit_patterns, initial_lattice
+from stemstrain.simulate.multislice import probe_positions_in_cell, simulate_patterns
+from stemstrain.strain import deformation_from_strain, rotation_matrix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
@@ -155,3 +159,41 @@ def peak_rss_tree(process: psutil.Process) -> int:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def uniform_state_patterns(
+    crystal: str,
+    strain,
+    orientation_deg: float,
+    thicknesses_nm,
+    optics,
+    frozen_phonons: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Clean patterns (thickness, H, W) of a uniformly strained crystal, the probe on a lattice point.
+
+    Parameters
+    ----------
+    strain : sequence of 4 float
+        e_xx, e_yy, e_xy [1] and rotation θ [rad], applied after turning the crystal by ``orientation_deg``.
+    orientation_deg : float
+        In-plane orientation of the crystal [deg].
+    optics : SimulationOptics
+        Optics, detector and box.
+    """
+    deformation = deformation_from_strain(*strain) @ rotation_matrix(np.radians(orientation_deg))
+    position = probe_positions_in_cell(crystal, deformation, np.zeros((1, 2)), optics.box)
+    series, _ = simulate_patterns(
+        crystal, deformation, thicknesses_nm, position, optics, frozen_phonons=frozen_phonons, seed=seed
+    )
+    return series[0]
+
+
+def cached_array(path: Path, build: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array at ``path``, built by ``build()`` and saved there first if missing (written whole, then renamed)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npy")
+        np.save(partial, build())
+        partial.rename(path)
+    return np.load(path)

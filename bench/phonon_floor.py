@@ -29,16 +29,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, fitted_lattices, readout_variant, write_result  # noqa: E402
+from common import RESULTS, cached_array, fitted_lattices, readout_variant, uniform_state_patterns, write_result  # noqa: E402
 from uniform_series import CASES, COMPONENTS, calibration_scan  # noqa: E402
 
 from stemstrain.config import load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.model import resolve_model  # noqa: E402
 from stemstrain.simulate.dataset import check_simulation  # noqa: E402
-from stemstrain.simulate.multislice import probe_positions_in_cell, simulate_patterns  # noqa: E402
 from stemstrain.simulate.noise import PatternNoise, apply_noise  # noqa: E402
-from stemstrain.strain import deformation_from_strain, rotation_matrix, strain_from_lattice  # noqa: E402
+from stemstrain.strain import strain_from_lattice  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SUITE = HERE / "suite.yaml"
@@ -56,25 +55,18 @@ def cache_path(crystal: str, configurations: int, seeds: int, thicknesses: tuple
 
 def clean_patterns(config, crystal: str, configurations: int, seeds: int, thicknesses: tuple[float, ...]) -> np.ndarray:
     """Clean patterns (3, seeds, thickness, H, W): unstrained, e_xx = +STRAIN, e_xx = -STRAIN; cached."""
-    cache = cache_path(crystal, configurations, seeds, thicknesses)
-    if cache.exists():
-        return np.load(cache)
     orientation = {scan.name: scan.orientation_deg for scan in config.scans}[CASES[crystal]]
     optics = check_simulation(config, [crystal])
-    patterns = []
-    for e_xx in (0.0, STRAIN, -STRAIN):
-        deformation = deformation_from_strain(e_xx, 0.0, 0.0, 0.0) @ rotation_matrix(np.radians(orientation))
-        position = probe_positions_in_cell(crystal, deformation, np.zeros((1, 2)), optics.box)
-        for seed in range(FIRST_SEED, FIRST_SEED + seeds):
-            series, _ = simulate_patterns(
-                crystal, deformation, thicknesses, position, optics, frozen_phonons=configurations, seed=seed
-            )
-            patterns.append(series[0])
-    WORK.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial.npy")
-    np.save(partial, np.stack(patterns).reshape(3, seeds, *patterns[0].shape))
-    partial.rename(cache)
-    return np.load(cache)
+
+    def build() -> np.ndarray:
+        patterns = [
+            uniform_state_patterns(crystal, (e, 0.0, 0.0, 0.0), orientation, thicknesses, optics, configurations, seed)
+            for e in (0.0, STRAIN, -STRAIN)
+            for seed in range(FIRST_SEED, FIRST_SEED + seeds)
+        ]
+        return np.stack(patterns).reshape(3, seeds, *patterns[0].shape)
+
+    return cached_array(cache_path(crystal, configurations, seeds, thicknesses), build)
 
 
 def floor_row(detector, clean: np.ndarray, dose: float, k_sampling: float) -> dict:

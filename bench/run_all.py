@@ -27,6 +27,7 @@ def scripts() -> list[list[str]]:
     runs.append(["uniform_series.py"])
     runs.append(["uniform_series.py", "--frozen-phonons", "4"])
     runs.append(["phonon_floor.py"])
+    runs.append(["box_convergence.py"])
     runs.append(["shift_response.py"])
     runs.append(["spot_noise.py"])
     runs.append(["bound.py"])

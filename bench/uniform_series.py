@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fitted_lattices, write_result  # noqa: E402
+from common import cached_array, fitted_lattices, uniform_state_patterns, write_result  # noqa: E402
 
 from stemstrain.config import REFINEMENTS, load_config  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
@@ -42,12 +42,10 @@ from stemstrain.io import make_4d_dataset  # noqa: E402
 from stemstrain.model import load_model, resolve_model  # noqa: E402
 from stemstrain.simulate.dataset import check_simulation  # noqa: E402
 from stemstrain.simulate.multislice import (  # noqa: E402
-    probe_positions_in_cell,
-    simulate_patterns,
     vacuum_probe,
 )
 from stemstrain.simulate.noise import PatternNoise, apply_noise  # noqa: E402
-from stemstrain.strain import deformation_from_strain, rotation_matrix, strain_from_lattice  # noqa: E402
+from stemstrain.strain import strain_from_lattice  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SUITE = HERE / "suite.yaml"
@@ -91,22 +89,18 @@ def clean_patterns(
     positions of a scan do.
     """
     suffix = (f"_fp{frozen_phonons}" if frozen_phonons else "") + ("" if states == "single" else f"_{states}")
-    cache = WORK / "uniform_series" / f"{crystal}_{orientation_deg:g}{suffix}.npy"
-    if cache.exists():
-        return np.load(cache)
     optics = check_simulation(config, [crystal])
-    patterns = []
-    for index, state in enumerate(STATE_SETS[states]):
-        deformation = deformation_from_strain(*state) @ rotation_matrix(np.radians(orientation_deg))
-        position = probe_positions_in_cell(crystal, deformation, np.zeros((1, 2)), optics.box)
-        seed = 5 + index if frozen_phonons else 5
-        series, _ = simulate_patterns(
-            crystal, deformation, THICKNESSES_NM, position, optics, frozen_phonons=frozen_phonons, seed=seed
+
+    def build() -> np.ndarray:
+        seeds = [5 + index if frozen_phonons else 5 for index in range(len(STATE_SETS[states]))]
+        return np.stack(
+            [
+                uniform_state_patterns(crystal, state, orientation_deg, THICKNESSES_NM, optics, frozen_phonons, seed)
+                for state, seed in zip(STATE_SETS[states], seeds, strict=True)
+            ]
         )
-        patterns.append(series[0])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, np.stack(patterns))
-    return np.load(cache)
+
+    return cached_array(WORK / "uniform_series" / f"{crystal}_{orientation_deg:g}{suffix}.npy", build)
 
 
 def calibration_scan(config, crystal: str, pattern: np.ndarray, dose: float):

@@ -111,6 +111,14 @@ class SimulateConfig(_Section):
     chunk_size: int = Field(32, ge=1, description="Patterns per Zarr chunk and per dask task.")
     seed: int = Field(0, description="Random seed; same seed gives the same store.")
     sampling_angstrom: float = Field(0.1, gt=0, description="Real-space sampling of the potential [angstrom].")
+    box_scale_min: Literal[1.0, 1.5, 2.0] = Field(
+        1.0,
+        description="Smallest side of the simulation box [1/detector.k_sampling]; the box grows from it (1, 1.5, 2) "
+        "until it holds the probe. The probe's Airy tails that a small box cuts off make every disk ring: at 1.5 mrad "
+        "and 200 kV the 1x box (40 angstrom) gives a vacuum disk whose centre is 24 % dimmer than its neighbours and "
+        "strain read-outs of thick crystals that move by up to 2e-3; 2 gives flat disks at about 4x the cost "
+        "(bench/box_convergence.py).",
+    )
     frozen_phonons: int = Field(0, ge=0, description="Frozen-phonon configurations; 0 for a static lattice.")
     positions_per_state: int = Field(
         1, ge=1, description="Probe positions per strain state (random in the unit cell), propagated together."

@@ -81,7 +81,7 @@ def check_simulation(config: Config, crystals: list[str]) -> SimulationOptics:
     """
     for name in crystals:
         get_crystal(name)
-    optics = optics_from_config(config).fitted()
+    optics = optics_from_config(config).fitted(config.simulate.box_scale_min)
     optics.check()
     return optics
 
@@ -161,7 +161,7 @@ def _draw_optics(rng: np.random.Generator, config: Config, crystal: str) -> Simu
         low = max(low, 1e3 * 1.22 * optics.wavelength * PROBE_MARGIN / (widest.box - 2 * optics.taper - 4.0))
         semiangle = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low < high else high
         optics = dataclasses.replace(optics, semiangle_mrad=semiangle)
-    return optics.fitted()
+    return optics.fitted(sim.box_scale_min)
 
 
 def draw_state(rng: np.random.Generator, config: Config, state: int) -> StrainState:

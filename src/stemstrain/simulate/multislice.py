@@ -141,9 +141,15 @@ class SimulationOptics:
         """Whether the box holds the probe with its Airy tails, the tapers and a margin."""
         return self.box >= PROBE_MARGIN * self.probe_diameter + 2 * self.taper + 4.0
 
-    def fitted(self) -> SimulationOptics:
-        """The same optics in the smallest box of :data:`BOX_SCALES` that holds the probe (the largest if none)."""
-        for scale in BOX_SCALES:
+    def fitted(self, minimum: float = 1.0) -> SimulationOptics:
+        """The same optics in the smallest box of :data:`BOX_SCALES` that holds the probe (the largest if none).
+
+        Parameters
+        ----------
+        minimum : float
+            Smallest box side considered [1/k_sampling] (``simulate.box_scale_min``).
+        """
+        for scale in (s for s in BOX_SCALES if s >= minimum):
             candidate = dataclasses.replace(self, box_scale=scale)
             if candidate.holds_probe():
                 return candidate
