@@ -193,8 +193,15 @@ def test_network_with_template_readout_recovers_uniform_strain(uniform_scan, tmp
         for name in ("e_xx", "e_yy", "e_xy", "theta"):
             assert scores[name]["rmse"] < TOLERANCE, f"{model}: {name}: rmse {scores[name]['rmse']:.2e}"
     # Without a measured probe the template is the aperture disk of the optics: no tilt by default.
-    simulated = make_detector("unet", open_4d(scan_path).drop_vars("probe"), model=resolve_model("general-v2"))
+    simulated = make_detector(
+        "unet", open_4d(scan_path).drop_vars("probe"), model=resolve_model("general-v2"), refine="template"
+    )
     assert simulated.template_source == "simulated" and simulated.tilt_prior == 0.0
+    # refine auto: the network's offsets at the model's calibration, the template on a resampled scan.
+    scan = open_4d(scan_path)
+    assert make_detector("unet", scan, model=resolve_model("fast-v1")).refine == "offsets"
+    coarser = scan.assign_coords(k_y=scan["k_y"] * 1.2, k_x=scan["k_x"] * 1.2)
+    assert make_detector("unet", coarser, model=resolve_model("fast-v1")).refine == "template"
     told = describe_readout({"readout": "template", "readout_template": "simulated", "readout_tilt_prior": 0.0})
     assert "plain correlation" in told and "stemstrain ingest --probe" in told
     assert describe_readout({"readout": None}) == ""  # bragg and the other baselines

@@ -83,12 +83,13 @@ class UNetDetector:
         Warn instead of failing when the scan's k-sampling is more than ``CALIBRATION_FACTOR``
         times coarser than the model's, or its detector reaches less than half the model's k range.
     refine : {"auto", "offsets", "template"}
-        Subpixel read-out (:data:`stemstrain.config.REFINEMENTS`); ``auto``: ``template`` when the scan records its beam
-        energy and semiangle, else ``offsets``. ``offsets``: the network's offset heads, fit weights
-        1/(σ² + r²/N). ``template``: the network finds, indexes and selects the spots; each is then
-        placed at the maximum of the raw pattern's correlation with the probe template within ±1 px,
-        at the scan's own calibration, and weighted by that correlation's height, as bragg weights
-        its disks. Needs the scan's ``energy_eV`` and ``semiangle_mrad``.
+        Subpixel read-out (:data:`stemstrain.config.REFINEMENTS`); ``auto``: ``template`` when the scan
+        records its beam energy and semiangle and is resampled to the model's calibration, else
+        ``offsets``. ``offsets``: the network's offset heads, fit weights 1/(σ² + r²/N).
+        ``template``: the network finds, indexes and selects the spots; each is then placed at the
+        maximum of the raw pattern's correlation with the probe template within ±1 px, at the scan's
+        own calibration, and weighted by that correlation's height, as bragg weights its disks. Needs
+        the scan's ``energy_eV`` and ``semiangle_mrad``.
     template : {"auto", "probe", "simulated", "mean"}
         Probe template of ``refine="template"`` (:func:`~stemstrain.detect.bragg.probe_template`).
     tilt_prior : float, optional
@@ -200,7 +201,10 @@ class UNetDetector:
         if refine not in REFINEMENTS:
             raise StemstrainInputError(f"option refine: expected one of {REFINEMENTS}, found {refine!r}")
         if refine == "auto":
-            refine = "offsets" if radius is None else "template"
+            # The template read-out where the scan is resampled to the model's calibration (real cameras:
+            # MgO, README); at the model's own calibration the network's offsets, which follow dynamical
+            # disk contrast that moves a template fit (Si [110], 2x-box suite: bench/results/accuracy_box2.json).
+            refine = "template" if radius is not None and self._grid is not None else "offsets"
         self.tilt_prior = None  # the template read-out's, recorded in the map
         if refine == "offsets":
             return refine, None
@@ -273,7 +277,9 @@ class UNetDetector:
                 raise StemstrainInputError(message + " (pass --allow-calibration-mismatch to run anyway)")
             warnings.warn(message, stacklevel=3)
         half = self.pixels // 2
-        same = n_y == n_x == self.pixels and abs(ratio - 1) < 1e-4 and centre_y == half and centre_x == half
+        # k = 0 read from float coordinates is 64.00000000000001, not 64: compare within a micro-pixel.
+        centred = abs(centre_y - half) < 1e-6 and abs(centre_x - half) < 1e-6
+        same = n_y == n_x == self.pixels and abs(ratio - 1) < 1e-4 and centred
         if same:
             return None
         k_model = (np.arange(self.pixels) - half) * self.k_sampling
