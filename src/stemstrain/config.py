@@ -335,7 +335,8 @@ class StrainConfig(_Section):
         "auto",
         description="The network's subpixel read-out: template (the probe template's correlation with the raw "
         "pattern at each network spot), offsets (the network's offset heads) or auto (template when the scan "
-        "records its beam energy and semiangle and is resampled to the model's calibration, else offsets).",
+        "records its beam energy and semiangle and is resampled to the model's calibration or a disk "
+        "correction is asked for, else offsets).",
     )
     methods: list[Literal[METHODS]] = Field(["unet"], min_length=1, description="Methods run by the workflow.")
     shipped_model: bool = Field(

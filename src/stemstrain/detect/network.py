@@ -84,8 +84,9 @@ class UNetDetector:
         times coarser than the model's, or its detector reaches less than half the model's k range.
     refine : {"auto", "offsets", "template"}
         Subpixel read-out (:data:`stemstrain.config.REFINEMENTS`); ``auto``: ``template`` when the scan
-        records its beam energy and semiangle and is resampled to the model's calibration, else
-        ``offsets``. ``offsets``: the network's offset heads, fit weights 1/(σ² + r²/N).
+        records its beam energy and semiangle and is resampled to the model's calibration or a
+        ``disk_correction`` is given, else ``offsets``. ``offsets``: the network's offset heads, fit
+        weights 1/(σ² + r²/N).
         ``template``: the network finds, indexes and selects the spots; each is then placed at the
         maximum of the raw pattern's correlation with the probe template within ±1 px, at the scan's
         own calibration, and weighted by that correlation's height, as bragg weights its disks. Needs
@@ -168,7 +169,9 @@ class UNetDetector:
         # The disk radius in model pixels adds each spot's counting noise to its fit weight (decode_spots);
         # a scan without its optics is fitted with the network's σ alone.
         self.disk_radius_px = None if radius is None else radius / self.k_sampling
-        self.refine, self._refiner = self._template_refiner(scan, refine, template, radius, tilt_prior)
+        self.refine, self._refiner = self._template_refiner(
+            scan, refine, template, radius, tilt_prior, corrected=disk_correction is not None
+        )
         self.disk_correction = None  # the correction file's name and gain, recorded in the map
         self._disks = None if disk_correction is None else self._disk_corrector(disk_correction, radius)
         self.timings = Timings()
@@ -195,7 +198,13 @@ class UNetDetector:
         return corrector
 
     def _template_refiner(
-        self, scan: xr.Dataset, refine: str, template: str, radius: float | None, tilt_prior: float | None
+        self,
+        scan: xr.Dataset,
+        refine: str,
+        template: str,
+        radius: float | None,
+        tilt_prior: float | None,
+        corrected: bool = False,
     ):
         """The read-out ``refine`` resolves to, and its template refiner at the scan's calibration (or None)."""
         if refine not in REFINEMENTS:
@@ -204,7 +213,9 @@ class UNetDetector:
             # The template read-out where the scan is resampled to the model's calibration (real cameras:
             # MgO, README); at the model's own calibration the network's offsets, which follow dynamical
             # disk contrast that moves a template fit (Si [110], 2x-box suite: bench/results/accuracy_box2.json).
-            refine = "template" if radius is not None and self._grid is not None else "offsets"
+            # A disk correction corrects the template's disks, so it asks for the template read-out.
+            resampled = self._grid is not None
+            refine = "template" if radius is not None and (resampled or corrected) else "offsets"
         self.tilt_prior = None  # the template read-out's, recorded in the map
         if refine == "offsets":
             return refine, None
