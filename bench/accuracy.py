@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     shipped = default_model()
     model, label = None, NETWORK
     if NETWORK in args.methods:
-        model = Path(resolve_model(args.model))
+        model = resolve_model(args.model)
         label = NETWORK if model == shipped else f"{NETWORK}@{model.stem}"
     options, labels = readout_variant(label, args.refine, args.tilt_prior, args.disk_correction)
     rows = []

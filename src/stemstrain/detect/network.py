@@ -170,7 +170,13 @@ class UNetDetector:
         # a scan without its optics is fitted with the network's σ alone.
         self.disk_radius_px = None if radius is None else radius / self.k_sampling
         self.refine, self._refiner = self._template_refiner(
-            scan, refine, template, radius, tilt_prior, corrected=disk_correction is not None
+            scan,
+            refine,
+            template,
+            radius,
+            tilt_prior,
+            resampled=self._grid is not None,
+            corrected=disk_correction is not None,
         )
         self.disk_correction = None  # the correction file's name and gain, recorded in the map
         self._disks = None if disk_correction is None else self._disk_corrector(disk_correction, radius)
@@ -204,9 +210,14 @@ class UNetDetector:
         template: str,
         radius: float | None,
         tilt_prior: float | None,
+        resampled: bool = False,
         corrected: bool = False,
     ):
-        """The read-out ``refine`` resolves to, and its template refiner at the scan's calibration (or None)."""
+        """The read-out ``refine`` resolves to, and its template refiner at the scan's calibration (or None).
+
+        ``resampled``: the scan is resampled to the model's calibration; ``corrected``: a disk correction
+        is asked for. Either makes ``auto`` the template read-out (given the disk ``radius``).
+        """
         if refine not in REFINEMENTS:
             raise StemstrainInputError(f"option refine: expected one of {REFINEMENTS}, found {refine!r}")
         if refine == "auto":
@@ -214,7 +225,6 @@ class UNetDetector:
             # MgO, README); at the model's own calibration the network's offsets, which follow dynamical
             # disk contrast that moves a template fit (Si [110], 2x-box suite: bench/results/accuracy_box2.json).
             # A disk correction corrects the template's disks, so it asks for the template read-out.
-            resampled = self._grid is not None
             refine = "template" if radius is not None and (resampled or corrected) else "offsets"
         self.tilt_prior = None  # the template read-out's, recorded in the map
         if refine == "offsets":

@@ -125,8 +125,8 @@ def default_model() -> Path:
 def resolve_model(model=None):
     """A model given by path, or by the name of a shipped model (``camera-v1`` for ``models/camera-v1.pt``).
 
-    None is the default model (:func:`default_model`); anything else that is not a string or path (a
-    loaded network) passes through unchanged.
+    None is the default model (:func:`default_model`); a string or path comes back as a ``Path``;
+    anything else (a loaded network) passes through unchanged.
 
     Raises
     ------
@@ -135,8 +135,10 @@ def resolve_model(model=None):
     """
     if model is None:
         return default_model()
-    if not isinstance(model, (str, Path)) or Path(model).is_file():
+    if not isinstance(model, (str, Path)):
         return model
+    if Path(model).is_file():
+        return Path(model)
     shipped = SHIPPED_MODELS / f"{Path(model).name.removesuffix('.pt')}.pt"
     if str(model) == Path(model).name and shipped.is_file():
         return shipped

@@ -413,7 +413,7 @@ def _start_weights(model: UNet, config: Config, dataset: TrainingSet, indices: n
     if config.train.init_model is None:
         _init_mask_prior(model, dataset, indices)
         return None
-    path = Path(resolve_model(config.train.init_model))
+    path = resolve_model(config.train.init_model)
     start, metadata = load_model(path)
     if start.config != config.model:
         raise StemstrainInputError(
