@@ -242,6 +242,27 @@ def test_a_complete_set_is_not_simulated_again(uninterrupted, tmp_path, caplog):
     assert (done / "inputs" / "c" / "0").stat().st_mtime_ns == written
 
 
+def test_a_complete_set_grows_when_n_samples_is_raised(uninterrupted, tmp_path, caplog):
+    """A finished 3-state set raised to 5 states keeps its whole chunk and equals the 5-state set."""
+    out = tmp_path / "train.zarr"
+    simulate_training_set(tiny_config(n_samples=3), out)  # chunks: states (0, 1) and a short (2,)
+    kept = _chunk_files(out, "inputs", 0)
+    kept = {path.relative_to(out): path.read_bytes() for path in kept if path.is_file()}
+    with caplog.at_level("INFO", logger="stemstrain"):
+        assert simulate_training_set(tiny_config(), out) == out
+    # chunk 0 is copied; the short chunk 1 gets its second state, chunk 2 is new: 2 to do
+    assert "extending" in caplog.text and "(2 to do)" in caplog.text
+    assert not out.with_name("train.zarr.partial").exists()
+    assert kept and all((out / name).read_bytes() == data for name, data in kept.items())
+    a, b = xr.open_zarr(uninterrupted).load(), xr.open_zarr(out).load()
+    assert b.sizes["sample"] == 10
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    # a smaller set is not cut out of a larger one
+    with pytest.raises(StemstrainInputError, match=r"differ in simulate\.n_samples.*larger simulate\.n_samples"):
+        simulate_training_set(tiny_config(n_samples=4), out)
+
+
 def test_local_dask_cluster_gives_the_same_store(uninterrupted, tmp_path):
     config = tiny_config(cluster={"kind": "local", "workers": 2})
     out = simulate_training_set(config, tmp_path / "train.zarr")

@@ -100,7 +100,10 @@ def simulate(
     Strain states, thicknesses, crystals, noise, frozen phonons, precession and the dask cluster
     (`simulate.cluster.kind`: local, slurm or none) come from the config's `simulate` section. An
     interrupted run resumes from its finished chunks (`OUT.partial`); the result equals an
-    uninterrupted run with the same seed. Logs patterns/s at the end.
+    uninterrupted run with the same seed. A complete OUT made from the same settings with a smaller
+    `simulate.n_samples` is extended: its chunks are kept (each is a pure function of the seed and
+    its index) and only the new strain states are simulated; OUT is replaced when the larger set is
+    complete. Logs patterns/s at the end.
     """
     import logging
 

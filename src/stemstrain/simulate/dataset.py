@@ -341,8 +341,8 @@ def _template(config: Config, n_patterns: int, chunk_patterns: int) -> xr.Datase
     )
 
 
-def _check_finished(out: Path, attrs: dict) -> None:
-    """Raise unless the finished store ``out`` was simulated with the settings in ``attrs``.
+def _finished_settings(out: Path, attrs: dict) -> tuple[dict, dict]:
+    """The settings of the finished store ``out`` and those in ``attrs``, flat (``simulate.<option>``).
 
     Where the simulation ran (``simulate.cluster``) and the software version do not count.
     """
@@ -360,13 +360,48 @@ def _check_finished(out: Path, attrs: dict) -> None:
         raise StemstrainInputError(
             f"{out}: exists but is not a readable training set ({err}); remove it or pass --fresh"
         ) from err
-    wanted = settings(attrs)
+    return found, settings(attrs)
+
+
+def _chunks_to_keep(out: Path, attrs: dict, chunk_patterns: int) -> int | None:
+    """How many chunks of the finished store ``out`` the set of ``attrs`` can take over.
+
+    None when ``out`` was made from the same settings (nothing to do). A set that differs only in a
+    larger ``simulate.n_samples`` keeps the whole chunks of ``out``: each chunk is a pure function of
+    (seed, chunk index), so they are the first chunks of the larger set.
+
+    Raises
+    ------
+    StemstrainInputError
+        When ``out`` was made from other settings, or from more strain states.
+    """
+    found, wanted = _finished_settings(out, attrs)
     differ = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
-    if differ:
+    if not differ:
+        return None
+    grows = differ == ["simulate.n_samples"] and found["simulate.n_samples"] < wanted["simulate.n_samples"]
+    if not grows:
         raise StemstrainInputError(
             f"{out}: a complete training set made from other settings is there (they differ in "
-            f"{', '.join(differ)}); write to another path, remove it, or pass --fresh to simulate it again"
+            f"{', '.join(differ)}); write to another path, remove it, or pass --fresh to simulate it again "
+            "(only a larger simulate.n_samples extends a finished set)"
         )
+    return int(xr.open_zarr(out).sizes["sample"]) // chunk_patterns
+
+
+def _copy_chunks(source: Path, store: ResumableStore, n_chunks: int, chunk_patterns: int) -> None:
+    """Copy the first ``n_chunks`` chunks of the finished set ``source`` into ``store`` (skipping done ones)."""
+    finished = xr.open_zarr(source)
+    names = list(finished.data_vars)
+    for chunk in range(n_chunks):
+        key = f"chunk-{chunk}"
+        if store.is_done(key):
+            continue
+        region = {"sample": slice(chunk * chunk_patterns, (chunk + 1) * chunk_patterns)}
+        part = finished[names].isel(region).load()
+        part = part.drop_vars([name for name in part.coords if "sample" not in part[name].dims])
+        with _fixed_width_strings():
+            store.write_region(part, region, key)
 
 
 def _optics_attrs(config: Config) -> dict:
@@ -408,14 +443,20 @@ def simulate_training_set(config: Config, out: Path, fresh: bool = False) -> Pat
     n_patterns = sim.n_samples * per_state
     chunk_patterns = states_per_chunk * per_state
     template = _template(config, n_patterns, chunk_patterns)
+    kept = 0
     if Path(out).exists() and not fresh:
-        # A complete set is hours of multislice: never redo it unasked.
-        _check_finished(Path(out), template.attrs)
-        log.info("simulate: %s is complete and made from these settings; nothing to do (--fresh redoes it)", out)
-        return Path(out)
+        # A complete set is hours of multislice: never redo it unasked, and keep it when it grows.
+        kept = _chunks_to_keep(Path(out), template.attrs, chunk_patterns)
+        if kept is None:
+            log.info("simulate: %s is complete and made from these settings; nothing to do (--fresh redoes it)", out)
+            return Path(out)
     store = ResumableStore(out)
     with _fixed_width_strings():
         store.start(template, fresh=fresh)
+    if kept:
+        # The finished set stays where it is until the larger one replaces it (finalize).
+        log.info("simulate: extending %s: its %d whole chunks are copied, the new strain states simulated", out, kept)
+        _copy_chunks(Path(out), store, kept, chunk_patterns)
     todo = [(f"chunk-{c}", (config, c)) for c in range(n_chunks) if not store.is_done(f"chunk-{c}")]
     log.info(
         "simulate: %d strain states x %d patterns in %d chunks (%d to do), crystals %s, thicknesses %s nm",
