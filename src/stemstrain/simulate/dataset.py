@@ -363,7 +363,7 @@ def _finished_settings(out: Path, attrs: dict) -> tuple[dict, dict]:
     return found, settings(attrs)
 
 
-def _chunks_to_keep(out: Path, attrs: dict, chunk_patterns: int) -> int | None:
+def _chunks_to_keep(out: Path, attrs: dict, states_per_chunk: int) -> int | None:
     """How many chunks of the finished store ``out`` the set of ``attrs`` can take over.
 
     None when ``out`` was made from the same settings (nothing to do). A set that differs only in a
@@ -386,7 +386,7 @@ def _chunks_to_keep(out: Path, attrs: dict, chunk_patterns: int) -> int | None:
             f"{', '.join(differ)}); write to another path, remove it, or pass --fresh to simulate it again "
             "(only a larger simulate.n_samples extends a finished set)"
         )
-    return int(xr.open_zarr(out).sizes["sample"]) // chunk_patterns
+    return found["simulate.n_samples"] // states_per_chunk
 
 
 def _copy_chunks(source: Path, store: ResumableStore, n_chunks: int, chunk_patterns: int) -> None:
@@ -446,7 +446,7 @@ def simulate_training_set(config: Config, out: Path, fresh: bool = False) -> Pat
     kept = 0
     if Path(out).exists() and not fresh:
         # A complete set is hours of multislice: never redo it unasked, and keep it when it grows.
-        kept = _chunks_to_keep(Path(out), template.attrs, chunk_patterns)
+        kept = _chunks_to_keep(Path(out), template.attrs, states_per_chunk)
         if kept is None:
             log.info("simulate: %s is complete and made from these settings; nothing to do (--fresh redoes it)", out)
             return Path(out)
