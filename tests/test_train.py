@@ -173,6 +173,29 @@ def test_training_set_must_match_the_detector(tiny_training_set, tiny_train_conf
         check_training_set(tiny_training_set, wrong)
 
 
+def test_disk_contrast_names_what_a_set_without_spot_lists_lacks(tiny_training_set, tiny_train_config, tmp_path):
+    import shutil
+
+    import zarr
+
+    from stemstrain.train.data import check_training_set
+
+    config = tiny_train_config()
+    config = config.model_copy(
+        update={
+            "train": config.train.model_copy(
+                update={"augment": config.train.augment.model_copy(update={"disk_contrast": 0.5})}
+            )
+        }
+    )
+    check_training_set(tiny_training_set, config)
+    old = tmp_path / "old.zarr"
+    shutil.copytree(tiny_training_set, old)
+    del zarr.open_group(str(old), mode="a")["spots"]  # a set simulated before spot lists were stored
+    with pytest.raises(StemstrainInputError, match="disk_contrast"):
+        check_training_set(old, config)
+
+
 # ---------------------------------------------------------------- pieces
 
 
@@ -245,6 +268,41 @@ def test_camera_effects_add_a_poisson_halo_a_point_spread_and_saturation():
     clipped = camera_effects(counts, Augment(saturation=1.0), generator)
     ratio = clipped.amax(dim=(1, 2, 3)) / counts.amax(dim=(1, 2, 3))
     assert torch.all((ratio >= 0.05 - 1e-6) & (ratio <= 0.5 + 1e-6)), "clipped at 5-50 % of the brightest pixel"
+
+
+def test_disk_contrast_moves_a_disks_weight_but_not_its_rim_or_the_background():
+    from stemstrain.train.augment import disk_contrast
+
+    generator = torch.Generator().manual_seed(4)
+    radius, centre, contrast = 5.0, (31.3, 32.6), 0.6
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    disk = (xs - centre[0]) ** 2 + (ys - centre[1]) ** 2 < radius**2
+    counts = torch.poisson(torch.where(disk, 400.0, 2.0).expand(512, 1, 64, 64).contiguous(), generator)
+    spots = torch.tensor([[centre, (float("nan"), float("nan"))]]).expand(512, 2, 2)
+    out = disk_contrast(counts, spots, torch.full((512,), radius), contrast, generator)
+    assert torch.equal(out, out.round()) and torch.all(out <= counts), "binomial thinning of the counts"
+    assert torch.equal(out[..., ~disk], counts[..., ~disk]), "outside the disk nothing changes"
+    assert torch.all(out[..., disk] > 0), "the whole disk stays bright: its rim does not move"
+    touched = (out != counts).flatten(1).any(1)
+    assert 0.4 < touched.float().mean() < 0.6, "half of the patterns"
+    weights = out[touched, 0] * disk
+    shift = torch.stack([(weights * xs).sum((1, 2)), (weights * ys).sum((1, 2))], -1) / weights.sum((1, 2))[:, None]
+    shift = (shift - torch.tensor(centre)).norm(dim=-1)
+    # a field 1 + a.u moves a flat disk's centre of weight by R a / 4, |a| <= contrast
+    assert shift.max() < 1.1 * radius * contrast / 4 and shift.max() > 0.8 * radius * contrast / 4
+    assert shift.median() > 0.3 * radius * contrast / 4
+
+
+def test_training_set_gives_the_disk_radius_of_each_pattern(tiny_training_set):
+    import zarr
+
+    from stemstrain.detect.bragg import disk_radius
+    from stemstrain.train.data import TrainingSet
+
+    group = zarr.open_group(str(tiny_training_set), mode="r")
+    batch = TrainingSet(tiny_training_set)[[0, 1]]
+    expected = disk_radius(group.attrs["energy_eV"], group.attrs["semiangle_mrad"]) / group.attrs["k_sampling"]
+    assert batch.radii is not None and np.allclose(batch.radii.numpy(), expected, rtol=1e-5)
 
 
 def test_spot_positions_are_subpixel_and_matched():

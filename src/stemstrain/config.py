@@ -270,6 +270,16 @@ class Augment(_Section):
         description="Fraction of patterns clipped at a random level between 5 % and 50 % of their brightest pixel, "
         "as a saturating detector clips the undiffracted beam [1].",
     )
+    disk_contrast: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Largest random contrast added inside each Bragg disk of half of the patterns: the disk's "
+        "intensity is thinned by a smooth field 1 + a.u + b(|u|^2 - 1/2) of the position u in the disk (in disk "
+        "radii), |a| <= disk_contrast, |b| <= disk_contrast / 2, drawn per disk; the disk's edge stays where it is, "
+        "so the network cannot take the dynamical contrast inside a disk for its position. Needs spot lists and the "
+        "disk radius (energy_eV, semiangle_mrad) in the training set [1].",
+    )
 
 
 class TrainConfig(_Section):

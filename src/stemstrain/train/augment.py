@@ -1,7 +1,8 @@
 """On-the-fly augmentation of training batches. Every draw comes from the generator of the step.
 
-In order: dose thinning (Poisson statistics of a lower dose); what a real specimen and camera add
-(a diffuse halo, a wider point-spread, saturation); one of the eight symmetries of the detector grid
+In order: random contrast inside the Bragg disks (their edges stay put); dose thinning (Poisson
+statistics of a lower dose); what a real specimen and camera add (a diffuse halo, a wider
+point-spread, saturation); one of the eight symmetries of the detector grid
 about k = 0 (90° turns and mirrors, exact on the pixel grid: a mirror image of a crystal is a
 crystal); a random affine map (a descan shift, and a symmetric stretch whose principal values lie
 within ± ``augment.strain``, so that no fixed spot position, lattice spacing or angle is a safe
@@ -22,7 +23,7 @@ from stemstrain.config import Augment
 from stemstrain.model.encoding import SpotTargets, render_targets
 from stemstrain.model.loss import normalise_target
 
-__all__ = ["Batch", "augment_batch", "camera_effects", "symmetry", "thin_dose", "warp"]
+__all__ = ["Batch", "augment_batch", "camera_effects", "disk_contrast", "symmetry", "thin_dose", "warp"]
 
 
 class Batch(NamedTuple):
@@ -38,15 +39,88 @@ class Batch(NamedTuple):
         Target spot centres (x, y) [px], NaN-padded; None for a set without spot lists.
     amplitudes : Tensor (N, M) or None
         Target spot amplitudes (0 for padding).
+    radii : Tensor (N,) or None
+        Disk radius of each pattern [px]; None for a set that records no optics.
     """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     spots: torch.Tensor | None = None
     amplitudes: torch.Tensor | None = None
+    radii: torch.Tensor | None = None
 
     def to(self, device) -> Batch:
         return Batch(*(None if t is None else t.to(device, non_blocking=True) for t in self))
+
+
+def _thin(inputs: torch.Tensor, keep: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Keep each count with probability ``keep`` (≤ 1): exact Poisson statistics of the thinned intensity.
+
+    Integer counts are thinned binomially; non-integer ones (blurred counts) are resampled as Poisson of
+    the scaled intensity.
+    """
+    counts = inputs.clamp_min(0.0)
+    if torch.equal(counts, counts.round()):
+        return torch.binomial(counts, keep, generator=generator)
+    return torch.poisson(counts * keep, generator=generator)
+
+
+def disk_contrast(
+    inputs: torch.Tensor, spots: torch.Tensor, radii: torch.Tensor, contrast: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Thin the counts inside each Bragg disk by a random smooth field; the disk's edge stays put.
+
+    Inside the disk of spot c and radius R the counts are kept with probability
+    (1 + a·u + b(|u|² - 1/2)) / (1 + |a| + |b|/2), u = (p - c) / R, with a uniform in the disk of radius
+    ``contrast`` and b uniform in ± ``contrast`` / 2, drawn per disk, for half of the patterns. A disk's
+    intensity-weighted centre moves by up to ~``contrast`` R / 4 while its rim does not, as dynamical
+    contrast moves it: the network learns that the inside of a disk does not say where the disk is.
+
+    Parameters
+    ----------
+    inputs : Tensor (N, 1, H, W)
+        Raw patterns [counts].
+    spots : Tensor (N, M, 2)
+        Disk centres (x, y) [px], NaN-padded.
+    radii : Tensor (N,)
+        Disk radius of each pattern [px].
+    contrast : float
+        Largest gradient |a| of the field across one disk radius [1].
+    """
+    n, _, height, width = inputs.shape
+    device = inputs.device
+
+    def uniform(*shape):
+        return torch.rand(shape, generator=generator, device=device)
+
+    m = spots.shape[1]
+    angle, size = 2 * math.pi * uniform(n, m), contrast * uniform(n, m).sqrt()
+    gradient = torch.stack([size * torch.cos(angle), size * torch.sin(angle)], -1)  # (N, M, 2)
+    curvature = contrast * (uniform(n, m) - 0.5)
+    chosen = (uniform(n) < 0.5)[:, None] & torch.isfinite(spots).all(-1)  # (N, M)
+    reach = math.ceil(float(radii.max())) + 1
+    steps = torch.arange(-reach, reach + 1, device=device)
+    window = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1).reshape(-1, 2)  # (P, 2) as (x, y)
+    centres = torch.where(torch.isfinite(spots), spots, torch.zeros_like(spots))
+    pixels = centres.round().long()[:, :, None, :] + window  # (N, M, P, 2)
+    u = (pixels - centres[:, :, None, :]) / radii[:, None, None, None]
+    r2 = (u**2).sum(-1)
+    field = 1 + (u * gradient[:, :, None, :]).sum(-1) + curvature[..., None] * (r2 - 0.5)
+    field = field / (1 + gradient.norm(dim=-1) + curvature.abs() / 2)[..., None]
+    inside = (
+        (r2 < 1)
+        & chosen[..., None]
+        & (pixels[..., 0] >= 0)
+        & (pixels[..., 0] < width)
+        & (pixels[..., 1] >= 0)
+        & (pixels[..., 1] < height)
+    )
+    # log keep, summed where disks overlap; pixels outside every chosen disk keep all counts.
+    log_keep = torch.zeros(n, height * width, device=device)
+    rows = torch.arange(n, device=device)[:, None, None].expand_as(r2)
+    flat = pixels[..., 1] * width + pixels[..., 0]
+    log_keep.index_put_((rows[inside], flat[inside]), torch.log(field[inside].clamp_min(1e-6)), accumulate=True)
+    return _thin(inputs, log_keep.exp().reshape(n, 1, height, width), generator)
 
 
 def thin_dose(inputs: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
@@ -66,11 +140,7 @@ def thin_dose(inputs: torch.Tensor, augment: Augment, generator: torch.Generator
     new_dose = torch.exp(low + uniform * (torch.log(dose) - low).clamp_min(0.0))
     picked = torch.rand(dose.shape, generator=generator, device=inputs.device, dtype=dose.dtype)
     keep = torch.where(picked < augment.dose_fraction, (new_dose / dose).clamp(max=1.0), torch.ones_like(dose))
-    keep = keep[:, None, None, None].expand_as(inputs).contiguous()
-    counts = inputs.clamp_min(0.0)
-    if torch.equal(counts, counts.round()):
-        return torch.binomial(counts, keep, generator=generator)
-    return torch.poisson(counts * keep, generator=generator)
+    return _thin(inputs, keep[:, None, None, None].expand_as(inputs).contiguous(), generator)
 
 
 def camera_effects(inputs: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
@@ -238,6 +308,8 @@ def augment_batch(
     inputs = batch.inputs
     n, device, size = inputs.shape[0], inputs.device, inputs.shape[-1]
     centre = size // 2
+    if augment.disk_contrast > 0:  # check_training_set made sure the set has spot lists and radii
+        inputs = disk_contrast(inputs, batch.spots, batch.radii, augment.disk_contrast, generator)
     if augment.dose_fraction > 0:
         inputs = thin_dose(inputs, augment, generator)
     if augment.halo > 0 or augment.psf_px > 0 or augment.saturation > 0:

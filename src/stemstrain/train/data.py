@@ -29,9 +29,10 @@ class TrainingSet(torch.utils.data.Dataset):
 
     ``dataset[indices]`` returns a :class:`~stemstrain.train.augment.Batch` in the order of
     ``indices``: ``inputs`` and ``targets`` as float32 tensors (b, 1, H, W), and the target spot
-    lists ``spots`` (b, M, 2) [px] and ``amplitudes`` (b, M) where the store has them (None for a
-    set written before they existed). Whole Zarr chunks are decoded and kept in a least-recently-used
-    cache of ``cache_mb`` per process, so shuffled batches do not decode the same chunk again and again.
+    lists ``spots`` (b, M, 2) [px], ``amplitudes`` (b, M) and the disk radii (b,) [px] where the
+    store has them (None for a set written before they existed). Whole Zarr chunks are decoded and
+    kept in a least-recently-used cache of ``cache_mb`` per process, so shuffled batches do not
+    decode the same chunk again and again.
 
     Parameters
     ----------
@@ -53,6 +54,8 @@ class TrainingSet(torch.utils.data.Dataset):
         self.has_spots = all(name in group for name in ("spots", "spot_amplitudes"))
         self.target_sigma_px = float(group.attrs.get("target_sigma_px", 1.0))
         self.k_sampling = float(group.attrs["k_sampling"]) if group.attrs.get("k_sampling") else None
+        radii = disk_radii(self) if self.k_sampling and self.has_spots else None
+        self.radii_px = None if radii is None else (radii / self.k_sampling).astype(np.float32)
 
     def _open(self):
         if self._group is None:
@@ -98,7 +101,9 @@ class TrainingSet(torch.utils.data.Dataset):
         if not self.has_spots:
             return Batch(inputs, targets)
         spots = torch.from_numpy(self.read("spots", indices))
-        return Batch(inputs, targets, spots, torch.from_numpy(self.read("spot_amplitudes", indices)))
+        amplitudes = torch.from_numpy(self.read("spot_amplitudes", indices))
+        radii = None if self.radii_px is None else torch.from_numpy(self.radii_px[np.asarray(indices, dtype=int)])
+        return Batch(inputs, targets, spots, amplitudes, radii)
 
 
 def open_training_group(path: str | Path):
@@ -182,6 +187,15 @@ def check_training_set(path: str | Path, config: Config) -> tuple[int, int]:
             raise StemstrainInputError(
                 f"{path}: attribute '{attr}' is {found}, but the configuration has {option} = {value}; "
                 "the exported model must carry the calibration it was trained at"
+            )
+    if config.train.augment.disk_contrast > 0:
+        has_spots = all(name in group for name in ("spots", "spot_amplitudes"))
+        has_optics = all(name in group or group.attrs.get(name) for name in ("energy_eV", "semiangle_mrad"))
+        if not (has_spots and has_optics and group.attrs.get("k_sampling")):
+            raise StemstrainInputError(
+                f"{path}: train.augment.disk_contrast needs the spot lists (spots, spot_amplitudes) and the optics "
+                "(energy_eV, semiangle_mrad, k_sampling) of each pattern, and this set lacks some; set "
+                "disk_contrast to 0 or simulate the set again with this version"
             )
     for name in ("inputs", "targets"):
         _check_values(group[name], Path(path), name)
