@@ -30,9 +30,9 @@ class TrainingSet(torch.utils.data.Dataset):
     ``dataset[indices]`` returns a :class:`~stemstrain.train.augment.Batch` in the order of
     ``indices``: ``inputs`` and ``targets`` as float32 tensors (b, 1, H, W), and the target spot
     lists ``spots`` (b, M, 2) [px], ``amplitudes`` (b, M) and the disk radii (b,) [px] where the
-    store has them (None for a set written before they existed). Whole Zarr chunks are decoded and
-    kept in a least-recently-used cache of ``cache_mb`` per process, so shuffled batches do not
-    decode the same chunk again and again.
+    store has them (None for a set written before they existed, or without its optics). Whole Zarr
+    chunks are decoded and kept in a least-recently-used cache of ``cache_mb`` per process, so
+    shuffled batches do not decode the same chunk again and again.
 
     Parameters
     ----------
@@ -54,7 +54,7 @@ class TrainingSet(torch.utils.data.Dataset):
         self.has_spots = all(name in group for name in ("spots", "spot_amplitudes"))
         self.target_sigma_px = float(group.attrs.get("target_sigma_px", 1.0))
         self.k_sampling = float(group.attrs["k_sampling"]) if group.attrs.get("k_sampling") else None
-        radii = disk_radii(self) if self.k_sampling and self.has_spots else None
+        radii = disk_radii(self) if self.k_sampling else None
         self.radii_px = None if radii is None else (radii / self.k_sampling).astype(np.float32)
 
     def _open(self):
@@ -98,11 +98,11 @@ class TrainingSet(torch.utils.data.Dataset):
     def __getitem__(self, indices) -> Batch:
         inputs = torch.from_numpy(self.read("inputs", indices))[:, None]
         targets = torch.from_numpy(self.read("targets", indices))[:, None]
+        radii = None if self.radii_px is None else torch.from_numpy(self.radii_px[np.asarray(indices, dtype=int)])
         if not self.has_spots:
-            return Batch(inputs, targets)
+            return Batch(inputs, targets, radii=radii)
         spots = torch.from_numpy(self.read("spots", indices))
         amplitudes = torch.from_numpy(self.read("spot_amplitudes", indices))
-        radii = None if self.radii_px is None else torch.from_numpy(self.radii_px[np.asarray(indices, dtype=int)])
         return Batch(inputs, targets, spots, amplitudes, radii)
 
 
@@ -189,9 +189,8 @@ def check_training_set(path: str | Path, config: Config) -> tuple[int, int]:
                 "the exported model must carry the calibration it was trained at"
             )
     if config.train.augment.disk_contrast > 0:
-        has_spots = all(name in group for name in ("spots", "spot_amplitudes"))
-        has_optics = all(name in group or group.attrs.get(name) for name in ("energy_eV", "semiangle_mrad"))
-        if not (has_spots and has_optics and group.attrs.get("k_sampling")):
+        dataset = TrainingSet(path, cache_mb=0)
+        if not dataset.has_spots or dataset.radii_px is None:
             raise StemstrainInputError(
                 f"{path}: train.augment.disk_contrast needs the spot lists (spots, spot_amplitudes) and the optics "
                 "(energy_eV, semiangle_mrad, k_sampling) of each pattern, and this set lacks some; set "

@@ -22,7 +22,6 @@ from stemstrain.peaks import find_peaks
 from stemstrain.runtime import autocast
 from stemstrain.strain import STRAIN_COMPONENTS, strain_from_lattice
 from stemstrain.train.augment import augment_batch
-from stemstrain.train.data import disk_radii
 from stemstrain.train.ddp import summed
 
 __all__ = ["lattice_strain_errors", "match_spots", "spot_positions", "validate"]
@@ -72,8 +71,7 @@ def validate(model, dataset, indices, train: TrainConfig, precision: str, device
     n_true = n_predicted = 0
     errors: list[float] = []
     strain_errors: list[np.ndarray] = []
-    # The read-out adds each spot's counting noise, as inference does: disk radii [1/angstrom -> px].
-    radii = disk_radii(dataset) if dataset.k_sampling else None
+    # The read-out adds each spot's counting noise, as inference does, with each pattern's disk radius [px].
     with torch.no_grad():
         for start in range(0, len(share), train.batch_size):
             chosen = share[start : start + train.batch_size]
@@ -87,7 +85,7 @@ def validate(model, dataset, indices, train: TrainConfig, precision: str, device
             b = len(outputs)
             values = [loss.total.item(), loss.bce.item(), loss.mse.item(), loss.offset.item()]
             sums += torch.tensor([*(v * b for v in values), b], dtype=torch.float64)
-            radius = None if radii is None else radii[chosen] / dataset.k_sampling
+            radius = None if batch.radii is None else _numpy(batch.radii)
             predicted, weights = decode_spots(
                 _numpy(outputs), patterns=_numpy(batch.inputs[:, 0]), disk_radius_px=radius
             )
