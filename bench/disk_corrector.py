@@ -33,6 +33,7 @@ from common import write_result  # noqa: E402
 
 from stemstrain.model.disks import RADIUS_SCALE, load_disk_corrector, save_disk_corrector  # noqa: E402
 from stemstrain.train.disks import (  # noqa: E402
+    PLACEMENTS,
     fit_disk_corrector,
     less_cell_mean,
     residual_pairs,
@@ -89,6 +90,14 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32, help="channels of the corrector's first convolutions")
     parser.add_argument("--start", help="a corrector (file or shipped name) whose weights the fit starts from")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="template",
+        help="read-out the corrector corrects: template (disks placed by the template read-out) or offsets "
+        "(the network's own offsets: disks at their true centres moved by a random offset of --jitter px)",
+    )
+    parser.add_argument("--jitter", type=float, default=0.3, help="with --placement offsets: offset spread [px]")
     parser.add_argument("--cache", help="keep the collected disks in this file and read them back from it")
     args = parser.parse_args()
     if args.series == bool(args.validate):
@@ -97,7 +106,7 @@ def main() -> None:
     if args.cache and Path(args.cache).is_file():
         train = torch.load(args.cache)
     else:
-        train = residual_pairs(args.train, progress=True)
+        train = residual_pairs(args.train, progress=True, placement=args.placement, jitter_px=args.jitter)
         if args.cache:
             torch.save(train, args.cache)
     cells = validate_cells = None
@@ -108,7 +117,7 @@ def main() -> None:
         validate, validate_cells = _subset(train, held), cells[held]
         train, cells = _subset(train, ~held), cells[~held]
     else:
-        validate = residual_pairs(args.validate, progress=True)
+        validate = residual_pairs(args.validate, progress=True, placement=args.placement, jitter_px=args.jitter)
     collected = time.time()
     start_from = load_disk_corrector(args.start)[0] if args.start else None
     corrector, losses = fit_disk_corrector(
@@ -127,6 +136,8 @@ def main() -> None:
         args.out,
         {
             "gain": args.gain,
+            "readout": args.placement,
+            **({"jitter_px": args.jitter} if args.placement == "offsets" else {}),
             "radius_px": [float(radius.min()), float(radius.max())],
             "train": str(args.train),
             "disks": len(train["offsets"]),
@@ -159,6 +170,8 @@ def main() -> None:
             "start": args.start,
             "lr": args.lr,
             "gain": args.gain,
+            "placement": args.placement,
+            "jitter_px": args.jitter if args.placement == "offsets" else None,
             "losses": losses,
             "selection": "validation disks of kinematic amplitude >= 0.2 of the strongest",
             "validation": rows,

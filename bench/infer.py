@@ -4,7 +4,7 @@ Builds a uint16 scan of kinematic disk patterns (aperture disks at SIM's spots, 
 ``stemstrain.strainmap.strain_map`` with the unet method in fp32 (run by ONNX Runtime, the default
 for fp32 on a CPU, and by torch) and bf16 (the default read-out), then with each read-out
 (``refine``: the network's offsets, the probe template; the template also untilted,
-``tilt_prior=0``, and with the shipped disk-centre correction, ``disk_correction=disks-v1``) in the
+``tilt_prior=0``, and with a disk-centre correction, ``--disk-correction``, default the shipped disks-v1) in the
 fastest precision, after timing the network alone (NCHW, channels_last, folded BatchNorm, ONNX
 Runtime, bf16 autocast, torch.compile, its FLOPs and the CPU's fp32 GEMM rate; ``strain`` itself
 compiles only on a GPU). The network is the default U-Net of config.yaml with random weights and a
@@ -253,6 +253,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the network-alone timing")
     parser.add_argument("--no-bf16", action="store_true", help="skip the (slow on AVX2) bf16 end-to-end run")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing of the network")
+    parser.add_argument(
+        "--disk-correction",
+        default="disks-v1",
+        help="disk-centre corrector of the corrected run (a file or a shipped name; default disks-v1)",
+    )
     parser.add_argument("--tag", help="appended to the result's name: bench/results/infer_<tag>.json")
     args = parser.parse_args()
 
@@ -274,7 +279,7 @@ def main() -> None:
         fast = "fp32" if args.no_bf16 else "bf16"
         variants = [("fp32", {}), ("fp32", {"engine": "torch"})] + ([] if args.no_bf16 else [("bf16", {})])
         variants += [(fast, {"refine": "offsets"}), (fast, {"refine": "template"})]
-        variants += [(fast, {"refine": "template", "tilt_prior": 0}), (fast, {"disk_correction": "disks-v1"})]
+        variants += [(fast, {"refine": "template", "tilt_prior": 0}), (fast, {"disk_correction": args.disk_correction})]
         for precision, options in variants:
             name = " ".join([precision, *(f"{key}={value}" for key, value in options.items())])
             timings: dict = {}

@@ -84,8 +84,8 @@ class UNetDetector:
         times coarser than the model's, or its detector reaches less than half the model's k range.
     refine : {"auto", "offsets", "template"}
         Subpixel read-out (:data:`stemstrain.config.REFINEMENTS`); ``auto``: ``template`` when the scan
-        records its beam energy and semiangle and is resampled to the model's calibration or a
-        ``disk_correction`` is given, else ``offsets``. ``offsets``: the network's offset heads, fit
+        records its beam energy and semiangle and is resampled to the model's calibration, else
+        ``offsets``; with a ``disk_correction``, the read-out it corrects. ``offsets``: the network's offset heads, fit
         weights 1/(σ² + r²/N).
         ``template``: the network finds, indexes and selects the spots; each is then placed at the
         maximum of the raw pattern's correlation with the probe template within ±1 px, at the scan's
@@ -101,9 +101,10 @@ class UNetDetector:
         the disks' exact shape, blur included: a template of another shape lets the tilt mimic a shift
         (Gaussian spots narrower than the aperture disk moved by up to 1 px and fitted no lattice).
     disk_correction : path, optional
-        File of a disk-centre correction (:mod:`stemstrain.model.disks`) applied after the template
-        read-out: each disk is moved by the file's gain times the offset that a small network reads from
-        the disk's patch. Needs ``refine="template"``. Default: none.
+        File of a disk-centre correction (:mod:`stemstrain.model.disks`) applied after the read-out it
+        was trained for (its file's ``readout``: ``template``, or ``offsets`` where it reads the network's
+        input around each spot): each disk is moved by the file's gain times the offset that a small
+        network reads from the disk's patch. ``refine="auto"`` takes that read-out. Default: none.
     """
 
     space = "reciprocal"
@@ -169,6 +170,7 @@ class UNetDetector:
         # The disk radius in model pixels adds each spot's counting noise to its fit weight (decode_spots);
         # a scan without its optics is fitted with the network's σ alone.
         self.disk_radius_px = None if radius is None else radius / self.k_sampling
+        corrector = None if disk_correction is None else load_disk_corrector(disk_correction)
         self.refine, self._refiner = self._template_refiner(
             scan,
             refine,
@@ -176,29 +178,42 @@ class UNetDetector:
             radius,
             tilt_prior,
             resampled=self._grid is not None,
-            corrected=disk_correction is not None,
+            corrected=None if corrector is None else corrector[1].get("readout", "template"),
         )
         self.disk_correction = None  # the correction file's name and gain, recorded in the map
-        self._disks = None if disk_correction is None else self._disk_corrector(disk_correction, radius)
+        if corrector is not None:
+            corrector = self._disk_corrector(*corrector, Path(disk_correction).name, radius)
+        self._disks = corrector
         self.timings = Timings()
 
-    def _disk_corrector(self, path: str | Path, radius: float | None):
-        """The disk-centre corrector of a file (:mod:`stemstrain.model.disks`), checked against this scan.
+    def _disk_corrector(self, corrector, metadata: dict, name: str, radius: float | None):
+        """A disk-centre corrector (:mod:`stemstrain.model.disks`) and its file's metadata, checked against
+        this scan and read-out (``name``: the file's, ``radius``: the scan's disk radius [1/angstrom]).
 
-        Sets ``disk_correction`` (the file's name and gain, recorded in the map) and the gain.
+        Sets ``disk_correction`` (the file's name and gain, recorded in the map), the gain and the disk radius
+        [px] of the patterns it reads: the scan's own for the template read-out, the model's calibration for
+        the offsets read-out (the network's input).
         """
-        if self._refiner is None:
-            raise StemstrainInputError("option disk_correction needs the template read-out (refine='template')")
-        corrector, metadata = load_disk_corrector(path)
-        self._disk_gain = float(metadata["gain"])
-        self._disk_radius_scan_px = radius / self._scan_k_sampling
-        low, high = metadata.get("radius_px", (0.0, np.inf))
-        if not low <= self._disk_radius_scan_px <= high:
+        readout = metadata.get("readout", "template")
+        if readout != self.refine:
             raise StemstrainInputError(
-                f"option disk_correction: the scan's disks are {self._disk_radius_scan_px:.2f} px in radius; "
-                f"{Path(path).name} learnt from disks of {low:.2f}-{high:.2f} px"
+                f"option disk_correction: {name} corrects the {readout} read-out, but refine is {self.refine!r}; "
+                f"use refine={readout!r} or 'auto'"
             )
-        self.disk_correction = f"{Path(path).name} (gain {self._disk_gain:g})"
+        if radius is None:
+            raise StemstrainInputError(
+                "option disk_correction needs the scan's attributes energy_eV and semiangle_mrad (the disk radius)"
+            )
+        self._disk_gain = float(metadata["gain"])
+        k_sampling = self._scan_k_sampling if readout == "template" else self.k_sampling
+        self._disk_radius_read_px = radius / k_sampling
+        low, high = metadata.get("radius_px", (0.0, np.inf))
+        if not low <= self._disk_radius_read_px <= high:
+            raise StemstrainInputError(
+                f"option disk_correction: the scan's disks are {self._disk_radius_read_px:.2f} px in radius; "
+                f"{name} learnt from disks of {low:.2f}-{high:.2f} px"
+            )
+        self.disk_correction = f"{name} (gain {self._disk_gain:g})"
         # The corrector runs on the CPU: in the network's precision there, else in the CPU's own.
         self._disk_precision = self.precision if self.device == "cpu" else resolve_precision("auto", "cpu")
         return corrector
@@ -211,12 +226,13 @@ class UNetDetector:
         radius: float | None,
         tilt_prior: float | None,
         resampled: bool = False,
-        corrected: bool = False,
+        corrected: str | None = None,
     ):
         """The read-out ``refine`` resolves to, and its template refiner at the scan's calibration (or None).
 
-        ``resampled``: the scan is resampled to the model's calibration; ``corrected``: a disk correction
-        is asked for. Either makes ``auto`` the template read-out (given the disk ``radius``).
+        ``resampled``: the scan is resampled to the model's calibration, which makes ``auto`` the template
+        read-out (given the disk ``radius``); ``corrected``: the read-out a requested disk correction
+        corrects, which ``auto`` then takes.
         """
         if refine not in REFINEMENTS:
             raise StemstrainInputError(f"option refine: expected one of {REFINEMENTS}, found {refine!r}")
@@ -224,8 +240,8 @@ class UNetDetector:
             # The template read-out where the scan is resampled to the model's calibration (real cameras:
             # MgO, README); at the model's own calibration the network's offsets, which follow dynamical
             # disk contrast that moves a template fit (Si [110], 2x-box suite: bench/results/accuracy_box2.json).
-            # A disk correction corrects the template's disks, so it asks for the template read-out.
-            refine = "template" if radius is not None and (resampled or corrected) else "offsets"
+            # A disk correction asks for the read-out it corrects.
+            refine = corrected or ("template" if radius is not None and resampled else "offsets")
         self.tilt_prior = None  # the template read-out's, recorded in the map
         if refine == "offsets":
             return refine, None
@@ -364,6 +380,8 @@ class UNetDetector:
             with self.timings.measure("peaks"):
                 if self._refiner is None:
                     spots = decode_spots(output, **self.readout, patterns=inputs, disk_radius_px=self.disk_radius_px)
+                    if self._disks is not None:  # the corrector reads the network's input: model pixels
+                        spots = (self._correct(inputs, spots[0]), spots[1])
                 else:  # the template weights the spots: the network's σ and the disks' counts are not needed
                     positions, _ = decode_spots(output, **self.readout)
                     spots = self._refine(given, positions)
@@ -376,6 +394,12 @@ class UNetDetector:
         weights = np.concatenate([np.pad(w, ((0, 0), (0, width - w.shape[1]))) for _, w in found] or [np.zeros((0, 0))])
         return (positions - self.pixels // 2) * self.k_sampling, weights
 
+    def _correct(self, patterns: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Disk positions (x, y) [px of ``patterns``] moved by the disk corrector."""
+        return correct_positions(
+            self._disks, patterns, positions, self._disk_radius_read_px, self._disk_gain, self._disk_precision
+        )
+
     def _refine(self, patterns: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Template read-out of spots (x, y) [model px]: positions [model px] and weights relative to the strongest."""
         half = self.pixels // 2
@@ -383,9 +407,7 @@ class UNetDetector:
         scale = self.k_sampling / self._scan_k_sampling  # scan px per model px
         refined, heights = self._refiner(patterns, centre + (positions - half) * scale)
         if self._disks is not None:
-            refined = correct_positions(
-                self._disks, patterns, refined, self._disk_radius_scan_px, self._disk_gain, self._disk_precision
-            )
+            refined = self._correct(patterns, refined)
         heights = np.clip(heights, 0.0, None)  # background-subtracted counts can correlate negatively
         strongest = np.max(heights, axis=-1, keepdims=True)
         return half + (refined - centre) / scale, heights / np.where(strongest > 0, strongest, 1.0)

@@ -1,9 +1,16 @@
 """Training of the disk-centre correction (:mod:`stemstrain.model.disks`) on a simulated training set.
 
-Each training pattern's disks are placed by the template read-out, started within ±0.4 px of their
-true centres (as the network's spots start it), and the corrector learns the offset from the placed
-to the true centre. The template is the aperture disk at the pattern's optics, blurred as the
-pattern's detector blurred it: the vacuum probe a user would record on that detector.
+A corrector learns the offset from where a read-out places each disk to the disk's true centre, for
+one of two read-outs (``placement``):
+
+- ``template``: each training pattern's disks are placed by the template read-out, started within
+  ±0.4 px of their true centres (as the network's spots start it). The template is the aperture disk
+  at the pattern's optics, blurred as the pattern's detector blurred it: the vacuum probe a user would
+  record on that detector.
+- ``offsets``: each disk's patch is centred at its true centre moved by an isotropic Gaussian offset
+  (``jitter_px`` per axis, about the network's own spot error). The corrector then learns no direction
+  from any read-out's errors: where a patch holds too few counts to place its disk it stays near the
+  position it was given, which in a strain run is the network's spot (its offsets read-out).
 
 A strain map only sees what changes with strain: a bias a reflection keeps at every strain cancels
 against the reference region. On a training set of strain series (``simulate.strain_series``),
@@ -26,7 +33,7 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.model.disks import MATRICES, PERMUTATIONS, DiskCorrector, disk_patches
 from stemstrain.strain import deformation_from_strain
 
-__all__ = ["fit_disk_corrector", "less_cell_mean", "residual_pairs", "series_cells", "series_layout"]
+__all__ = ["PLACEMENTS", "fit_disk_corrector", "less_cell_mean", "residual_pairs", "series_cells", "series_layout"]
 
 MIN_RADIUS_PX = 1.2
 """Disks smaller than this [px] are left out: their template is a point and has no edge to fit."""
@@ -41,10 +48,19 @@ MATCH_TOLERANCE = 0.05
 detector's ellipticity, at most 1 %, moves them by up to 0.02 1/angstrom; reflections lie >= 0.2 apart)."""
 
 
+PLACEMENTS = ("template", "offsets")
+"""Read-outs a corrector can learn to correct (:func:`residual_pairs`)."""
+
+
 def residual_pairs(
-    store: str, samples: slice | None = None, seed: int = 0, progress: bool = False
+    store: str,
+    samples: slice | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    placement: str = "template",
+    jitter_px: float = 0.3,
 ) -> dict[str, torch.Tensor]:
-    """Patches of template-placed disks and their offsets to the true centres.
+    """Patches of placed disks and their offsets to the true centres.
 
     Parameters
     ----------
@@ -57,6 +73,11 @@ def residual_pairs(
         Seed of the starting positions' jitter.
     progress : bool
         Show a progress bar.
+    placement : {"template", "offsets"}
+        How the disks are placed (module docstring): by the template read-out, or at their true centres
+        moved by a random isotropic offset.
+    jitter_px : float
+        Spread (standard deviation per axis) of that offset with ``placement="offsets"`` [px].
 
     Returns
     -------
@@ -65,6 +86,8 @@ def residual_pairs(
         relative to the strongest reflection), ``centre`` (n, 2) (its true centre (x, y) [px]), ``dose`` (n,)
         [e-] and ``sample`` (n,) of each kept disk.
     """
+    if placement not in PLACEMENTS:
+        raise StemstrainInputError(f"disk corrector placement: expected one of {PLACEMENTS}, found {placement!r}")
     data = xr.open_zarr(store)
     needed = {"inputs", "spots", "spot_amplitudes", "energy_eV", "semiangle_mrad", "blur_px", "dose"}
     if missing := sorted(needed - set(data.data_vars)):
@@ -90,12 +113,13 @@ def residual_pairs(
             if radii[index] < MIN_RADIUS_PX:
                 continue
             key = (round(float(radii[index]), 2), round(float(optics["blur_px"][index]), 1))
-            if key not in refiners:
+            if placement == "template" and key not in refiners:
                 disk = aperture_disk(shape, k_sampling, (shape[0] // 2, shape[1] // 2), key[0] * k_sampling)
                 refiners[key] = TemplateRefiner(ndimage.gaussian_filter(disk, key[1], mode="constant"), key[0])
             pattern = block["inputs"].values[offset].astype(np.float32)[None]
             spots, amplitude = block["spots"].values[offset], block["spot_amplitudes"].values[offset]
-            pairs = _pattern_pairs(refiners[key], radii[index], pattern, spots, amplitude, rng)
+            place = refiners[key] if placement == "template" else float(jitter_px)
+            pairs = _pattern_pairs(place, radii[index], pattern, spots, amplitude, rng)
             for name, values in zip(("patches", "scalars", "offsets", "amplitude", "centre"), pairs, strict=True):
                 kept[name].append(values)
             kept["dose"].append(torch.full((len(pairs[2]),), float(optics["dose"][index])))
@@ -177,7 +201,7 @@ def less_cell_mean(values: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
 
 
 def _pattern_pairs(
-    refiner: TemplateRefiner,
+    place: TemplateRefiner | float,
     radius_px: float,
     pattern: np.ndarray,
     spots: np.ndarray,
@@ -187,12 +211,16 @@ def _pattern_pairs(
     """One pattern's kept disks: patches, scalars, offsets to the true centres [px], amplitudes, true centres [px].
 
     ``pattern`` (1, k_y, k_x) [counts], ``spots`` (m, 2) true centres (x, y) [px] NaN-padded, ``amplitude``
-    (m,) their kinematic amplitudes, ``radius_px`` the disk radius [px].
+    (m,) their kinematic amplitudes, ``radius_px`` the disk radius [px]; ``place`` the template read-out
+    that places the disks, or the spread [px] of the random offset from their true centres.
     """
     truth = np.asarray(spots, dtype=np.float64)
     strong = np.isfinite(truth[:, 0]) & (amplitude > MIN_AMPLITUDE)
     truth, amplitude = truth[strong][None], amplitude[strong]
-    placed, _ = refiner(pattern, truth + rng.uniform(-0.4, 0.4, truth.shape))
+    if isinstance(place, TemplateRefiner):
+        placed, _ = place(pattern, truth + rng.uniform(-0.4, 0.4, truth.shape))
+    else:  # the true centres moved by an isotropic Gaussian offset of ``place`` px per axis
+        placed = truth + rng.normal(0.0, place, truth.shape)
     offsets = (truth - placed)[0]
     good = np.isfinite(offsets).all(axis=1) & (np.hypot(*offsets.T) < MAX_RESIDUAL_PX)
     patches, scalars = disk_patches(pattern, placed[:, good], radius_px)
