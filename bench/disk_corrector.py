@@ -16,7 +16,8 @@ report adds the median of that relative error before and after, the part of the 
 Usage: ``python bench/disk_corrector.py --train TRAIN.zarr --validate VAL.zarr --out models/disks/disks-v1.pt
 [--epochs 6] [--gain 0.5]``, or ``--train SERIES.zarr --series --out FILE [--start disks-v1 --epochs 3 --lr 1e-3]
 [--absolute-weight 0.2] [--cache DISKS.pt]``; writes
-``bench/results/disk_corrector.json`` (``disk_corrector_series.json`` with ``--series``).
+``bench/results/disk_corrector.json`` (``disk_corrector_series.json`` with ``--series``,
+``disk_corrector_offsets.json`` with ``--placement offsets``, ``_wWIDTH`` added for a width other than 8).
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ def median_distances(corrector, pairs: dict, strong: torch.Tensor, cells: torch.
 
 def _subset(pairs: dict, keep: torch.Tensor) -> dict:
     return {name: values[keep] for name, values in pairs.items()}
+
+
+def result_name(args) -> str:
+    """disk_corrector[_series | _offsets[_wWIDTH]]: each kind of corrector keeps its own result file."""
+    if args.series:
+        return "disk_corrector_series"
+    if args.placement == "offsets":
+        return "disk_corrector_offsets" + ("" if args.width == 8 else f"_w{args.width}")
+    return "disk_corrector"
 
 
 def main() -> None:
@@ -157,7 +167,7 @@ def main() -> None:
             f"{row['median_after_px']:.3f} px{relative}"
         )
     write_result(
-        "disk_corrector_series" if args.series else "disk_corrector",
+        result_name(args),
         {
             "train": str(args.train),
             "validate": f"every {args.hold_out}th series of --train" if args.series else str(args.validate),

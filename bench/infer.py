@@ -255,8 +255,9 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing of the network")
     parser.add_argument(
         "--disk-correction",
-        default="disks-v1",
-        help="disk-centre corrector of the corrected run (a file or a shipped name; default disks-v1)",
+        nargs="+",
+        default=["disks-v1"],
+        help="disk-centre correctors, one corrected run each (files or shipped names; default disks-v1)",
     )
     parser.add_argument("--tag", help="appended to the result's name: bench/results/infer_<tag>.json")
     args = parser.parse_args()
@@ -279,7 +280,8 @@ def main() -> None:
         fast = "fp32" if args.no_bf16 else "bf16"
         variants = [("fp32", {}), ("fp32", {"engine": "torch"})] + ([] if args.no_bf16 else [("bf16", {})])
         variants += [(fast, {"refine": "offsets"}), (fast, {"refine": "template"})]
-        variants += [(fast, {"refine": "template", "tilt_prior": 0}), (fast, {"disk_correction": args.disk_correction})]
+        variants += [(fast, {"refine": "template", "tilt_prior": 0})]
+        variants += [(fast, {"disk_correction": corrector}) for corrector in args.disk_correction]
         for precision, options in variants:
             name = " ".join([precision, *(f"{key}={value}" for key, value in options.items())])
             timings: dict = {}

@@ -94,7 +94,7 @@ def test_strain_applies_the_correction_file_and_refuses_bad_ones(pairs, uniform_
     scan = open_4d(scan_path)
     patterns = np.asarray(scan["data"].values, dtype=np.float32).reshape(-1, *scan["data"].shape[2:])
     model = resolve_model(None)
-    plain = make_detector("unet", scan, model=model)(patterns)[0]
+    plain = make_detector("unet", scan, model=model, refine="template")(patterns)[0]
     corrected = make_detector("unet", scan, model=model, disk_correction=path)(patterns)[0]
     moved = np.linalg.norm(corrected - plain, axis=-1) / 0.025  # [px]
     assert np.nanmax(moved) <= 0.5 and np.nanmax(moved) > 0  # gain 0.5 of offsets below 1 px
@@ -147,7 +147,7 @@ def test_offsets_corrector_learns_isotropic_jitter_and_follows_the_network(tiny_
     scan = open_4d(scan_path)
     patterns = np.asarray(scan["data"].values, dtype=np.float32).reshape(-1, *scan["data"].shape[2:])
     model = resolve_model(None)
-    plain = make_detector("unet", scan, model=model, refine="offsets")(patterns)[0]
+    plain = make_detector("unet", scan, model=model, refine="offsets", disk_correction=None)(patterns)[0]
     detector = make_detector("unet", scan, model=model, disk_correction=path)
     assert detector.refine == "offsets"
     moved = np.linalg.norm(detector(patterns)[0] - plain, axis=-1) / 0.025  # [px]
@@ -163,6 +163,34 @@ def test_offsets_corrector_learns_isotropic_jitter_and_follows_the_network(tiny_
         make_detector("unet", scan, model=model, refine="template", disk_correction=path)
     with pytest.raises(StemstrainInputError, match="placement"):
         residual_pairs(str(tiny_training_set), placement="cepstrum")
+
+
+def test_default_network_read_out_is_corrected_by_the_shipped_offsets_corrector(uniform_scan, tmp_path):
+    """At the model's calibration the default read-out (the network's offsets) is corrected by the shipped
+    disks-offsets-v1, recorded in the map, and the uniform scan's 1 % strain comes back within 1e-3;
+    "none" reads the offsets alone, and a scan resampled to the model (template read-out) is not corrected."""
+    from stemstrain.evaluate import evaluate_strain
+    from stemstrain.io import open_4d, open_strain_map
+    from stemstrain.strainmap import describe_readout, strain_map
+
+    corrector, metadata = load_disk_corrector("disks-offsets-v1")
+    assert metadata["readout"] == "offsets" and metadata["gain"] == 1.0 and corrector.width == 8
+    scan_path, truth_path = uniform_scan
+    scan = open_4d(scan_path)
+    model = resolve_model(None)
+    detector = make_detector("unet", scan, model=model)
+    assert detector.refine == "offsets" and detector.disk_correction == "disks-offsets-v1 (gain 1)"
+    assert make_detector("unet", scan, model=model, disk_correction="none").disk_correction is None
+    coarser = scan.assign_coords(k_y=scan["k_y"] * 1.2, k_x=scan["k_x"] * 1.2)
+    resampled = make_detector("unet", coarser, model=model)
+    assert resampled.refine == "template" and resampled.disk_correction is None
+
+    out = strain_map(scan_path, tmp_path / "map.zarr", method="unet", progress=False)
+    prediction = open_strain_map(out)
+    assert describe_readout(prediction.attrs).endswith("disk centres corrected by disks-offsets-v1 (gain 1)")
+    scores = evaluate_strain(prediction, open_strain_map(truth_path))
+    for name in ("e_xx", "e_yy", "e_xy", "theta"):
+        assert scores[name]["rmse"] < 1e-3, (name, scores[name]["rmse"])
 
 
 def test_series_cells_match_each_reflection_across_a_strain_series(tmp_path, tiny_training_set):

@@ -44,6 +44,9 @@ CALIBRATION_FACTOR = 1.5
 
 # Template sources measured on the scan: the template read-out fits each disk's tilt with them.
 MEASURED_TEMPLATES = ("probe", "mean")
+DEFAULT_DISK_CORRECTION = "disks-offsets-v1"
+"""The disk correction of ``disk_correction="auto"``: the shipped corrector of the offsets read-out, width 8,
+the widest that kept ``strain`` above 250 patterns/s on 2 AVX2 cores (models/disks/disks-offsets-v1.md)."""
 
 
 def model_hash(path: str | Path) -> str:
@@ -104,7 +107,9 @@ class UNetDetector:
         File of a disk-centre correction (:mod:`stemstrain.model.disks`) applied after the read-out it
         was trained for (its file's ``readout``: ``template``, or ``offsets`` where it reads the network's
         input around each spot): each disk is moved by the file's gain times the offset that a small
-        network reads from the disk's patch. ``refine="auto"`` takes that read-out. Default: none.
+        network reads from the disk's patch. ``refine="auto"`` takes that read-out. ``"auto"`` (default):
+        :data:`DEFAULT_DISK_CORRECTION` where the read-out is the network's offsets and the scan's disks
+        have a radius it learnt from, else none; ``"none"`` or None: none.
     """
 
     space = "reciprocal"
@@ -125,7 +130,7 @@ class UNetDetector:
         refine: str = "auto",
         template: str = "auto",
         tilt_prior: float | None = None,
-        disk_correction: str | Path | None = None,
+        disk_correction: str | Path | None = "auto",
     ):
         import torch
 
@@ -170,7 +175,8 @@ class UNetDetector:
         # The disk radius in model pixels adds each spot's counting noise to its fit weight (decode_spots);
         # a scan without its optics is fitted with the network's σ alone.
         self.disk_radius_px = None if radius is None else radius / self.k_sampling
-        corrector = None if disk_correction is None else load_disk_corrector(disk_correction)
+        automatic = disk_correction in (None, "none", "auto")
+        corrector = None if automatic else load_disk_corrector(disk_correction)
         self.refine, self._refiner = self._template_refiner(
             scan,
             refine,
@@ -181,10 +187,21 @@ class UNetDetector:
             corrected=None if corrector is None else corrector[1].get("readout", "template"),
         )
         self.disk_correction = None  # the correction file's name and gain, recorded in the map
+        if disk_correction == "auto" and self.refine == "offsets":
+            corrector, disk_correction = self._default_corrector(radius), DEFAULT_DISK_CORRECTION
         if corrector is not None:
             corrector = self._disk_corrector(*corrector, Path(disk_correction).name, radius)
         self._disks = corrector
         self.timings = Timings()
+
+    def _default_corrector(self, radius: float | None):
+        """The shipped offsets corrector and its metadata where it applies, else None: only on disks of the
+        radii it learnt from (``radius``: the scan's [1/angstrom]); others are read by the offsets alone."""
+        if radius is None:
+            return None
+        corrector, metadata = load_disk_corrector(DEFAULT_DISK_CORRECTION)
+        low, high = metadata["radius_px"]
+        return (corrector, metadata) if low <= radius / self.k_sampling <= high else None
 
     def _disk_corrector(self, corrector, metadata: dict, name: str, radius: float | None):
         """A disk-centre corrector (:mod:`stemstrain.model.disks`) and its file's metadata, checked against

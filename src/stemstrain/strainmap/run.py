@@ -460,15 +460,19 @@ def write_strain(run: StrainRun) -> Path:
 def describe_readout(attrs: dict) -> str:
     """One line on how a network map's disks were placed, from its attributes ("" for other maps).
 
-    Says which template placed the disks and whether their intensity tilt was fitted; where the
-    template was simulated (no measured probe), it says how to give one.
+    Says which template placed the disks and whether their intensity tilt was fitted, or that the network's
+    offsets placed them, and which disk correction moved them; where the template was simulated (no
+    measured probe), it says how to give one.
     """
+    corrected = attrs.get("readout_disk_correction")
+    if attrs.get("readout") == "offsets" and corrected:
+        return f"read-out: the network's offsets; disk centres corrected by {corrected}"
     if attrs.get("readout") != "template":
         return ""
     source, tilt = attrs.get("readout_template"), attrs.get("readout_tilt_prior") or 0.0
     fit = f"each disk's intensity tilt fitted (tilt_prior {tilt:g})" if tilt else "plain correlation (tilt_prior 0)"
     parts = [f"read-out: the {source} template at each network spot, {fit}"]
-    if corrected := attrs.get("readout_disk_correction"):
+    if corrected:
         parts.append(f"disk centres corrected by {corrected}")
     if not tilt and source == "simulated":
         parts.append(
