@@ -79,11 +79,12 @@ def _subset(pairs: dict, keep: torch.Tensor) -> dict:
 
 
 def result_name(args) -> str:
-    """disk_corrector[_series | _offsets[_wWIDTH]]: each kind of corrector keeps its own result file."""
+    """disk_corrector[_series | _offsets[_wWIDTH][_seedSEED]]: each kind of corrector keeps its own result file."""
     if args.series:
         return "disk_corrector_series"
     if args.placement == "offsets":
-        return "disk_corrector_offsets" + ("" if args.width == 8 else f"_w{args.width}")
+        width = "" if args.width == 8 else f"_w{args.width}"
+        return f"disk_corrector_offsets{width}" + (f"_seed{args.seed}" if args.seed else "")
     return "disk_corrector"
 
 
@@ -107,6 +108,7 @@ def main() -> None:
         help="read-out the corrector corrects: template (disks placed by the template read-out) or offsets "
         "(the network's own offsets: disks at their true centres moved by a random offset of --jitter px)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fit (initial weights, batches)")
     parser.add_argument("--jitter", type=float, default=0.3, help="with --placement offsets: offset spread [px]")
     parser.add_argument("--cache", help="keep the collected disks in this file and read them back from it")
     args = parser.parse_args()
@@ -138,6 +140,7 @@ def main() -> None:
         absolute_weight=args.absolute_weight,
         width=args.width,
         start=start_from,
+        seed=args.seed,
     )
     radius = RADIUS_SCALE * train["scalars"][:, 1]  # the disk radii it learnt from [px]
     fitted = time.time()
@@ -177,6 +180,7 @@ def main() -> None:
             "disks_validate": len(validate["offsets"]),
             "epochs": args.epochs,
             "width": args.width,
+            "seed": args.seed,
             "start": args.start,
             "lr": args.lr,
             "gain": args.gain,
