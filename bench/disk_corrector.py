@@ -1,7 +1,9 @@
 """Train the disk-centre correction (stemstrain.model.disks) and measure it on an independent training set.
 
 The corrector learns, on simulated training patterns, the offset from where the tilted template
-read-out places each disk to the disk's true centre. This script collects those offsets on
+read-out places each disk to the disk's true centre, or with ``--placement offsets`` (the correctors
+of the network's own offsets, models/disks/disks-offsets-v1.md) from the true centre moved by a random
+isotropic offset of ``--jitter`` px per axis. This script collects those offsets on
 ``--train``, fits the corrector, and reports on ``--validate`` (a set simulated with another seed)
 the median distance to the true centre before and after the correction, per dose decade, for disks
 whose kinematic amplitude is at least 0.2 of the strongest. The strain it gives is measured by
@@ -17,7 +19,8 @@ Usage: ``python bench/disk_corrector.py --train TRAIN.zarr --validate VAL.zarr -
 [--epochs 6] [--gain 0.5]``, or ``--train SERIES.zarr --series --out FILE [--start disks-v1 --epochs 3 --lr 1e-3]
 [--absolute-weight 0.2] [--cache DISKS.pt]``; writes
 ``bench/results/disk_corrector.json`` (``disk_corrector_series.json`` with ``--series``,
-``disk_corrector_offsets.json`` with ``--placement offsets``, ``_wWIDTH`` added for a width other than 8).
+``disk_corrector_offsets.json`` with ``--placement offsets``, ``_wWIDTH`` added for a width other than 8,
+``_seedSEED`` for a ``--seed`` other than 0).
 """
 
 from __future__ import annotations
