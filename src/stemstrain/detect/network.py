@@ -175,8 +175,8 @@ class UNetDetector:
         # The disk radius in model pixels adds each spot's counting noise to its fit weight (decode_spots);
         # a scan without its optics is fitted with the network's σ alone.
         self.disk_radius_px = None if radius is None else radius / self.k_sampling
-        automatic = disk_correction in (None, "none", "auto")
-        corrector = None if automatic else load_disk_corrector(disk_correction)
+        named = disk_correction not in (None, "none", "auto")
+        corrector = load_disk_corrector(disk_correction) if named else None
         self.refine, self._refiner = self._template_refiner(
             scan,
             refine,
@@ -188,28 +188,21 @@ class UNetDetector:
         )
         self.disk_correction = None  # the correction file's name and gain, recorded in the map
         if disk_correction == "auto" and self.refine == "offsets":
-            corrector, disk_correction = self._default_corrector(radius), DEFAULT_DISK_CORRECTION
+            corrector, disk_correction = load_disk_corrector(DEFAULT_DISK_CORRECTION), DEFAULT_DISK_CORRECTION
         if corrector is not None:
-            corrector = self._disk_corrector(*corrector, Path(disk_correction).name, radius)
+            corrector = self._disk_corrector(*corrector, Path(disk_correction).name, radius, required=named)
         self._disks = corrector
         self.timings = Timings()
 
-    def _default_corrector(self, radius: float | None):
-        """The shipped offsets corrector and its metadata where it applies, else None: only on disks of the
-        radii it learnt from (``radius``: the scan's [1/angstrom]); others are read by the offsets alone."""
-        if radius is None:
-            return None
-        corrector, metadata = load_disk_corrector(DEFAULT_DISK_CORRECTION)
-        low, high = metadata["radius_px"]
-        return (corrector, metadata) if low <= radius / self.k_sampling <= high else None
-
-    def _disk_corrector(self, corrector, metadata: dict, name: str, radius: float | None):
+    def _disk_corrector(self, corrector, metadata: dict, name: str, radius: float | None, required: bool = True):
         """A disk-centre corrector (:mod:`stemstrain.model.disks`) and its file's metadata, checked against
         this scan and read-out (``name``: the file's, ``radius``: the scan's disk radius [1/angstrom]).
 
         Sets ``disk_correction`` (the file's name and gain, recorded in the map), the gain and the disk radius
         [px] of the patterns it reads: the scan's own for the template read-out, the model's calibration for
-        the offsets read-out (the network's input).
+        the offsets read-out (the network's input). A scan without its disk radius, or with disks of a radius
+        the corrector did not learn from, is refused; with ``required=False`` (the default correction) it is
+        read without the correction instead (None is returned).
         """
         readout = metadata.get("readout", "template")
         if readout != self.refine:
@@ -218,18 +211,22 @@ class UNetDetector:
                 f"use refine={readout!r} or 'auto'"
             )
         if radius is None:
+            if not required:
+                return None
             raise StemstrainInputError(
                 "option disk_correction needs the scan's attributes energy_eV and semiangle_mrad (the disk radius)"
             )
-        self._disk_gain = float(metadata["gain"])
         k_sampling = self._scan_k_sampling if readout == "template" else self.k_sampling
-        self._disk_radius_read_px = radius / k_sampling
+        radius_px = radius / k_sampling
         low, high = metadata.get("radius_px", (0.0, np.inf))
-        if not low <= self._disk_radius_read_px <= high:
+        if not low <= radius_px <= high:
+            if not required:
+                return None
             raise StemstrainInputError(
-                f"option disk_correction: the scan's disks are {self._disk_radius_read_px:.2f} px in radius; "
+                f"option disk_correction: the scan's disks are {radius_px:.2f} px in radius; "
                 f"{name} learnt from disks of {low:.2f}-{high:.2f} px"
             )
+        self._disk_gain, self._disk_radius_read_px = float(metadata["gain"]), radius_px
         self.disk_correction = f"{name} (gain {self._disk_gain:g})"
         # The corrector runs on the CPU: in the network's precision there, else in the CPU's own.
         self._disk_precision = self.precision if self.device == "cpu" else resolve_precision("auto", "cpu")

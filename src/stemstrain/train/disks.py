@@ -112,13 +112,15 @@ def residual_pairs(
             index = first + offset
             if radii[index] < MIN_RADIUS_PX:
                 continue
-            key = (round(float(radii[index]), 2), round(float(optics["blur_px"][index]), 1))
-            if placement == "template" and key not in refiners:
-                disk = aperture_disk(shape, k_sampling, (shape[0] // 2, shape[1] // 2), key[0] * k_sampling)
-                refiners[key] = TemplateRefiner(ndimage.gaussian_filter(disk, key[1], mode="constant"), key[0])
+            place = float(jitter_px)
+            if placement == "template":
+                key = (round(float(radii[index]), 2), round(float(optics["blur_px"][index]), 1))
+                if key not in refiners:
+                    disk = aperture_disk(shape, k_sampling, (shape[0] // 2, shape[1] // 2), key[0] * k_sampling)
+                    refiners[key] = TemplateRefiner(ndimage.gaussian_filter(disk, key[1], mode="constant"), key[0])
+                place = refiners[key]
             pattern = block["inputs"].values[offset].astype(np.float32)[None]
             spots, amplitude = block["spots"].values[offset], block["spot_amplitudes"].values[offset]
-            place = refiners[key] if placement == "template" else float(jitter_px)
             pairs = _pattern_pairs(place, radii[index], pattern, spots, amplitude, rng)
             for name, values in zip(("patches", "scalars", "offsets", "amplitude", "centre"), pairs, strict=True):
                 kept[name].append(values)
