@@ -8,6 +8,7 @@
     python bench/accuracy.py --methods bragg --tilt-prior 0.14 # rows bragg+tilt0.14: bragg's disks, the tilted read-out
     python bench/accuracy.py --methods unet --disk-correction disks-v1  # rows unet+disks-v1
     python bench/accuracy.py --draws 4        # each scan also with 3 more draws of its counting noise
+    python bench/accuracy.py --suite bench/validation.yaml --box-scale 2 --methods unet  # choosing variants
 
 The scans are the ``scans:`` of ``bench/suite.yaml`` (held out from every training config: turned
 crystals, a composite strain field, thicknesses absent from training, a crystal absent from it),
@@ -22,6 +23,10 @@ patterns decides a ranking only where methods differ by more than that spread. F
 part of the multislice and are the same in every draw. Writes ``bench/results/accuracy.json``
 (every row, the machine and its load) and ``bench/results/accuracy.md`` (the table); ``make bench``
 copies the table into ``summary.md``.
+
+``--suite bench/validation.yaml`` runs another set of scans (its own work folder and result files,
+named by the file's ``name:``, ``validation_box2.json``): the scans on which variants of a read-out or
+a model are chosen, so that the suite's scans judge the chosen one and are not used to choose it.
 """
 
 from __future__ import annotations
@@ -51,16 +56,19 @@ PY4DSTEM = "py4dstem"
 METHODS = [NETWORK, *BASELINES, PY4DSTEM]
 
 
-def variant(box_scale: float) -> tuple[Path, str]:
-    """Work folder and result name of the suite simulated in a box of at least ``box_scale`` [1/k_sampling].
+def variant(box_scale: float, suite: str = "suite") -> tuple[Path, str]:
+    """Work folder and result name of a suite simulated in a box of at least ``box_scale`` [1/k_sampling].
 
-    The suite of the table (``bench/suite.yaml``) is simulated in the 1x box; a larger box is another
-    suite (``work/suite-box2``, ``accuracy_box2.json``), so that its rows never mix with the table's.
+    The suite of the table (``bench/suite.yaml``, ``name: suite``) is simulated in the 1x box; a larger
+    box is another suite (``work/suite-box2``, ``accuracy_box2.json``), so that its rows never mix with
+    the table's. Another suite file (``name: validation``) has its own (``work/validation-box2``,
+    ``validation_box2.json``).
     """
+    stem = "accuracy" if suite == "suite" else suite
     if box_scale == 1.0:
-        return WORK, "accuracy"
+        return WORK.with_name(suite), stem
     tag = f"box{box_scale:g}".replace(".", "p")
-    return WORK.with_name(f"suite-{tag}"), f"accuracy_{tag}"
+    return WORK.with_name(f"{suite}-{tag}"), f"{stem}_{tag}"
 
 
 def stores(work: Path, scan: str, draw: int = 0) -> tuple[Path, Path]:
@@ -114,7 +122,13 @@ def run_method(
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--simulate-only", action="store_true", help="build the suite's scans and stop")
-    parser.add_argument("--scans", nargs="*", help="scan names (default: all of bench/suite.yaml)")
+    parser.add_argument(
+        "--suite",
+        type=Path,
+        default=SUITE,
+        help="the scans' file (default bench/suite.yaml; bench/validation.yaml: the scans variants are chosen on)",
+    )
+    parser.add_argument("--scans", nargs="*", help="scan names (default: all of the suite file)")
     parser.add_argument("--methods", nargs="*", default=METHODS, help=f"methods (default: {' '.join(METHODS)})")
     parser.add_argument(
         "--model",
@@ -155,13 +169,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error(f"--draws must be at least 1 (1: the scans' own noise), found {args.draws}")
-    config = load_config(SUITE)
+    config = load_config(args.suite)
     config.simulate.box_scale_min = args.box_scale
-    work, result = variant(args.box_scale)
+    work, result = variant(args.box_scale, config.name)
     names = args.scans or [scan.name for scan in config.scans]
     unknown = sorted(set(names) - {scan.name for scan in config.scans})
     if unknown:
-        parser.error(f"--scans: unknown {unknown}; bench/suite.yaml has {[s.name for s in config.scans]}")
+        parser.error(f"--scans: unknown {unknown}; {args.suite} has {[s.name for s in config.scans]}")
     simulate(config, work, names, args.draws)
     if args.simulate_only:
         return 0
@@ -192,7 +206,7 @@ def main(argv=None) -> int:
             "box_scale_min": args.box_scale,
             "load_average": os.getloadavg(),
             "model": str(shipped),  # the unet column's; rows of other models name theirs
-            "suite": str(SUITE.relative_to(HERE.parent)),
+            "suite": os.path.relpath(args.suite, HERE.parent),
             "rows": rows,
         },
     )

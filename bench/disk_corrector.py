@@ -20,7 +20,7 @@ Usage: ``python bench/disk_corrector.py --train TRAIN.zarr --validate VAL.zarr -
 [--absolute-weight 0.2] [--cache DISKS.pt]``; writes
 ``bench/results/disk_corrector.json`` (``disk_corrector_series.json`` with ``--series``,
 ``disk_corrector_offsets.json`` with ``--placement offsets``, ``_wWIDTH`` added for a width other than 8,
-``_seedSEED`` for a ``--seed`` other than 0).
+``_pPATCH`` for a ``--patch`` other than 13, ``_seedSEED`` for a ``--seed`` other than 0).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-from stemstrain.model.disks import RADIUS_SCALE, load_disk_corrector, save_disk_corrector  # noqa: E402
+from stemstrain.model.disks import PATCH, RADIUS_SCALE, load_disk_corrector, save_disk_corrector  # noqa: E402
 from stemstrain.train.disks import (  # noqa: E402
     PLACEMENTS,
     fit_disk_corrector,
@@ -82,12 +82,13 @@ def _subset(pairs: dict, keep: torch.Tensor) -> dict:
 
 
 def result_name(args) -> str:
-    """disk_corrector[_series | _offsets[_wWIDTH][_seedSEED]]: each kind of corrector keeps its own result file."""
+    """disk_corrector[_series | _offsets[_wWIDTH][_pPATCH][_seedSEED]]: each kind of corrector keeps its own file."""
     if args.series:
         return "disk_corrector_series"
     if args.placement == "offsets":
         width = "" if args.width == 8 else f"_w{args.width}"
-        return f"disk_corrector_offsets{width}" + (f"_seed{args.seed}" if args.seed else "")
+        patch = "" if args.patch == PATCH else f"_p{args.patch}"
+        return f"disk_corrector_offsets{width}{patch}" + (f"_seed{args.seed}" if args.seed else "")
     return "disk_corrector"
 
 
@@ -102,6 +103,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--gain", type=float, default=0.5, help="fraction of the offset applied (uniform series)")
     parser.add_argument("--width", type=int, default=32, help="channels of the corrector's first convolutions")
+    parser.add_argument(
+        "--patch", type=int, default=PATCH, help=f"samples per side of a disk's patch over ±1.6 radii (default {PATCH})"
+    )
     parser.add_argument("--start", help="a corrector (file or shipped name) whose weights the fit starts from")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
     parser.add_argument(
@@ -118,10 +122,14 @@ def main() -> None:
     if args.series == bool(args.validate):
         parser.error("give --validate (an independent set) or --series (held-out series of --train), not both")
     start = time.time()
+    collect = {"progress": True, "placement": args.placement, "jitter_px": args.jitter, "patch": args.patch}
     if args.cache and Path(args.cache).is_file():
         train = torch.load(args.cache)
+        if train["patches"].shape[1] != args.patch**2:
+            found = train["patches"].shape[1]
+            parser.error(f"--cache {args.cache} holds patches of {found} samples, not --patch {args.patch} squared")
     else:
-        train = residual_pairs(args.train, progress=True, placement=args.placement, jitter_px=args.jitter)
+        train = residual_pairs(args.train, **collect)
         if args.cache:
             torch.save(train, args.cache)
     cells = validate_cells = None
@@ -132,7 +140,7 @@ def main() -> None:
         validate, validate_cells = _subset(train, held), cells[held]
         train, cells = _subset(train, ~held), cells[~held]
     else:
-        validate = residual_pairs(args.validate, progress=True, placement=args.placement, jitter_px=args.jitter)
+        validate = residual_pairs(args.validate, **collect)
     collected = time.time()
     start_from = load_disk_corrector(args.start)[0] if args.start else None
     corrector, losses = fit_disk_corrector(
@@ -183,6 +191,7 @@ def main() -> None:
             "disks_validate": len(validate["offsets"]),
             "epochs": args.epochs,
             "width": args.width,
+            "patch": args.patch,
             "seed": args.seed,
             "start": args.start,
             "lr": args.lr,

@@ -234,3 +234,34 @@ def test_series_cells_match_each_reflection_across_a_strain_series(tmp_path, tin
         series_cells(str(tiny_training_set), pairs)
     _, losses = fit_disk_corrector(pairs, epochs=8, batch_size=64, cells=torch.as_tensor(cells))
     assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("patch", [9, 13])
+def test_patch_size_is_the_correctors_own_and_turns_with_the_grid(tiny_training_set, tmp_path, patch):
+    """A corrector file records its patch size: pairs collected with 9 x 9 patches fit a corrector of
+    9 x 9 patches, which comes back from its file as it was written. For either size the grid
+    permutation of a 90° turn is the patch of the turned pattern (np.rot90) at the turned positions,
+    sample for sample: what the fit's random symmetries rely on."""
+    from stemstrain.model.disks import MATRICES, disk_patches, grid_permutations
+
+    pairs = residual_pairs(str(tiny_training_set), samples=slice(0, 6), placement="offsets", patch=patch)
+    assert pairs["patches"].shape[1] == patch**2
+    corrector, _ = fit_disk_corrector(pairs, epochs=1, batch_size=64, width=4)
+    path = save_disk_corrector(corrector, tmp_path / "c.pt", {"gain": 1.0, "readout": "offsets"})
+    loaded, metadata = load_disk_corrector(path)
+    assert loaded.patch == patch and "patch" not in metadata
+    with torch.inference_mode():
+        # the loaded one runs channels_last: the same offsets to float rounding
+        offsets = loaded(pairs["patches"], pairs["scalars"]), corrector(pairs["patches"], pairs["scalars"])
+        assert torch.allclose(*offsets, atol=1e-5)
+
+    data = xr.open_zarr(tiny_training_set)
+    pattern = np.asarray(data["inputs"].values[0], dtype=np.float32)
+    size = pattern.shape[-1]
+    positions = np.array([[[40.3, 52.7], [70.1, 61.4]]])
+    turned = np.stack([positions[..., 1], size - 1 - positions[..., 0]], axis=-1)  # rot90's (x, y)
+    k = next(i for i, m in enumerate(MATRICES.tolist()) if m == [[0, 1], [-1, 0]])  # (dx, dy) -> (dy, -dx)
+    assert np.allclose(MATRICES[k].numpy() @ (positions[0, 1] - positions[0, 0]), turned[0, 1] - turned[0, 0])
+    before, _ = disk_patches(pattern[None], positions, 3.0, patch)
+    after, _ = disk_patches(np.rot90(pattern)[None].copy(), turned, 3.0, patch)
+    assert torch.allclose(after, before[:, grid_permutations(patch)[k]], rtol=1e-4, atol=1e-4)

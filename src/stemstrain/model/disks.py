@@ -20,6 +20,7 @@ chosen on the uniform series (``bench/uniform_series.py``), not on the accuracy 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +32,20 @@ from stemstrain.io import atomic_output
 from stemstrain.runtime import autocast
 
 __all__ = [
+    "MATRICES",
     "PATCH",
     "RADIUS_SCALE",
     "REACH",
     "DiskCorrector",
     "correct_positions",
     "disk_patches",
+    "grid_permutations",
     "load_disk_corrector",
     "save_disk_corrector",
 ]
 
 PATCH = 13
-"""Samples per side of a disk's patch."""
+"""Samples per side of a disk's patch (a corrector file records its own: ``patch``; absent, this)."""
 REACH = 1.6
 """Half-width of the patch [disk radii]."""
 RADIUS_SCALE = 3.0
@@ -51,29 +54,30 @@ FORMAT = "stemstrain-disk-corrector"
 SHIPPED_CORRECTORS = Path(__file__).resolve().parents[3] / "models" / "disks"
 """The shipped correctors, beside the shipped networks (models/ at the top of the source tree)."""
 
-_GRID = np.linspace(-REACH, REACH, PATCH)
-_CENTRE = PATCH // 2
+MATRICES = torch.tensor(
+    [
+        ((1, 0), (0, 1)), ((0, -1), (1, 0)), ((-1, 0), (0, -1)), ((0, 1), (-1, 0)),
+        ((-1, 0), (0, 1)), ((1, 0), (0, -1)), ((0, 1), (1, 0)), ((0, -1), (-1, 0)),
+    ],
+    dtype=torch.float32,
+)  # fmt: skip
+"""The 8 symmetries of the pixel grid (8, 2, 2), on (x, y)."""
 
 
-def _symmetries() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 8 symmetries of the pixel grid: matrices (8, 2, 2) on (x, y) and patch permutations (8, PATCH²).
+@functools.cache
+def grid_permutations(patch: int = PATCH) -> torch.Tensor:
+    """Patch permutations (8, patch²) of the symmetries :data:`MATRICES`.
 
     Permutation k gathers the patch turned by matrix T_k: its value at offset v is the old value at T_k⁻¹ v.
     """
-    matrices = [
-        ((1, 0), (0, 1)), ((0, -1), (1, 0)), ((-1, 0), (0, -1)), ((0, 1), (-1, 0)),
-        ((-1, 0), (0, 1)), ((1, 0), (0, -1)), ((0, 1), (1, 0)), ((0, -1), (-1, 0)),
-    ]  # fmt: skip
-    offsets = np.stack(np.meshgrid(np.arange(PATCH) - _CENTRE, np.arange(PATCH) - _CENTRE), -1).reshape(-1, 2)
+    centre = patch // 2
+    offsets = np.stack(np.meshgrid(np.arange(patch) - centre, np.arange(patch) - centre), -1).reshape(-1, 2)
     permutations = []
-    for matrix in matrices:
-        source = offsets @ np.linalg.inv(np.array(matrix, float)).T  # (x, y) offsets, rows of T⁻¹ v
-        source = np.rint(source).astype(int) + _CENTRE
-        permutations.append(source[:, 1] * PATCH + source[:, 0])
-    return torch.tensor(matrices, dtype=torch.float32), torch.as_tensor(np.stack(permutations))
-
-
-MATRICES, PERMUTATIONS = _symmetries()
+    for matrix in MATRICES.numpy():
+        source = offsets @ np.linalg.inv(matrix.astype(float)).T  # (x, y) offsets, rows of T⁻¹ v
+        source = np.rint(source).astype(int) + centre
+        permutations.append(source[:, 1] * patch + source[:, 0])
+    return torch.as_tensor(np.stack(permutations))
 
 
 class DiskCorrector(nn.Module):
@@ -83,11 +87,13 @@ class DiskCorrector(nn.Module):
     ----------
     width : int
         Channels of the first convolutions.
+    patch : int
+        Samples per side of its patches (:func:`disk_patches`).
     """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, patch: int = PATCH):
         super().__init__()
-        self.width = int(width)
+        self.width, self.patch = int(width), int(patch)
         self.features = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -101,13 +107,15 @@ class DiskCorrector(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * width * 9 + 2, 128), nn.ReLU(), nn.Linear(128, 2))
 
     def forward(self, patches: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
-        """Offsets (n, 2) [px] of patches (n, PATCH²) with their scalars (n, 2) (:func:`disk_patches`)."""
-        images = patches.view(-1, 1, PATCH, PATCH).contiguous(memory_format=torch.channels_last)
+        """Offsets (n, 2) [px] of patches (n, patch²) with their scalars (n, 2) (:func:`disk_patches`)."""
+        images = patches.view(-1, 1, self.patch, self.patch).contiguous(memory_format=torch.channels_last)
         found = self.features(images).flatten(1)
         return self.head(torch.cat([found, scalars], dim=1))
 
 
-def disk_patches(patterns: np.ndarray, positions: np.ndarray, radius_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+def disk_patches(
+    patterns: np.ndarray, positions: np.ndarray, radius_px: float, patch: int = PATCH
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches of the raw patterns around disk positions, in units of the disk radius.
 
     Parameters
@@ -118,11 +126,13 @@ def disk_patches(patterns: np.ndarray, positions: np.ndarray, radius_px: float) 
         Disk positions (x, y) [px]; NaN rows give patches of zeros.
     radius_px : float
         Disk radius [px].
+    patch : int
+        Samples per side of a patch.
 
     Returns
     -------
-    patches : Tensor (n·m, PATCH²)
-        Bilinear samples on a PATCH² grid over ±REACH radii, divided by the mean of the central 5×5
+    patches : Tensor (n·m, patch²)
+        Bilinear samples on a patch² grid over ±REACH radii, divided by the mean of the central 5×5
         samples (at least 1 count).
     scalars : Tensor (n·m, 2)
         log10 of that mean [counts] and the disk radius / RADIUS_SCALE [px].
@@ -130,16 +140,16 @@ def disk_patches(patterns: np.ndarray, positions: np.ndarray, radius_px: float) 
     n, m, _ = positions.shape
     height, width = patterns.shape[-2:]
     start = torch.as_tensor(np.nan_to_num(positions), dtype=torch.float32)
-    grid = torch.as_tensor(_GRID * radius_px, dtype=torch.float32)
+    grid = torch.as_tensor(np.linspace(-REACH, REACH, patch) * radius_px, dtype=torch.float32)
     x = start[..., 0, None, None] + grid[None, None, None, :]
     y = start[..., 1, None, None] + grid[None, None, :, None]
     x, y = torch.broadcast_tensors(x, y)
     # grid_sample's coordinates with align_corners=True: -1 and 1 are the first and last pixel centres.
-    where = torch.stack([2 * x / (width - 1) - 1, 2 * y / (height - 1) - 1], dim=-1).reshape(n, m * PATCH, PATCH, 2)
+    where = torch.stack([2 * x / (width - 1) - 1, 2 * y / (height - 1) - 1], dim=-1).reshape(n, m * patch, patch, 2)
     images = torch.as_tensor(np.asarray(patterns, dtype=np.float32))[:, None]
     patches = nn.functional.grid_sample(images, where, mode="bilinear", align_corners=True).reshape(n * m, -1)
-    inner = slice(_CENTRE - 2, _CENTRE + 3)
-    level = patches.reshape(-1, PATCH, PATCH)[:, inner, inner].mean(dim=(1, 2)).clamp_min(1.0)
+    inner = slice(patch // 2 - 2, patch // 2 + 3)
+    level = patches.reshape(-1, patch, patch)[:, inner, inner].mean(dim=(1, 2)).clamp_min(1.0)
     scalars = torch.stack([torch.log10(level), torch.full_like(level, radius_px / RADIUS_SCALE)], dim=1)
     return patches / level[:, None], scalars
 
@@ -158,7 +168,7 @@ def correct_positions(
     In bf16 it ran 2.2x faster than in fp32 on 2 Xeon cores with AMX, its offsets within 0.001 px
     (median; 0.006 px at most) of fp32's on the 21 214 validation disks of disks-v1.
     """
-    patches, scalars = disk_patches(patterns, positions, radius_px)
+    patches, scalars = disk_patches(patterns, positions, radius_px, corrector.patch)
     # Only found disks go through the network: the NaN padding of a batch's spot lists would cost as much.
     found = torch.as_tensor(np.isfinite(positions).all(axis=-1).reshape(-1))
     offsets = torch.zeros(len(found), 2, dtype=torch.float64)
@@ -168,12 +178,13 @@ def correct_positions(
 
 
 def save_disk_corrector(corrector: DiskCorrector, path: str | Path, metadata: dict) -> Path:
-    """Write the corrector (weights, width, ``metadata`` with its ``gain``) atomically."""
+    """Write the corrector (weights, width, patch size, ``metadata`` with its ``gain``) atomically."""
     if "gain" not in metadata:
         raise StemstrainInputError("disk corrector metadata needs its 'gain' (fraction of the offset applied)")
     path = Path(path)
     with atomic_output(path) as tmp:
-        torch.save({"format": FORMAT, "width": corrector.width, "state": corrector.state_dict(), **metadata}, tmp)
+        shape = {"width": corrector.width, "patch": corrector.patch}
+        torch.save({"format": FORMAT, **shape, "state": corrector.state_dict(), **metadata}, tmp)
     return path
 
 
@@ -205,9 +216,9 @@ def load_disk_corrector(path: str | Path) -> tuple[DiskCorrector, dict]:
         raise StemstrainInputError(f"option disk_correction: {path} is not a readable torch file ({err})") from err
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise StemstrainInputError(f"option disk_correction: {path} is not a disk corrector (format {FORMAT!r})")
-    corrector = DiskCorrector(saved["width"])
+    corrector = DiskCorrector(saved["width"], saved.get("patch", PATCH))
     corrector.load_state_dict(saved["state"])
-    metadata = {key: value for key, value in saved.items() if key not in ("format", "width", "state")}
+    metadata = {key: value for key, value in saved.items() if key not in ("format", "width", "patch", "state")}
     # channels_last with in-place ReLUs: 2.1x faster on 2 Xeon cores (5120 disks: 214 -> 452 patterns of
     # 40 disks per second), the same offsets within 3e-7 px.
     return corrector.to(memory_format=torch.channels_last).eval(), metadata

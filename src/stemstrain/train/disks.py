@@ -21,6 +21,7 @@ weighs the error less its group's mean in full and the error itself by ``absolut
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from scipy.spatial.distance import cdist
 
 from stemstrain.detect.bragg import TemplateRefiner, aperture_disk, disk_radius
 from stemstrain.errors import StemstrainInputError
-from stemstrain.model.disks import MATRICES, PERMUTATIONS, DiskCorrector, disk_patches
+from stemstrain.model.disks import MATRICES, PATCH, DiskCorrector, disk_patches, grid_permutations
 from stemstrain.strain import deformation_from_strain
 
 __all__ = ["PLACEMENTS", "fit_disk_corrector", "less_cell_mean", "residual_pairs", "series_cells", "series_layout"]
@@ -59,6 +60,7 @@ def residual_pairs(
     progress: bool = False,
     placement: str = "template",
     jitter_px: float = 0.3,
+    patch: int = PATCH,
 ) -> dict[str, torch.Tensor]:
     """Patches of placed disks and their offsets to the true centres.
 
@@ -78,11 +80,13 @@ def residual_pairs(
         moved by a random isotropic offset.
     jitter_px : float
         Spread (standard deviation per axis) of that offset with ``placement="offsets"`` [px].
+    patch : int
+        Samples per side of the patches (:func:`~stemstrain.model.disks.disk_patches`).
 
     Returns
     -------
     dict
-        ``patches`` (n, PATCH²), ``scalars`` (n, 2), ``offsets`` (n, 2) [px], ``amplitude`` (n,) (kinematic,
+        ``patches`` (n, patch²), ``scalars`` (n, 2), ``offsets`` (n, 2) [px], ``amplitude`` (n,) (kinematic,
         relative to the strongest reflection), ``centre`` (n, 2) (its true centre (x, y) [px]), ``dose`` (n,)
         [e-] and ``sample`` (n,) of each kept disk.
     """
@@ -121,7 +125,7 @@ def residual_pairs(
                 place = refiners[key]
             pattern = block["inputs"].values[offset].astype(np.float32)[None]
             spots, amplitude = block["spots"].values[offset], block["spot_amplitudes"].values[offset]
-            pairs = _pattern_pairs(place, radii[index], pattern, spots, amplitude, rng)
+            pairs = _pattern_pairs(place, radii[index], pattern, spots, amplitude, rng, patch)
             for name, values in zip(("patches", "scalars", "offsets", "amplitude", "centre"), pairs, strict=True):
                 kept[name].append(values)
             kept["dose"].append(torch.full((len(pairs[2]),), float(optics["dose"][index])))
@@ -209,12 +213,14 @@ def _pattern_pairs(
     spots: np.ndarray,
     amplitude: np.ndarray,
     rng: np.random.Generator,
+    patch: int = PATCH,
 ) -> tuple[torch.Tensor, ...]:
     """One pattern's kept disks: patches, scalars, offsets to the true centres [px], amplitudes, true centres [px].
 
     ``pattern`` (1, k_y, k_x) [counts], ``spots`` (m, 2) true centres (x, y) [px] NaN-padded, ``amplitude``
     (m,) their kinematic amplitudes, ``radius_px`` the disk radius [px]; ``place`` the template read-out
-    that places the disks, or the spread [px] of the random offset from their true centres.
+    that places the disks, or the spread [px] of the random offset from their true centres; ``patch`` the
+    samples per side of the patches.
     """
     truth = np.asarray(spots, dtype=np.float64)
     strong = np.isfinite(truth[:, 0]) & (amplitude > MIN_AMPLITUDE)
@@ -225,7 +231,7 @@ def _pattern_pairs(
         placed = truth + rng.normal(0.0, place, truth.shape)
     offsets = (truth - placed)[0]
     good = np.isfinite(offsets).all(axis=1) & (np.hypot(*offsets.T) < MAX_RESIDUAL_PX)
-    patches, scalars = disk_patches(pattern, placed[:, good], radius_px)
+    patches, scalars = disk_patches(pattern, placed[:, good], radius_px, patch)
     offsets = torch.as_tensor(offsets[good], dtype=torch.float32)
     amplitude, centres = (torch.as_tensor(values[good], dtype=torch.float32) for values in (amplitude, truth[0]))
     return patches, scalars, offsets, amplitude, centres
@@ -251,7 +257,8 @@ def fit_disk_corrector(
     less its cell's mean error, plus ``absolute_weight`` times the loss on the error itself. A bias common
     to a reflection at every strain cancels against the reference region in a strain map, so only what
     changes with strain is paid for in full. ``width``: channels of the corrector's first convolutions;
-    ``start``: a corrector whose weights the fit starts from (its width is kept).
+    ``start``: a corrector whose weights the fit starts from (its width is kept). The corrector's patch
+    size is that of the pairs' patches.
 
     Returns
     -------
@@ -260,7 +267,11 @@ def fit_disk_corrector(
         Mean training loss per epoch [px].
     """
     torch.manual_seed(seed)
-    corrector = DiskCorrector(start.width if start is not None else width)
+    patch = math.isqrt(pairs["patches"].shape[1])
+    if start is not None and start.patch != patch:
+        raise StemstrainInputError(f"disk corrector: the start's patches are {start.patch}², the pairs' {patch}²")
+    corrector = DiskCorrector(start.width if start is not None else width, patch)
+    permutations = grid_permutations(patch)
     if start is not None:
         corrector.load_state_dict(start.state_dict())
     corrector = corrector.train()
@@ -277,7 +288,7 @@ def fit_disk_corrector(
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             k = int(torch.randint(8, ()))
-            patches = pairs["patches"][batch][:, PERMUTATIONS[k]]
+            patches = pairs["patches"][batch][:, permutations[k]]
             target = pairs["offsets"][batch] @ MATRICES[k].T
             error = corrector(patches, pairs["scalars"][batch]) - target
             loss = torch.nn.functional.smooth_l1_loss(error, torch.zeros_like(error), beta=0.3)
