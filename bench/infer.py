@@ -157,7 +157,7 @@ def network_alone(model_path: Path, batch: int, rounds: int, compile: bool = Tru
         "fp32 NCHW": (network, x, False),
         "fp32 channels_last": (copy.deepcopy(network).to(memory_format=torch.channels_last), x_cl, False),
         "fp32 channels_last + folded BN (torch)": (folded, x_cl, False),
-        "fp32 onnxruntime (default without native bf16)": (OnnxNetwork(folded, PIXELS), x, False),
+        "fp32 onnxruntime (default without native bf16)": (OnnxNetwork(folded, {"patterns": x.shape[1:]}), x, False),
     }
 
     for model, inp, autocast in variants.values():
@@ -218,7 +218,7 @@ def network_sizes(batch: int, rounds: int) -> dict:
         network = fold_batchnorm(UNet(ModelConfig(base_channels=base, depth=depth)).eval())
         engines = {
             "patterns_per_s": (network.to(memory_format=torch.channels_last), x_cl),
-            "patterns_per_s_onnxruntime": (OnnxNetwork(network, PIXELS), x),
+            "patterns_per_s_onnxruntime": (OnnxNetwork(network, {"patterns": (1, PIXELS, PIXELS)}), x),
         }
         result[f"base {base} depth {depth}"] = {"gflop_per_pattern": gflop_per_pattern(network)}
         for key, (model, inputs) in engines.items():

@@ -180,6 +180,11 @@ def test_default_network_read_out_is_corrected_by_the_shipped_offsets_corrector(
     model = resolve_model(None)
     detector = make_detector("unet", scan, model=model)
     assert detector.refine == "offsets" and detector.disk_correction == "disks-offsets-v1 (gain 1)"
+    # fp32 on this CPU: ONNX Runtime runs the corrector, and moves the spots as torch does
+    by_torch = make_detector("unet", scan, model=model, engine="torch")
+    assert detector.engine == "onnxruntime" and by_torch._disk_run is None
+    patterns = np.asarray(scan["data"].values[:2], dtype=np.float32).reshape(-1, *scan["data"].shape[2:])
+    assert np.allclose(detector(patterns)[0], by_torch(patterns)[0], atol=1e-4 * 0.025, equal_nan=True)
     assert make_detector("unet", scan, model=model, disk_correction="none").disk_correction is None
     coarser = scan.assign_coords(k_y=scan["k_y"] * 1.2, k_x=scan["k_x"] * 1.2)
     resampled = make_detector("unet", coarser, model=model)

@@ -175,11 +175,12 @@ class OnnxNetwork:
     ----------
     network : torch.nn.Module
         The network in eval mode (BatchNorm folded or not: ONNX Runtime folds it too).
-    pixels : int
-        Side of the patterns it takes [px] (the export's example input).
+    inputs : dict of str to tuple of int
+        Its inputs in the order it takes them: name and the shape of one item (the batch axis, of any
+        size, comes first): ``{"patterns": (1, 128, 128)}`` for the U-Net.
     """
 
-    def __init__(self, network, pixels: int):
+    def __init__(self, network, inputs: dict[str, tuple[int, ...]]):
         import io
 
         import onnxruntime
@@ -190,26 +191,27 @@ class OnnxNetwork:
             warnings.simplefilter("ignore")  # torch's notes about its TorchScript-based exporter
             torch.onnx.export(
                 network.float().eval(),
-                (torch.ones(2, 1, pixels, pixels),),
+                tuple(torch.ones(2, *shape) for shape in inputs.values()),
                 buffer,
                 dynamo=False,
-                input_names=["patterns"],
+                input_names=list(inputs),
                 output_names=["output"],
-                dynamic_axes={"patterns": {0: "n"}, "output": {0: "n"}},
+                dynamic_axes={name: {0: "n"} for name in [*inputs, "output"]},
             )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        self.names = list(inputs)
 
-    def __call__(self, patterns):
-        """Output (n, C, H, W) float32 of patterns (n, 1, H, W) [counts], as torch tensors."""
+    def __call__(self, *inputs):
+        """The first output of the inputs (torch tensors, float32 on the CPU), as a torch tensor."""
         import numpy as np
         import torch
 
-        values = np.ascontiguousarray(patterns.float().numpy())
-        return torch.from_numpy(self.session.run(None, {"patterns": values})[0])
+        feeds = {name: np.ascontiguousarray(x.float().numpy()) for name, x in zip(self.names, inputs, strict=True)}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
 def autocast_dtype(precision: str):

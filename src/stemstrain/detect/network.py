@@ -150,7 +150,8 @@ class UNetDetector:
         folded = fold_batchnorm(network)
         # The layout of the network's input: ONNX Runtime keeps its own blocked one, torch runs channels_last.
         if self.engine == "onnxruntime":
-            self.network, self._layout = OnnxNetwork(folded, self.pixels), torch.contiguous_format
+            patterns = (1, self.pixels, self.pixels)
+            self.network, self._layout = OnnxNetwork(folded, {"patterns": patterns}), torch.contiguous_format
         else:
             self.network, self._layout = folded.to(memory_format=torch.channels_last), torch.channels_last
         if compile and not self.device.startswith("cuda"):
@@ -228,8 +229,15 @@ class UNetDetector:
             )
         self._disk_gain, self._disk_radius_read_px = float(metadata["gain"]), radius_px
         self.disk_correction = f"{name} (gain {self._disk_gain:g})"
-        # The corrector runs on the CPU: in the network's precision there, else in the CPU's own.
+        # The corrector runs on the CPU: in the network's precision there, else in the CPU's own; fp32 by
+        # ONNX Runtime where the network's engine allows it (2.4-2.9x faster than torch: 12 800 disks of
+        # width 8 / 16 / 32 in 0.73 / 1.37 / 4.0 against 1.8 / 4.0 / 9.8 ms per 256-disk pattern on 2
+        # cores of an AMD EPYC with AVX2 only, under load; the same offsets within 1e-7 px).
         self._disk_precision = self.precision if self.device == "cpu" else resolve_precision("auto", "cpu")
+        engine = self.engine if self.device == "cpu" else resolve_engine("auto", "cpu", self._disk_precision)
+        self._disk_run = None
+        if engine == "onnxruntime":
+            self._disk_run = OnnxNetwork(corrector, {"patches": (corrector.patch**2,), "scalars": (2,)})
         return corrector
 
     def _template_refiner(
@@ -411,7 +419,13 @@ class UNetDetector:
     def _correct(self, patterns: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Disk positions (x, y) [px of ``patterns``] moved by the disk corrector."""
         return correct_positions(
-            self._disks, patterns, positions, self._disk_radius_read_px, self._disk_gain, self._disk_precision
+            self._disks,
+            patterns,
+            positions,
+            self._disk_radius_read_px,
+            self._disk_gain,
+            self._disk_precision,
+            run=self._disk_run,
         )
 
     def _refine(self, patterns: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
