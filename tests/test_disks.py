@@ -242,9 +242,10 @@ def test_series_cells_match_each_reflection_across_a_strain_series(tmp_path, tin
 
 
 @pytest.mark.parametrize("patch", [9, 13])
-def test_patch_size_is_the_correctors_own_and_turns_with_the_grid(tiny_training_set, tmp_path, patch):
+def test_patch_size_is_the_correctors_own_and_turns_with_the_grid(tiny_training_set, uniform_scan, tmp_path, patch):
     """A corrector file records its patch size: pairs collected with 9 x 9 patches fit a corrector of
-    9 x 9 patches, which comes back from its file as it was written. For either size the grid
+    9 x 9 patches, which comes back from its file as it was written and corrects the network's spots
+    (in ONNX Runtime where ONNX can take it, else in torch). For either size the grid
     permutation of a 90° turn is the patch of the turned pattern (np.rot90) at the turned positions,
     sample for sample: what the fit's random symmetries rely on."""
     from stemstrain.model.disks import MATRICES, disk_patches, grid_permutations
@@ -255,6 +256,14 @@ def test_patch_size_is_the_correctors_own_and_turns_with_the_grid(tiny_training_
     path = save_disk_corrector(corrector, tmp_path / "c.pt", {"gain": 1.0, "readout": "offsets"})
     loaded, metadata = load_disk_corrector(path)
     assert loaded.patch == patch and "patch" not in metadata
+    assert loaded.exportable == (patch == 13)  # ONNX Runtime runs it, or torch (9 x 9: 4 -> 3 pooling)
+    from stemstrain.io import open_4d
+
+    scan = open_4d(uniform_scan[0])
+    detector = make_detector("unet", scan, model=resolve_model(None), disk_correction=path)
+    assert (detector._disk_run is not None) == (patch == 13)
+    patterns = np.asarray(scan["data"].values[0, :2], dtype=np.float32)
+    assert np.isfinite(detector(patterns)[0]).sum() > 10
     with torch.inference_mode():
         # the loaded one runs channels_last: the same offsets to float rounding
         offsets = loaded(pairs["patches"], pairs["scalars"]), corrector(pairs["patches"], pairs["scalars"])

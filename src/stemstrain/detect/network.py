@@ -236,7 +236,7 @@ class UNetDetector:
         self._disk_precision = self.precision if self.device == "cpu" else resolve_precision("auto", "cpu")
         engine = self.engine if self.device == "cpu" else resolve_engine("auto", "cpu", self._disk_precision)
         self._disk_run = None
-        if engine == "onnxruntime":
+        if engine == "onnxruntime" and corrector.exportable:
             self._disk_run = OnnxNetwork(corrector, {"patches": (corrector.patch**2,), "scalars": (2,)})
         return corrector
 

@@ -106,6 +106,12 @@ class DiskCorrector(nn.Module):
         )
         self.head = nn.Sequential(nn.Linear(2 * width * 9 + 2, 128), nn.ReLU(), nn.Linear(128, 2))
 
+    @property
+    def exportable(self) -> bool:
+        """Whether ONNX can take it: its adaptive pooling must reduce the pooled patch (patch // 2) by a whole
+        factor to 3 (13 x 13 patches: 6 -> 3; not 9 x 9: 4 -> 3)."""
+        return (self.patch // 2) % 3 == 0
+
     def forward(self, patches: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
         """Offsets (n, 2) [px] of patches (n, patch²) with their scalars (n, 2) (:func:`disk_patches`)."""
         # reshape with the batch's own length (not -1): the ONNX export keeps the patch's shape
