@@ -230,9 +230,10 @@ class UNetDetector:
         self._disk_gain, self._disk_radius_read_px = float(metadata["gain"]), radius_px
         self.disk_correction = f"{name} (gain {self._disk_gain:g})"
         # The corrector runs on the CPU: in the network's precision there, else in the CPU's own; fp32 by
-        # ONNX Runtime where the network's engine allows it (2.4-2.9x faster than torch: 12 800 disks of
-        # width 8 / 16 / 32 in 0.73 / 1.37 / 4.0 against 1.8 / 4.0 / 9.8 ms per 256-disk pattern on 2
-        # cores of an AMD EPYC with AVX2 only, under load; the same offsets within 1e-7 px).
+        # ONNX Runtime where the network's engine allows it: alone 2.2-2.8x faster than torch (6400 disks of
+        # width 8 / 16 / 32 in 35 / 69 / 200 against 97 / 148 / 432 ms, 2 cores of an AMD EPYC with AVX2
+        # only, the same offsets within 1e-7 px), in `strain`'s read-out 1.3x (0.70 against 0.91 ms per
+        # pattern with width 8: the patches' sampling and the batching cost the rest; bench/infer.py).
         self._disk_precision = self.precision if self.device == "cpu" else resolve_precision("auto", "cpu")
         engine = self.engine if self.device == "cpu" else resolve_engine("auto", "cpu", self._disk_precision)
         self._disk_run = None
