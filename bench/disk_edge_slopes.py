@@ -27,16 +27,19 @@ import xarray as xr
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from accuracy import SUITE, variant  # noqa: E402
 from common import write_result  # noqa: E402
 
 from stemstrain.config import load_config  # noqa: E402
 from stemstrain.detect.bragg import disk_radius  # noqa: E402
+from stemstrain.evaluate import evaluate_strain  # noqa: E402
+from stemstrain.evaluate.suite import slopes  # noqa: E402
 from stemstrain.lattice import reciprocal_vectors  # noqa: E402
 from stemstrain.simulate.crystals import projected_cell  # noqa: E402
 from stemstrain.simulate.scan import clean_scan_patterns  # noqa: E402
 from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix, strain_from_lattice  # noqa: E402
 
-WORK = HERE / "work" / "suite-box2"
+WORK, _ = variant(2.0)
 WINDOW = 1.5
 """Radius of the window around each disk's true position [disk radii]."""
 FAINTEST = 2e-4
@@ -61,13 +64,13 @@ def disk_centres(pattern: np.ndarray, expected: np.ndarray, radius_px: float, th
 
 def scan_slopes(name: str, thresholds: list[float | None]) -> dict:
     """Slope and RMSE [1] of each strain component for each weighting, on one suite scan."""
-    config = load_config(HERE / "suite.yaml")
+    config = load_config(SUITE)
     config.simulate.box_scale_min = 2.0
     scan = next(s for s in config.scans if s.name == name)
     clean = clean_scan_patterns(config, scan, WORK / "cache")
     n_y, n_x, height, width = clean.shape
     truth = xr.open_zarr(WORK / f"{name}.truth.zarr")
-    true = {c: truth[c].values.reshape(-1) for c in STRAIN_COMPONENTS}
+    true = {c: truth[c].values.reshape(-1) for c in STRAIN_COMPONENTS}  # [1], theta [rad]
     k_sampling = config.detector.k_sampling
     radius_px = disk_radius(config.optics.energy_eV, config.optics.semiangle_mrad) / k_sampling
     centre = np.array([width // 2, height // 2], dtype=float)
@@ -83,21 +86,15 @@ def scan_slopes(name: str, thresholds: list[float | None]) -> dict:
             good = np.isfinite(found[:, 0])
             basis, *_ = np.linalg.lstsq(hk[inside][good], (found[good] - centre) * k_sampling, rcond=None)
             lattices[threshold].append(basis.T)
-    y0, y1, x0, x1 = scan.reference_roi
-    iy, ix = np.unravel_index(np.arange(n_y * n_x), (n_y, n_x))
-    in_reference = (iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1)
     rows = {}
     for threshold, found in lattices.items():
-        found = np.array(found)
-        strain = strain_from_lattice(found, found[in_reference].mean(axis=0))
+        found = np.array(found).reshape(n_y, n_x, 2, 2)
+        y0, y1, x0, x1 = scan.reference_roi
+        strain = strain_from_lattice(found, found[y0:y1, x0:x1].mean(axis=(0, 1)))
+        prediction = truth[list(STRAIN_COMPONENTS)].copy(data={c: strain[c] for c in STRAIN_COMPONENTS})
+        scores, slope = evaluate_strain(prediction, truth), slopes(prediction, truth)  # as the suite scores a map
         label = "intensity centroid" if threshold is None else f"soft mask {threshold:g}"
-        rows[label] = {
-            c: {
-                "slope": float(np.polyfit(true[c][~in_reference], strain[c][~in_reference], 1)[0]),
-                "rmse": float(np.sqrt(np.mean((strain[c] - true[c])[~in_reference] ** 2))),
-            }
-            for c in STRAIN_COMPONENTS
-        }
+        rows[label] = {c: {"slope": slope[c], "rmse": scores[c]["rmse"]} for c in STRAIN_COMPONENTS}
         print(name, label, {c: round(v["slope"], 3) for c, v in rows[label].items()}, flush=True)
     return rows
 
