@@ -31,23 +31,20 @@ from accuracy import SUITE, variant  # noqa: E402
 from common import write_result  # noqa: E402
 
 from stemstrain.config import load_config  # noqa: E402
+from stemstrain.evaluate.score import scored_positions  # noqa: E402
 from stemstrain.evaluate.suite import STRAIN_ONLY  # noqa: E402
 
 
 def error_parts(prediction: xr.Dataset, truth: xr.Dataset) -> dict[str, dict[str, float]]:
     """Mean squared error, best scale about zero strain and mean squared error after it, per strain component.
 
-    Positions are those :func:`~stemstrain.evaluate.evaluate_strain` scores. Returns
+    Positions are those :func:`~stemstrain.evaluate.evaluate_strain` scores (:func:`scored_positions`). Returns
     ``{component: {"mse": [1], "scale": a [1], "mse_scaled": [1]}}``.
     """
-    valid = np.ones(truth["e_xx"].shape, bool) if "mask" not in prediction else prediction["mask"].values.astype(bool)
-    valid &= np.all([np.isfinite(prediction[c].values) & np.isfinite(truth[c].values) for c in STRAIN_ONLY], axis=0)
-    roi = prediction.attrs.get("reference_roi", truth.attrs.get("reference_roi"))
-    y0, y1, x0, x1 = (int(v) for v in roi)
-    valid[y0:y1, x0:x1] = False
+    scored, _ = scored_positions(prediction, truth)
     parts = {}
     for name in STRAIN_ONLY:
-        true, predicted = truth[name].values[valid], prediction[name].values[valid]
+        true, predicted = truth[name].values[scored], prediction[name].values[scored]
         spread = np.sum(true**2)
         scale = float(np.sum(predicted * true) / spread) if spread > 0 else np.nan  # NaN: no strain to scale
         parts[name] = {

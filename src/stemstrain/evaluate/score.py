@@ -8,7 +8,44 @@ import xarray as xr
 from stemstrain.errors import StemstrainInputError
 from stemstrain.strain import STRAIN_COMPONENTS
 
-__all__ = ["evaluate_strain", "summary_line"]
+__all__ = ["evaluate_strain", "scored_positions", "summary_line"]
+
+
+def scored_positions(
+    prediction: xr.Dataset, truth: xr.Dataset, exclude_reference: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scan positions :func:`evaluate_strain` scores, and those valid in the prediction.
+
+    Returns
+    -------
+    scored, valid : ndarray (scan_y, scan_x) bool
+        ``valid``: ``mask`` (where present) and every component finite in the prediction; ``scored``:
+        valid and finite in the truth, outside the reference region when ``exclude_reference`` is set
+        (unless that would leave none).
+
+    Raises
+    ------
+    StemstrainInputError
+        If the scan grids differ or no position can be scored.
+    """
+    shape_p = tuple(prediction.sizes[d] for d in ("scan_y", "scan_x"))
+    shape_t = tuple(truth.sizes[d] for d in ("scan_y", "scan_x"))
+    if shape_p != shape_t:
+        raise StemstrainInputError(f"prediction scan shape {shape_p} differs from truth scan shape {shape_t}")
+    valid = np.all([np.isfinite(prediction[c].values) for c in STRAIN_COMPONENTS], axis=0)
+    if "mask" in prediction:
+        valid &= prediction["mask"].values.astype(bool)
+    scored = valid & np.all([np.isfinite(truth[c].values) for c in STRAIN_COMPONENTS], axis=0)
+    roi = prediction.attrs.get("reference_roi", truth.attrs.get("reference_roi"))
+    if exclude_reference and roi is not None:
+        y0, y1, x0, x1 = (int(v) for v in roi)
+        outside = np.ones(shape_p, bool)
+        outside[y0:y1, x0:x1] = False
+        if (scored & outside).any():
+            scored &= outside
+    if not scored.any():
+        raise StemstrainInputError("no scan position is valid in both the prediction and the truth")
+    return scored, valid
 
 
 def evaluate_strain(prediction: xr.Dataset, truth: xr.Dataset, exclude_reference: bool = True) -> dict:
@@ -36,23 +73,7 @@ def evaluate_strain(prediction: xr.Dataset, truth: xr.Dataset, exclude_reference
     StemstrainInputError
         If the scan grids differ or no position can be scored.
     """
-    shape_p = tuple(prediction.sizes[d] for d in ("scan_y", "scan_x"))
-    shape_t = tuple(truth.sizes[d] for d in ("scan_y", "scan_x"))
-    if shape_p != shape_t:
-        raise StemstrainInputError(f"prediction scan shape {shape_p} differs from truth scan shape {shape_t}")
-    valid = np.all([np.isfinite(prediction[c].values) for c in STRAIN_COMPONENTS], axis=0)
-    if "mask" in prediction:
-        valid &= prediction["mask"].values.astype(bool)
-    scored = valid & np.all([np.isfinite(truth[c].values) for c in STRAIN_COMPONENTS], axis=0)
-    roi = prediction.attrs.get("reference_roi", truth.attrs.get("reference_roi"))
-    if exclude_reference and roi is not None:
-        y0, y1, x0, x1 = (int(v) for v in roi)
-        outside = np.ones(shape_p, bool)
-        outside[y0:y1, x0:x1] = False
-        if (scored & outside).any():
-            scored &= outside
-    if not scored.any():
-        raise StemstrainInputError("no scan position is valid in both the prediction and the truth")
+    scored, valid = scored_positions(prediction, truth, exclude_reference)
     result: dict = {}
     for name in STRAIN_COMPONENTS:
         error = prediction[name].values[scored] - truth[name].values[scored]
