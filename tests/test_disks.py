@@ -178,10 +178,12 @@ def test_default_network_read_out_is_corrected_by_the_shipped_offsets_corrector(
     scan_path, truth_path = uniform_scan
     scan = open_4d(scan_path)
     model = resolve_model(None)
-    detector = make_detector("unet", scan, model=model)
+    assert make_detector("unet", scan, model=model).disk_correction == "disks-offsets-v1 (gain 1)"
+    # fp32 (auto on CPUs without native bf16, asked for here so that every CPU tests it): ONNX Runtime runs
+    # the corrector, and moves the spots as torch does
+    detector = make_detector("unet", scan, model=model, precision="fp32")
     assert detector.refine == "offsets" and detector.disk_correction == "disks-offsets-v1 (gain 1)"
-    # fp32 on this CPU: ONNX Runtime runs the corrector, and moves the spots as torch does
-    by_torch = make_detector("unet", scan, model=model, engine="torch")
+    by_torch = make_detector("unet", scan, model=model, precision="fp32", engine="torch")
     assert detector.engine == "onnxruntime" and by_torch._disk_run is None
     patterns = np.asarray(scan["data"].values[:2], dtype=np.float32).reshape(-1, *scan["data"].shape[2:])
     assert np.allclose(detector(patterns)[0], by_torch(patterns)[0], atol=1e-4 * 0.025, equal_nan=True)
@@ -260,7 +262,8 @@ def test_patch_size_is_the_correctors_own_and_turns_with_the_grid(tiny_training_
     from stemstrain.io import open_4d
 
     scan = open_4d(uniform_scan[0])
-    detector = make_detector("unet", scan, model=resolve_model(None), disk_correction=path)
+    # fp32 (auto on CPUs without native bf16): ONNX Runtime where the corrector exports
+    detector = make_detector("unet", scan, model=resolve_model(None), disk_correction=path, precision="fp32")
     assert (detector._disk_run is not None) == (patch == 13)
     patterns = np.asarray(scan["data"].values[0, :2], dtype=np.float32)
     assert np.isfinite(detector(patterns)[0]).sum() > 10
