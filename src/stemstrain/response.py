@@ -1,0 +1,401 @@
+"""A read-out's systematic error, measured on simulated crystals at a map's own strain states, and taken off.
+
+Dynamical scattering moves the disks of a thick crystal by amounts that depend on its local state
+(strain, rotation, thickness, orientation): every read-out, ours and the classical ones, turns a
+state ``s`` into a measured state ``f(s) = s + Δ(s)`` with a systematic ``Δ`` of up to a few 1e-3.
+Where the crystal is known, ``Δ`` can be measured: simulate uniformly strained crystals at states
+like those of the map (:func:`state_clusters`), at the scan's orientation (:func:`crystal_orientation`,
+from the reference lattice), thickness (:func:`fitted_thickness`, from the reference region's mean
+pattern), optics and dose (:func:`state_scan`); run the same read-out on them; and take the
+interpolated ``Δ`` off the map (:func:`corrected_strain`). The simulation shares the physics of
+abTEM's multislice; on measured data it holds as far as that physics does (absorption, tilt,
+thickness changes over the map and the detector are not in it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from stemstrain.errors import StemstrainInputError
+from stemstrain.io import make_4d_dataset
+from stemstrain.lattice import reciprocal_vectors
+from stemstrain.simulate.crystals import get_crystal, projected_cell
+from stemstrain.simulate.multislice import SimulationOptics, probe_positions_in_cell, simulate_patterns, vacuum_probe
+from stemstrain.simulate.noise import PatternNoise, apply_noise
+from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix
+
+__all__ = [
+    "corrected_strain",
+    "simulate_states",
+    "crystal_orientation",
+    "fitted_thickness",
+    "state_clusters",
+    "state_errors",
+    "state_scan",
+]
+
+SUBLATTICES = (1, 2, 3)
+"""Finer lattices tried when the spots are not on the projected cell's reciprocal lattice (Al [111]: 1/3 {422})."""
+MATCH_TOLERANCE = 0.03
+"""Largest residual of an orientation match after its best common scale, as a fraction of |g1| [1]: a thick
+crystal's disks sit up to ~1 px off their spots, so a measured reference lattice is a few % off the crystal's."""
+SCALE_TOLERANCE = 0.1
+"""Largest difference of the measured lattice's scale from the crystal's [1]."""
+
+
+def crystal_orientation(reference: np.ndarray, crystal: str) -> tuple[float, float]:
+    """In-plane orientation of a crystal whose reciprocal lattice the measured reference basis spans.
+
+    Parameters
+    ----------
+    reference : ndarray (2, 2)
+        Measured reference basis g1, g2 as columns [1/angstrom] (a strain map's ``g1``, ``g2`` attrs).
+    crystal : str
+        Crystal name of :mod:`stemstrain.simulate.crystals`.
+
+    Returns
+    -------
+    orientation : float
+        Angle [deg] turning the crystal (``rotation_matrix`` convention of the simulation) onto the
+        measured lattice; symmetric equivalents are not told apart.
+    residual : float
+        Distance between the measured basis and the turned crystal's, scaled to it [1/angstrom].
+
+    Raises
+    ------
+    StemstrainInputError
+        If no orientation of the crystal, or of its lattices 2 or 3 times finer, matches within
+        :data:`MATCH_TOLERANCE` and :data:`SCALE_TOLERANCE`.
+    """
+    reference = np.asarray(reference, dtype=float)
+    base = reciprocal_vectors(projected_cell(crystal))
+    for n in SUBLATTICES:
+        orientation, residual = _best_rotation(reference, base / n)
+        if residual < MATCH_TOLERANCE * np.linalg.norm(reference[:, 0]):
+            return orientation, residual
+    raise StemstrainInputError(
+        f"reference lattice g1 = {reference[:, 0].round(4).tolist()}, g2 = {reference[:, 1].round(4).tolist()} "
+        f"[1/angstrom] is no turned lattice of {crystal} (|g| of its projected cell: "
+        f"{np.linalg.norm(base, axis=0).round(4).tolist()}): expected the crystal of the scan (--crystal)"
+    )
+
+
+def _best_rotation(reference: np.ndarray, base: np.ndarray) -> tuple[float, float]:
+    """Rotation [deg] and residual of the best match of ``reference`` to integer combinations of ``base``."""
+    hk = np.array([(h, k) for h in range(-6, 7) for k in range(-6, 7) if (h, k) != (0, 0)])
+    vectors = hk @ base.T
+    best = (0.0, np.inf)
+    for g in reference.T:
+        lengths = np.linalg.norm(vectors, axis=1) / np.linalg.norm(g)
+        for v in vectors[np.abs(lengths - 1) < SCALE_TOLERANCE]:
+            angle = np.arctan2(g[1], g[0]) - np.arctan2(v[1], v[0])
+            model = base @ np.round(np.linalg.solve(rotation_matrix(angle) @ base, reference))
+            if abs(np.linalg.det(model)) < 1e-9:
+                continue
+            u, _, vt = np.linalg.svd(reference @ model.T)  # the rotation closest to model -> reference
+            turn = u @ vt
+            scale = np.trace(reference.T @ turn @ model) / np.sum(model**2)
+            residual = float(np.linalg.norm(scale * turn @ model - reference))
+            if np.linalg.det(turn) > 0 and abs(scale - 1) < SCALE_TOLERANCE and residual < best[1]:
+                best = (float(np.degrees(np.arctan2(turn[1, 0], turn[0, 0])) % 360.0), residual)
+    return best
+
+
+def _fractions(positions: int, seed: int) -> np.ndarray:
+    """Probe positions as fractions of the projected cell, spread over it."""
+    return np.random.default_rng(seed).random((positions, 2))
+
+
+def fitted_thickness(
+    reference_mean: np.ndarray,
+    crystal: str,
+    orientation_deg: float,
+    optics: SimulationOptics,
+    max_nm: float = 120.0,
+    positions: int = 6,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The thickness whose unstrained pattern best matches a reference region's mean pattern.
+
+    One multislice of ``max_nm`` gives every exit plane; each is averaged over ``positions`` probe
+    positions in the cell (a reference region's mean averages over them too) and compared to the
+    measured mean by the correlation of the square roots of both (the faint disks count).
+
+    Parameters
+    ----------
+    reference_mean : ndarray (pixels, pixels)
+        Mean pattern of the reference region, on the detector of ``optics`` [counts].
+    crystal : str
+        Crystal name.
+    orientation_deg : float
+        In-plane orientation [deg] (:func:`crystal_orientation`).
+    optics : SimulationOptics
+        Optics and detector of the scan.
+    max_nm : float
+        Thickest crystal considered [nm].
+    positions : int
+        Probe positions averaged.
+    seed : int
+        Seed of the positions.
+
+    Returns
+    -------
+    thickness : float
+        Best thickness [nm] (a whole number of periods along the zone axis).
+    correlation : float
+        Its correlation with the measured mean [1].
+    """
+    period_nm = get_crystal(crystal).period / 10.0
+    thicknesses = np.arange(period_nm, max_nm, max(period_nm, 1.0))
+    deformation = rotation_matrix(np.radians(orientation_deg))
+    xy = probe_positions_in_cell(crystal, deformation, _fractions(positions, seed), optics.box)
+    series, simulated = simulate_patterns(crystal, deformation, thicknesses, xy, optics)
+    measured = np.sqrt(np.clip(reference_mean / reference_mean.sum(), 0, None)).ravel()
+    scores = [
+        np.corrcoef(measured, np.sqrt(np.clip(mean / mean.sum(), 0, None)).ravel())[0, 1]
+        for mean in series.mean(axis=0)
+    ]
+    best = int(np.nanargmax(scores))
+    return float(simulated[best]), float(scores[best])
+
+
+def state_clusters(states: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """A few states that stand for many: k-means centres of measured states, each component scaled by its spread.
+
+    Parameters
+    ----------
+    states : ndarray (n, 4)
+        e_xx, e_yy, e_xy [1] and θ [rad] of the map's valid positions.
+    count : int
+        Centres wanted (fewer when fewer distinct states exist).
+
+    Returns
+    -------
+    ndarray (m, 4)
+        The centres, in the units of ``states``.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    states = np.asarray(states, dtype=float)
+    states = states[np.all(np.isfinite(states), axis=1)]
+    distinct = np.unique(states, axis=0)
+    if len(distinct) <= count:
+        return distinct
+    scale = states.std(axis=0) + 1e-9
+    centres, labels = kmeans2(states / scale, count, seed=seed, minit="++")
+    return centres[np.unique(labels)] * scale
+
+
+def state_scan(
+    crystal: str,
+    states: np.ndarray,
+    orientation_deg: float,
+    thickness_nm: float,
+    optics: SimulationOptics,
+    dose: float,
+    positions: int = 8,
+    draws: int = 2,
+    seed: int = 0,
+) -> xr.Dataset:
+    """A simulated 4D scan of uniformly strained crystals: row 0 unstrained (the reference), row i state i.
+
+    Each row holds ``positions`` probe positions in the cell (the same in every row) times ``draws``
+    draws of the counting noise at ``dose``.
+
+    Parameters
+    ----------
+    crystal : str
+        Crystal name.
+    states : ndarray (m, 4)
+        e_xx, e_yy, e_xy [1] and θ [rad] acting on the turned crystal.
+    orientation_deg : float
+        In-plane orientation [deg].
+    thickness_nm : float
+        Thickness [nm].
+    optics : SimulationOptics
+        Optics, detector and box.
+    dose : float
+        Electrons per pattern [e-].
+    positions, draws : int
+        Probe positions per state and noise draws per position.
+    seed : int
+        Seed of the positions and the noise.
+
+    Returns
+    -------
+    xr.Dataset
+        In the 4D-data contract, (1 + m, positions * draws) patterns, ``reference_roi`` the first row,
+        with ``states`` (state, component) including the unstrained row 0.
+    """
+    states = np.vstack([np.zeros((1, 4)), np.asarray(states, dtype=float)])
+    fractions = _fractions(positions, seed)
+    rows = []
+    for row, state in enumerate(states):
+        deformation = deformation_from_strain(*state) @ rotation_matrix(np.radians(orientation_deg))
+        xy = probe_positions_in_cell(crystal, deformation, fractions, optics.box)
+        clean, _ = simulate_patterns(crystal, deformation, [thickness_nm], xy, optics)
+        noise = PatternNoise(dose=dose)
+        rows.append(
+            [
+                apply_noise(pattern, noise, optics.k_sampling, np.random.default_rng([seed, row, i, draw]))
+                for draw in range(draws)
+                for i, pattern in enumerate(clean[:, 0])
+            ]
+        )
+    spec = get_crystal(crystal)
+    scan = make_4d_dataset(
+        np.asarray(rows, dtype=np.float32),
+        1.0,
+        optics.k_sampling,
+        optics.energy_eV,
+        optics.semiangle_mrad,
+        probe=vacuum_probe(optics) * dose,
+        material=crystal,
+        zone_axis=spec.zone_axis,
+        thickness_nm=thickness_nm,
+        dose_e_per_pattern=dose,
+        reference_roi=[0, 1, 0, positions * draws],
+        orientation_deg=orientation_deg,
+    )
+    scan["states"] = (("state", "component"), states, {"long_name": "simulated e_xx, e_yy, e_xy [1], theta [rad]"})
+    return scan.assign_coords(component=list(STRAIN_COMPONENTS))
+
+
+def simulate_states(
+    scan: xr.Dataset,
+    reference: np.ndarray,
+    measured: np.ndarray,
+    reference_roi: tuple[int, int, int, int],
+    crystal: str | None = None,
+    count: int = 8,
+    positions: int = 8,
+    draws: int = 2,
+    box_scale_min: float = 2.0,
+) -> xr.Dataset:
+    """The state scan of a strain map: its crystal turned as its reference lattice, as thick as its reference
+    region's mean pattern says, at ``count`` states that stand for the measured ones.
+
+    Parameters
+    ----------
+    scan : xr.Dataset
+        The measured 4D scan (contract of docs/DESIGN.md) with ``energy_eV``, ``semiangle_mrad`` and
+        ``dose_e_per_pattern`` attrs.
+    reference : ndarray (2, 2)
+        The map's reference basis g1, g2 as columns [1/angstrom].
+    measured : ndarray (n, 4)
+        Measured e_xx, e_yy, e_xy [1] and θ [rad] of the positions the states stand for.
+    reference_roi : (y0, y1, x0, x1)
+        The map's reference region (half-open scan indices).
+    crystal : str, optional
+        Crystal name; default the scan's ``material`` attr.
+    count, positions, draws : int
+        States, probe positions per state and noise draws per position (:func:`state_scan`).
+    box_scale_min : float
+        Smallest simulation box [1/k_sampling] (:meth:`SimulationOptics.fitted`).
+
+    Returns
+    -------
+    xr.Dataset
+        :func:`state_scan`'s, with attrs ``orientation_deg``, ``orientation_residual``, ``thickness_nm``,
+        ``thickness_correlation``.
+
+    Raises
+    ------
+    StemstrainInputError
+        Without a crystal, dose or optics, or when the crystal does not match the reference lattice.
+    """
+    attrs = scan.attrs
+    crystal = crystal or attrs.get("material")
+    needed = {"crystal (--crystal, or the scan's material attr)": crystal} | {
+        f"scan attr {name}": attrs.get(name) for name in ("energy_eV", "semiangle_mrad", "dose_e_per_pattern")
+    }
+    missing = [name for name, value in needed.items() if value is None]
+    if missing:
+        raise StemstrainInputError(f"simulating the read-out's response needs {', '.join(missing)}")
+    k_sampling = float(np.diff(scan["k_x"].values[:2])[0])
+    optics = SimulationOptics(attrs["energy_eV"], attrs["semiangle_mrad"], scan.sizes["k_x"], k_sampling)
+    optics = optics.fitted(box_scale_min)
+    orientation, residual = crystal_orientation(reference, crystal)
+    y0, y1, x0, x1 = reference_roi
+    mean = scan["data"].isel(scan_y=slice(y0, y1), scan_x=slice(x0, x1)).mean(("scan_y", "scan_x")).values
+    thickness, correlation = fitted_thickness(np.asarray(mean, dtype=float), crystal, orientation, optics)
+    states = state_clusters(measured, count, seed=7)
+    dose = float(attrs["dose_e_per_pattern"])
+    simulated = state_scan(crystal, states, orientation, thickness, optics, dose, positions, draws)
+    simulated.attrs |= {
+        "orientation_residual": residual,
+        "thickness_correlation": correlation,
+    }
+    return simulated
+
+
+def state_errors(states: np.ndarray, measured: xr.Dataset) -> np.ndarray:
+    """Systematic error Δ of each simulated state: the mean measured state of its row minus the state.
+
+    Parameters
+    ----------
+    states : ndarray (m, 4)
+        The simulated states, row 0 unstrained (``state_scan(...)["states"]``).
+    measured : xr.Dataset
+        The strain map of the state scan (rows as states).
+
+    Returns
+    -------
+    ndarray (m, 4)
+        Δ per state [1, rad]; row 0 is the scatter of the reference itself.
+
+    Raises
+    ------
+    StemstrainInputError
+        If a row holds no valid fit.
+    """
+    mean = np.stack(
+        [np.nanmean(np.where(measured["mask"].values, measured[c].values, np.nan), axis=1) for c in STRAIN_COMPONENTS],
+        axis=-1,
+    )
+    if not np.all(np.isfinite(mean)):
+        bad = np.flatnonzero(~np.all(np.isfinite(mean), axis=1)).tolist()
+        raise StemstrainInputError(f"simulated state rows {bad} hold no valid lattice fit: the read-out fails on them")
+    return mean - np.asarray(states, dtype=float)
+
+
+def corrected_strain(strain: xr.Dataset, states: np.ndarray, errors: np.ndarray, iterations: int = 3) -> xr.Dataset:
+    """A strain map with the systematic error of its read-out taken off.
+
+    Solves ``m = s + Δ(s)`` for the state ``s`` of each position by fixed-point iteration
+    ``s <- m - Δ(s)``, with Δ interpolated between the simulated states (a linear radial-basis
+    interpolation in components scaled by their spread over the states).
+
+    Parameters
+    ----------
+    strain : xr.Dataset
+        A strain map (e_xx, e_yy, e_xy, theta, mask).
+    states : ndarray (m, 4)
+        Simulated states [1, rad] (:func:`state_scan`).
+    errors : ndarray (m, 4)
+        Their systematic errors (:func:`state_errors`).
+    iterations : int
+        Fixed-point iterations.
+
+    Returns
+    -------
+    xr.Dataset
+        The map with corrected e_xx, e_yy, e_xy, theta; attrs ``response_states`` and ``response_errors``.
+    """
+    from scipy.interpolate import RBFInterpolator
+
+    states = np.asarray(states, dtype=float)
+    scale = np.abs(states).max(axis=0) + 1e-6
+    interpolate = RBFInterpolator(states / scale, np.asarray(errors, dtype=float), kernel="linear")
+    measured = np.stack([strain[c].values for c in STRAIN_COMPONENTS], axis=-1)
+    flat = measured.reshape(-1, 4)
+    finite = np.all(np.isfinite(flat), axis=1)
+    solved = flat.copy()
+    for _ in range(iterations):
+        solved[finite] = flat[finite] - interpolate(solved[finite] / scale)
+    out = strain.copy()
+    for i, name in enumerate(STRAIN_COMPONENTS):
+        out[name] = (strain[name].dims, solved[:, i].reshape(measured.shape[:-1]), strain[name].attrs)
+    out.attrs.update({"response_states": states.tolist(), "response_errors": np.asarray(errors).tolist()})
+    return out
