@@ -327,6 +327,31 @@ def strain(
             "nanocube scan it lowers the bragg spread 2.4x. Off by default (distortion-free simulations gain nothing).",
         ),
     ] = False,
+    correct_by_simulation: Annotated[
+        bool,
+        typer.Option(
+            "--correct-by-simulation",
+            help="Experimental: measure this read-out's systematic error (dynamical scattering) on multislice "
+            "simulations of the crystal (--crystal) at the map's own strain states, its orientation fitted to the "
+            "reference lattice and its thickness to the reference mean pattern, and take it off (the measured "
+            "components are kept as e_xx_uncorrected, ...). Needs the scan's energy, semiangle and dose attrs; "
+            "minutes of simulation. Holds as far as the simulation's physics holds for the sample.",
+        ),
+    ] = False,
+    response_states: Annotated[
+        int, typer.Option(help="Simulated states of --correct-by-simulation (k-means centres of the map's).", min=1)
+    ] = 8,
+    response_positions: Annotated[
+        int,
+        typer.Option(help="Probe positions per simulated state of --correct-by-simulation (x 2 noise draws).", min=1),
+    ] = 8,
+    crystal: Annotated[
+        str | None,
+        typer.Option(
+            help="Crystal of --correct-by-simulation, a name of stemstrain.simulate.crystals (e.g. Si_110); "
+            "default: the scan's material attr."
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Discard OUT.partial of an interrupted run; default: resume.")
     ] = (False),
@@ -356,6 +381,7 @@ def strain(
     options = parse_detector_options(detector_option)
     if allow_calibration_mismatch:
         options["allow_calibration_mismatch"] = True
+    fit_options = FitOptions(static_offsets=static_offsets)
     strain_map(
         scan,
         out,
@@ -364,15 +390,38 @@ def strain(
         settings,
         reference_roi=ref_roi,
         detector_options=options,
-        fit_options=FitOptions(static_offsets=static_offsets),
+        fit_options=fit_options,
         fresh=fresh,
         progress=progress,
     )
+    if correct_by_simulation:
+        from stemstrain.response import correct_strain_map
+
+        typer.echo("simulating the read-out's response at the map's states (minutes) ...")
+        correct_strain_map(
+            scan,
+            out,
+            method,
+            model,
+            crystal,
+            response_states,
+            response_positions,
+            config=settings,
+            detector_options=options,
+            fit_options=fit_options,
+        )
     written = open_store(out, "strain-map store")
     valid = read_values(written["mask"], str(out))  # the mask alone: maps can be large
     readout = describe_readout(written.attrs)
     if readout:
         typer.echo(readout)
+    if correct_by_simulation:
+        attrs = written.attrs
+        typer.echo(
+            f"corrected by simulation: {attrs['response_crystal']} turned {attrs['response_orientation_deg']:.1f} deg, "
+            f"{attrs['response_thickness_nm']:.1f} nm thick (reference pattern correlation "
+            f"{attrs['response_thickness_correlation']:.3f}), {len(attrs['response_states']) - 1} simulated states"
+        )
     typer.echo(f"wrote {out}: {int(valid.sum())} of {valid.size} positions have a valid lattice fit")
 
 

@@ -14,11 +14,14 @@ thickness changes over the map and the detector are not in it).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import xarray as xr
 
 from stemstrain.errors import StemstrainInputError
-from stemstrain.io import make_4d_dataset
+from stemstrain.io import k_calibration, make_4d_dataset, open_4d, open_strain_map, write_strain_map
 from stemstrain.lattice import reciprocal_vectors
 from stemstrain.simulate.crystals import get_crystal, projected_cell
 from stemstrain.simulate.multislice import SimulationOptics, probe_positions_in_cell, simulate_patterns, vacuum_probe
@@ -26,6 +29,7 @@ from stemstrain.simulate.noise import PatternNoise, apply_noise
 from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix
 
 __all__ = [
+    "correct_strain_map",
     "corrected_strain",
     "simulate_states",
     "crystal_orientation",
@@ -313,13 +317,16 @@ def simulate_states(
     missing = [name for name, value in needed.items() if value is None]
     if missing:
         raise StemstrainInputError(f"simulating the read-out's response needs {', '.join(missing)}")
-    k_sampling = float(np.diff(scan["k_x"].values[:2])[0])
+    k_sampling, _ = k_calibration(scan)
     optics = SimulationOptics(attrs["energy_eV"], attrs["semiangle_mrad"], scan.sizes["k_x"], k_sampling)
     optics = optics.fitted(box_scale_min)
     orientation, residual = crystal_orientation(reference, crystal)
     y0, y1, x0, x1 = reference_roi
     mean = scan["data"].isel(scan_y=slice(y0, y1), scan_x=slice(x0, x1)).mean(("scan_y", "scan_x")).values
-    thickness, correlation = fitted_thickness(np.asarray(mean, dtype=float), crystal, orientation, optics)
+    averaged = min(positions, 6)  # positions averaged for the thickness (6 match a reference region's mean well)
+    thickness, correlation = fitted_thickness(
+        np.asarray(mean, dtype=float), crystal, orientation, optics, positions=averaged
+    )
     states = state_clusters(measured, count, seed=7)
     dose = float(attrs["dose_e_per_pattern"])
     simulated = state_scan(crystal, states, orientation, thickness, optics, dose, positions, draws)
@@ -381,7 +388,8 @@ def corrected_strain(strain: xr.Dataset, states: np.ndarray, errors: np.ndarray,
     Returns
     -------
     xr.Dataset
-        The map with corrected e_xx, e_yy, e_xy, theta; attrs ``response_states`` and ``response_errors``.
+        The map with corrected e_xx, e_yy, e_xy, theta, the measured ones as ``<name>_uncorrected``, and attrs
+        ``response_states`` and ``response_errors``.
     """
     from scipy.interpolate import RBFInterpolator
 
@@ -396,6 +404,77 @@ def corrected_strain(strain: xr.Dataset, states: np.ndarray, errors: np.ndarray,
         solved[finite] = flat[finite] - interpolate(solved[finite] / scale)
     out = strain.copy()
     for i, name in enumerate(STRAIN_COMPONENTS):
+        out[f"{name}_uncorrected"] = strain[name].assign_attrs(long_name=f"{name} before the response correction")
         out[name] = (strain[name].dims, solved[:, i].reshape(measured.shape[:-1]), strain[name].attrs)
     out.attrs.update({"response_states": states.tolist(), "response_errors": np.asarray(errors).tolist()})
     return out
+
+
+def correct_strain_map(
+    scan_path: str | Path,
+    strain_path: str | Path,
+    method: str,
+    model=None,
+    crystal: str | None = None,
+    count: int = 8,
+    positions: int = 8,
+    draws: int = 2,
+    box_scale_min: float = 2.0,
+    **strain_options,
+) -> Path:
+    """Take a strain map's systematic error off it, measured by the same read-out on simulated crystals.
+
+    The map's valid positions give the states (:func:`simulate_states`); the state scan is read by
+    :func:`~stemstrain.strainmap.strain_map` with ``method``, ``model`` and ``strain_options`` (the
+    options of the map's own run); the map is rewritten with the corrected components (atomically).
+
+    Parameters
+    ----------
+    scan_path, strain_path : path
+        The measured 4D scan and its strain map.
+    method, model
+        The read-out of the map.
+    crystal : str, optional
+        Crystal name; default the scan's ``material`` attr.
+    count, positions, draws, box_scale_min
+        As :func:`simulate_states`.
+    **strain_options
+        Further options of :func:`~stemstrain.strainmap.strain_map` (``config``, ``detector_options``,
+        ``fit_options``).
+
+    Returns
+    -------
+    Path
+        ``strain_path``.
+    """
+    from stemstrain.strainmap import strain_map
+
+    strain_path = Path(strain_path)
+    strain = open_strain_map(strain_path)
+    measured = np.stack([strain[name].values for name in STRAIN_COMPONENTS], axis=-1)
+    valid = strain["mask"].values & np.all(np.isfinite(measured), axis=-1)
+    reference = np.stack([strain.attrs["g1"], strain.attrs["g2"]], axis=-1)
+    simulated = simulate_states(
+        open_4d(scan_path),
+        reference,
+        measured[valid],
+        tuple(strain.attrs["reference_roi"]),
+        crystal,
+        count,
+        positions,
+        draws,
+        box_scale_min,
+    )
+    with tempfile.TemporaryDirectory(dir=strain_path.parent, prefix=f".{strain_path.name}.states-") as folder:
+        states_scan, states_map = Path(folder) / "states.zarr", Path(folder) / "states-map.zarr"
+        simulated.to_zarr(states_scan)
+        strain_map(states_scan, states_map, method, model, progress=False, **strain_options)
+        errors = state_errors(simulated["states"].values, open_strain_map(states_map, require_valid=False))
+    corrected = corrected_strain(strain, simulated["states"].values, errors)
+    corrected.attrs |= {
+        "response_crystal": simulated.attrs["material"],
+        "response_orientation_deg": simulated.attrs["orientation_deg"],
+        "response_thickness_nm": simulated.attrs["thickness_nm"],
+        "response_thickness_correlation": simulated.attrs["thickness_correlation"],
+    }
+    return write_strain_map(corrected, strain_path)
