@@ -6,20 +6,21 @@ reference region's mean pattern (:mod:`stemstrain.response`: the crystal is the 
 as a user names it; orientation and thickness are not read from the scan's attrs, which a user does
 not have); the network map's measured states are clustered into ``--states`` centres; uniform
 crystals at those states (and unstrained) are simulated at the scan's optics and dose
-(``--positions`` probe positions x ``--draws`` noise draws each, cached in
+(``--positions`` probe positions x noise draws each, enough for 2e7 electrons per state, cached in
 ``bench/work/<suite>-box2/response``); every method reads them as it reads the scan; its systematic
 error Δ per state is interpolated and taken off its map. The table gives each method's RMSE before and
 after, scored as the suite scores. The simulation shares the scans' physics (abTEM, the same potentials
 and optics): on measured data the correction holds only as far as that physics does.
 
 Usage: ``python bench/response.py [--suite bench/validation.yaml] [--scans NAME ...] [--methods unet bragg
-cepstrum-multi] [--states 8] [--positions 8] [--draws 2]``; writes ``bench/results/response_box2.json``
-(``response_validation_box2.json`` for the validation scans).
+cepstrum-multi] [--states 8] [--positions 8] [--draws N]``; writes ``bench/results/response_box2.json``
+(``response_validation_box2.json`` for the validation scans; rows of other scans and methods kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from accuracy import SUITE, variant  # noqa: E402
-from common import write_result  # noqa: E402
+from common import RESULTS, write_result  # noqa: E402
 
 from stemstrain.evaluate import evaluate_strain  # noqa: E402
 from stemstrain.evaluate.score import scored_positions  # noqa: E402
@@ -49,7 +50,7 @@ def worst(scores: dict) -> float:
 
 def calibration(scan_path: Path, network_map: xr.Dataset, truth: xr.Dataset, folder: Path, args) -> Path:
     """The cached state scan of one scan: states clustered from the network map's scored positions."""
-    path = folder / f"{scan_path.stem}.k{args.states}p{args.positions}d{args.draws}.zarr"
+    path = folder / f"{scan_path.stem}.k{args.states}p{args.positions}d{args.draws or 'auto'}.zarr"
     if not path.exists():
         start = time.perf_counter()
         scored, _ = scored_positions(network_map, truth)
@@ -77,7 +78,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=["unet", "bragg", "cepstrum-multi"])
     parser.add_argument("--states", type=int, default=8, help="simulated states (k-means centres of the map's)")
     parser.add_argument("--positions", type=int, default=8, help="probe positions per state")
-    parser.add_argument("--draws", type=int, default=2, help="noise draws per position")
+    parser.add_argument(
+        "--draws", type=int, help="noise draws per position (default: stemstrain.response.ELECTRONS_PER_STATE)"
+    )
     args = parser.parse_args()
     from stemstrain.config import load_config
 
@@ -128,6 +131,11 @@ def main() -> None:
             if row["scan"] == scan:
                 row.update(info)
     name = result.replace("accuracy", "response") if result.startswith("accuracy") else f"response_{result}"
+    earlier = RESULTS / f"{name}.json"
+    if earlier.exists():  # keep the rows of scans and methods not run now
+        done = {(row["scan"], row["method"]) for row in rows}
+        kept = [row for row in json.loads(earlier.read_text())["rows"] if (row["scan"], row["method"]) not in done]
+        rows = kept + rows
     settings = {"states": args.states, "positions": args.positions, "draws": args.draws}
     print(write_result(name, {"suite": str(args.suite), "box_scale_min": 2.0, **settings, "rows": rows}))
 

@@ -343,7 +343,10 @@ def strain(
     ] = 8,
     response_positions: Annotated[
         int,
-        typer.Option(help="Probe positions per simulated state of --correct-by-simulation (x 2 noise draws).", min=1),
+        typer.Option(
+            help="Probe positions per simulated state of --correct-by-simulation (noise draws: 2e7 e- a state).",
+            min=1,
+        ),
     ] = 8,
     crystal: Annotated[
         str | None,

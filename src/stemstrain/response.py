@@ -44,6 +44,9 @@ SUBLATTICES = (1, 2, 3)
 MATCH_TOLERANCE = 0.03
 """Largest residual of an orientation match after its best common scale, as a fraction of |g1| [1]: a thick
 crystal's disks sit up to ~1 px off their spots, so a measured reference lattice is a few % off the crystal's."""
+ELECTRONS_PER_STATE = 2e7
+"""Electrons read per simulated state at least (noise draws are added at low doses, they cost no multislice):
+the mean of a state's patterns then scatters ~1e-4 or less at any dose."""
 SCALE_TOLERANCE = 0.1
 """Largest difference of the measured lattice's scale from the crystal's [1]."""
 
@@ -274,7 +277,7 @@ def simulate_states(
     crystal: str | None = None,
     count: int = 8,
     positions: int = 8,
-    draws: int = 2,
+    draws: int | None = None,
     box_scale_min: float = 2.0,
 ) -> xr.Dataset:
     """The state scan of a strain map: its crystal turned as its reference lattice, as thick as its reference
@@ -293,8 +296,10 @@ def simulate_states(
         The map's reference region (half-open scan indices).
     crystal : str, optional
         Crystal name; default the scan's ``material`` attr.
-    count, positions, draws : int
-        States, probe positions per state and noise draws per position (:func:`state_scan`).
+    count, positions : int
+        States and probe positions per state (:func:`state_scan`).
+    draws : int, optional
+        Noise draws per position; default: enough for :data:`ELECTRONS_PER_STATE` per state (at least 2).
     box_scale_min : float
         Smallest simulation box [1/k_sampling] (:meth:`SimulationOptics.fitted`).
 
@@ -329,6 +334,7 @@ def simulate_states(
     )
     states = state_clusters(measured, count, seed=7)
     dose = float(attrs["dose_e_per_pattern"])
+    draws = draws or max(2, int(np.ceil(ELECTRONS_PER_STATE / (positions * dose))))
     simulated = state_scan(crystal, states, orientation, thickness, optics, dose, positions, draws)
     simulated.attrs |= {
         "orientation_residual": residual,
@@ -418,7 +424,7 @@ def correct_strain_map(
     crystal: str | None = None,
     count: int = 8,
     positions: int = 8,
-    draws: int = 2,
+    draws: int | None = None,
     box_scale_min: float = 2.0,
     **strain_options,
 ) -> Path:
