@@ -20,7 +20,6 @@ cepstrum-multi] [--states 8] [--positions 8] [--draws N]``; writes ``bench/resul
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import xarray as xr
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from accuracy import SUITE, variant  # noqa: E402
+from accuracy import SUITE, merged, variant  # noqa: E402
 from common import RESULTS, write_result  # noqa: E402
 
 from stemstrain.evaluate import evaluate_strain  # noqa: E402
@@ -131,11 +130,7 @@ def main() -> None:
             if row["scan"] == scan:
                 row.update(info)
     name = result.replace("accuracy", "response") if result.startswith("accuracy") else f"response_{result}"
-    earlier = RESULTS / f"{name}.json"
-    if earlier.exists():  # keep the rows of scans and methods not run now
-        done = {(row["scan"], row["method"]) for row in rows}
-        kept = [row for row in json.loads(earlier.read_text())["rows"] if (row["scan"], row["method"]) not in done]
-        rows = kept + rows
+    rows = merged(rows, [s.name for s in config.scans], args.methods, RESULTS / f"{name}.json")  # keep rows not rerun
     settings = {"states": args.states, "positions": args.positions, "draws": args.draws}
     print(write_result(name, {"suite": str(args.suite), "box_scale_min": 2.0, **settings, "rows": rows}))
 

@@ -326,8 +326,9 @@ def simulate_states(
     optics = SimulationOptics(attrs["energy_eV"], attrs["semiangle_mrad"], scan.sizes["k_x"], k_sampling)
     optics = optics.fitted(box_scale_min)
     orientation, residual = crystal_orientation(reference, crystal)
-    y0, y1, x0, x1 = reference_roi
-    mean = scan["data"].isel(scan_y=slice(y0, y1), scan_x=slice(x0, x1)).mean(("scan_y", "scan_x")).values
+    from stemstrain.strainmap.run import reference_mean  # the mean the strain run's initial lattice is found on
+
+    mean = reference_mean(scan, reference_roi)
     averaged = min(positions, 6)  # positions averaged for the thickness (6 match a reference region's mean well)
     thickness, correlation = fitted_thickness(
         np.asarray(mean, dtype=float), crystal, orientation, optics, positions=averaged

@@ -187,7 +187,7 @@ def plan_strain_map(
     detector = make_detector(method, scan, model=model, **options)
     timings = Timings()
     with timings.measure("read"):
-        mean_pattern = _reference_mean(scan, roi)
+        mean_pattern = reference_mean(scan, roi)
     if not np.any(mean_pattern > 0):
         raise StemstrainInputError(f"{scan_path}: the patterns of the reference region {list(roi)} are all zero")
     positions, weights = detector(mean_pattern[None])
@@ -273,7 +273,7 @@ def _read_reference(scan: xr.Dataset, roi, max_patterns: int, reduce) -> np.ndar
     return values
 
 
-def _reference_mean(scan: xr.Dataset, roi, max_patterns: int = 4096) -> np.ndarray:
+def reference_mean(scan: xr.Dataset, roi, max_patterns: int = 4096) -> np.ndarray:
     """Mean pattern of the reference region, from at most ``max_patterns`` positions."""
     mean = _read_reference(scan, roi, max_patterns, lambda b: b.astype(np.float64).mean(dim=("scan_y", "scan_x")))
     return mean.astype(np.float32)
