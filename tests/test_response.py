@@ -10,6 +10,8 @@ from stemstrain.lattice import reciprocal_vectors
 from stemstrain.response import (
     corrected_strain,
     crystal_orientation,
+    distinct_turns,
+    fitted_thickness,
     simulate_states,
     state_clusters,
     state_errors,
@@ -40,6 +42,29 @@ def test_orientation_on_a_finer_lattice_of_spots():
     basis = rotation_matrix(np.radians(133.0)) @ reciprocal_vectors(projected_cell("Al_111")) / 3
     orientation, _ = crystal_orientation(basis, "Al_111")
     assert abs((orientation - 133.0 + 30.0) % 60.0 - 30.0) < 0.2
+
+
+@pytest.mark.parametrize(
+    ("crystal", "turns"), [("Si_110", [0]), ("GaAs_110", [0, 180]), ("Al_111", [0, 60]), ("Au_001", [0])]
+)
+def test_turns_that_keep_the_lattice_but_not_the_structure(crystal, turns):
+    """Diamond has a 2-fold axis along [110], zinc blende does not (polar dumbbells); fcc [111] is 3-fold
+    on a 6-fold lattice; fcc [001] is 4-fold on a square lattice."""
+    assert distinct_turns(crystal).tolist() == turns
+
+
+def test_polarity_of_a_zinc_blende_crystal_is_told_apart():
+    """A 20 nm GaAs [110] reference turned by 67 deg: of the two orientations its lattice allows (67, 247),
+    its mean pattern picks 67 and the thickness."""
+    optics = SimulationOptics(box_scale=1)
+    scan = state_scan("GaAs_110", np.zeros((0, 4)), 67.0, 20.0, optics, dose=1e9, positions=4, draws=1, seed=3)
+    mean = scan["data"][0].mean("scan_x").values.astype(float)
+    orientation, thickness, correlation = fitted_thickness(
+        mean, "GaAs_110", [247.0, 67.0], optics, max_nm=30.0, positions=4, seed=5
+    )
+    assert orientation == 67.0 and abs(thickness - 20.0) < 1.0 and correlation > 0.99
+    wrong, _, wrong_correlation = fitted_thickness(mean, "GaAs_110", [247.0], optics, thickness_nm=20.0, positions=4)
+    assert wrong == 247.0 and wrong_correlation < correlation
 
 
 def test_state_clusters_stand_for_the_states():
@@ -92,6 +117,10 @@ def test_thick_crystal_strain_comes_back_after_the_simulated_correction(tmp_path
         measured, reference, values, (0, 1, 0, 4), count=1, positions=4, draws=1, box_scale_min=1
     )
     assert abs(calibration.attrs["thickness_nm"] - 45.0) < 0.8 and calibration.attrs["thickness_correlation"] > 0.98
+    given = simulate_states(
+        measured, reference, values, (0, 1, 0, 4), count=1, positions=1, draws=1, box_scale_min=1, thickness_nm=45.0
+    )  # a known thickness: nothing fitted (diamond's [110] has no second orientation to choose)
+    assert abs(given.attrs["thickness_nm"] - 45.0) < 0.4 and given.attrs["thickness_correlation"] is None
     calibration.to_zarr(tmp_path / "states.zarr")
     strain_map(tmp_path / "states.zarr", tmp_path / "states-map.zarr", "bragg", progress=False)
     simulated = calibration["states"].values

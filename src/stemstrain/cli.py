@@ -355,6 +355,14 @@ def strain(
             "default: the scan's material attr."
         ),
     ] = None,
+    thickness_nm: Annotated[
+        float | None,
+        typer.Option(
+            "--thickness-nm",
+            help="Sample thickness [nm] of --correct-by-simulation where known (EELS log-ratio, CBED fringes); "
+            "default: fitted to the reference region's mean pattern (it can pick the wrong pendellosung branch).",
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Discard OUT.partial of an interrupted run; default: resume.")
     ] = (False),
@@ -371,6 +379,7 @@ def strain(
     from stemstrain.lattice import FitOptions
     from stemstrain.strainmap import describe_readout, strain_map
 
+    _check_response_options(correct_by_simulation, crystal, thickness_nm)
     flags = {
         "batch_size": batch,
         "device": device,
@@ -409,6 +418,7 @@ def strain(
             crystal,
             response_states,
             response_positions,
+            thickness_nm=thickness_nm,
             config=settings,
             detector_options=options,
             fit_options=fit_options,
@@ -420,10 +430,12 @@ def strain(
         typer.echo(readout)
     if correct_by_simulation:
         attrs = written.attrs
+        correlation = attrs["response_thickness_correlation"]
+        how = "given" if correlation is None else f"reference pattern correlation {correlation:.3f}"
+        states = len(attrs["response_states"]) - 1
         typer.echo(
             f"corrected by simulation: {attrs['response_crystal']} turned {attrs['response_orientation_deg']:.1f} deg, "
-            f"{attrs['response_thickness_nm']:.1f} nm thick (reference pattern correlation "
-            f"{attrs['response_thickness_correlation']:.3f}), {len(attrs['response_states']) - 1} simulated states"
+            f"{attrs['response_thickness_nm']:.1f} nm thick ({how}), {states} simulated states"
         )
     typer.echo(f"wrote {out}: {int(valid.sum())} of {valid.size} positions have a valid lattice fit")
 
@@ -451,6 +463,19 @@ def _strain_config(path: Path | None, flags: dict, cluster: dict, gpus_per_worke
     if cluster:
         changes["cluster"] = cluster
     return updated(base, changes, names=lambda loc: _STRAIN_FLAGS.get(loc, f"--cluster-option {loc[-1]}"))
+
+
+def _check_response_options(correct_by_simulation: bool, crystal: str | None, thickness_nm: float | None) -> None:
+    """Refuse --crystal / --thickness-nm that cannot be used, before any work is done."""
+    if not correct_by_simulation and (crystal is not None or thickness_nm is not None):
+        raise StemstrainInputError("--crystal and --thickness-nm are options of --correct-by-simulation: add it")
+    if correct_by_simulation:
+        from stemstrain.response import check_thickness
+        from stemstrain.simulate.crystals import get_crystal
+
+        check_thickness(thickness_nm, "--thickness-nm")
+        if crystal is not None:
+            get_crystal(crystal)
 
 
 def parse_detector_options(items: list[str] | tuple[str, ...] | None, flag: str = "--detector-option") -> dict:

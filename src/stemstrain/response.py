@@ -23,7 +23,7 @@ import xarray as xr
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration, make_4d_dataset, open_4d, open_strain_map, write_strain_map
 from stemstrain.lattice import reciprocal_vectors
-from stemstrain.simulate.crystals import get_crystal, projected_cell
+from stemstrain.simulate.crystals import crystal_unit, get_crystal, projected_cell
 from stemstrain.simulate.multislice import SimulationOptics, probe_positions_in_cell, simulate_patterns, vacuum_probe
 from stemstrain.simulate.noise import PatternNoise, apply_noise
 from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix
@@ -32,7 +32,9 @@ __all__ = [
     "correct_strain_map",
     "corrected_strain",
     "simulate_states",
+    "check_thickness",
     "crystal_orientation",
+    "distinct_turns",
     "fitted_thickness",
     "state_clusters",
     "state_errors",
@@ -65,7 +67,7 @@ def crystal_orientation(reference: np.ndarray, crystal: str) -> tuple[float, flo
     -------
     orientation : float
         Angle [deg] turning the crystal (``rotation_matrix`` convention of the simulation) onto the
-        measured lattice; symmetric equivalents are not told apart.
+        measured lattice; turns that keep the lattice are not told apart (:func:`distinct_turns`).
     residual : float
         Distance between the measured basis and the turned crystal's, scaled to it [1/angstrom].
 
@@ -109,6 +111,55 @@ def _best_rotation(reference: np.ndarray, base: np.ndarray) -> tuple[float, floa
     return best
 
 
+def check_thickness(thickness_nm: float | None, name: str = "thickness") -> None:
+    """Refuse a given sample thickness [nm] that is not positive and finite (None: not given)."""
+    if thickness_nm is not None and not (np.isfinite(thickness_nm) and thickness_nm > 0):
+        raise StemstrainInputError(f"{name} {thickness_nm}: expected a positive sample thickness [nm]")
+
+
+def distinct_turns(crystal: str) -> np.ndarray:
+    """In-plane turns [deg] that keep a crystal's projected lattice but not its structure, one per distinct pattern.
+
+    A measured reference lattice fixes the orientation only up to the turns that keep the lattice (180 deg
+    always, 90 deg for a square one, 60 deg for a hexagonal one); those that are no symmetry of the
+    crystal about its zone axis (a 2-fold axis along GaAs [110] is missing: its dumbbells are polar) give
+    other dynamical patterns, so they are told apart on the measured patterns (:func:`fitted_thickness`).
+
+    Parameters
+    ----------
+    crystal : str
+        Crystal name.
+
+    Returns
+    -------
+    ndarray
+        Turns [deg], 0 first, one per class of turns that give the same structure.
+    """
+    base = projected_cell(crystal)
+    in_cell = [np.linalg.solve(base, rotation_matrix(np.radians(angle)) @ base) for angle in range(0, 360, 30)]
+    keeps_lattice = [30 * i for i, m in enumerate(in_cell) if np.allclose(m, np.round(m), atol=1e-6)]
+    atoms = crystal_unit(crystal)
+    cell = np.diag(atoms.cell)
+    positions, symbols = atoms.positions, np.array(atoms.get_chemical_symbols())
+
+    def symmetry(angle: float) -> bool:
+        turned = positions.copy()
+        turned[:, :2] = positions[:, :2] @ rotation_matrix(np.radians(angle)).T
+        for shift in positions[symbols == symbols[0]] - turned[0]:
+            offsets = (turned + shift)[:, None, :] - positions[None, :, :]
+            offsets -= np.round(offsets / cell) * cell
+            same = (np.linalg.norm(offsets, axis=-1) < 1e-3) & (symbols[:, None] == symbols[None, :])
+            if same.any(axis=1).all():
+                return True
+        return False
+
+    distinct: list[int] = []
+    for angle in keeps_lattice:
+        if not any(symmetry(angle - other) for other in distinct):
+            distinct.append(angle)
+    return np.array(distinct, dtype=float)
+
+
 def _fractions(positions: int, seed: int) -> np.ndarray:
     """Probe positions as fractions of the projected cell, spread over it."""
     return np.random.default_rng(seed).random((positions, 2))
@@ -117,17 +168,19 @@ def _fractions(positions: int, seed: int) -> np.ndarray:
 def fitted_thickness(
     reference_mean: np.ndarray,
     crystal: str,
-    orientation_deg: float,
+    orientations_deg,
     optics: SimulationOptics,
     max_nm: float = 120.0,
     positions: int = 6,
     seed: int = 0,
-) -> tuple[float, float]:
-    """The thickness whose unstrained pattern best matches a reference region's mean pattern.
+    thickness_nm: float | None = None,
+) -> tuple[float, float, float]:
+    """The thickness, and orientation among candidates, whose unstrained pattern best matches a reference
+    region's mean pattern.
 
-    One multislice of ``max_nm`` gives every exit plane; each is averaged over ``positions`` probe
-    positions in the cell (a reference region's mean averages over them too) and compared to the
-    measured mean by the correlation of the square roots of both (the faint disks count).
+    One multislice of ``max_nm`` per orientation gives every exit plane; each is averaged over
+    ``positions`` probe positions in the cell (a reference region's mean averages over them too) and
+    compared to the measured mean by the correlation of the square roots of both (the faint disks count).
 
     Parameters
     ----------
@@ -135,8 +188,8 @@ def fitted_thickness(
         Mean pattern of the reference region, on the detector of ``optics`` [counts].
     crystal : str
         Crystal name.
-    orientation_deg : float
-        In-plane orientation [deg] (:func:`crystal_orientation`).
+    orientations_deg : sequence of float
+        Candidate in-plane orientations [deg] (:func:`crystal_orientation` plus :func:`distinct_turns`).
     optics : SimulationOptics
         Optics and detector of the scan.
     max_nm : float
@@ -145,26 +198,34 @@ def fitted_thickness(
         Probe positions averaged.
     seed : int
         Seed of the positions.
+    thickness_nm : float, optional
+        A known thickness [nm]: only the orientation is chosen.
 
     Returns
     -------
+    orientation : float
+        Best orientation [deg].
     thickness : float
         Best thickness [nm] (a whole number of periods along the zone axis).
     correlation : float
         Its correlation with the measured mean [1].
     """
     period_nm = get_crystal(crystal).period / 10.0
-    thicknesses = np.arange(period_nm, max_nm, max(period_nm, 1.0))
-    deformation = rotation_matrix(np.radians(orientation_deg))
-    xy = probe_positions_in_cell(crystal, deformation, _fractions(positions, seed), optics.box)
-    series, simulated = simulate_patterns(crystal, deformation, thicknesses, xy, optics)
+    if thickness_nm is None:
+        thicknesses = np.arange(period_nm, max_nm, max(period_nm, 1.0))
+    else:
+        thicknesses = np.array([thickness_nm])
     measured = np.sqrt(np.clip(reference_mean / reference_mean.sum(), 0, None)).ravel()
-    scores = [
-        np.corrcoef(measured, np.sqrt(np.clip(mean / mean.sum(), 0, None)).ravel())[0, 1]
-        for mean in series.mean(axis=0)
-    ]
-    best = int(np.nanargmax(scores))
-    return float(simulated[best]), float(scores[best])
+    best = (np.nan, np.nan, -np.inf)
+    for orientation in orientations_deg:
+        deformation = rotation_matrix(np.radians(orientation))
+        xy = probe_positions_in_cell(crystal, deformation, _fractions(positions, seed), optics.box)
+        series, simulated = simulate_patterns(crystal, deformation, thicknesses, xy, optics)
+        for thickness, mean in zip(simulated, series.mean(axis=0), strict=True):
+            score = np.corrcoef(measured, np.sqrt(np.clip(mean / mean.sum(), 0, None)).ravel())[0, 1]
+            if score > best[2]:
+                best = (float(orientation % 360.0), float(thickness), float(score))
+    return best
 
 
 def state_clusters(states: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
@@ -279,6 +340,7 @@ def simulate_states(
     positions: int = 8,
     draws: int | None = None,
     box_scale_min: float = 2.0,
+    thickness_nm: float | None = None,
 ) -> xr.Dataset:
     """The state scan of a strain map: its crystal turned as its reference lattice, as thick as its reference
     region's mean pattern says, at ``count`` states that stand for the measured ones.
@@ -302,12 +364,15 @@ def simulate_states(
         Noise draws per position; default: enough for :data:`ELECTRONS_PER_STATE` per state (at least 2).
     box_scale_min : float
         Smallest simulation box [1/k_sampling] (:meth:`SimulationOptics.fitted`).
+    thickness_nm : float, optional
+        The sample's thickness [nm] where known (e.g. from EELS); default: fitted to the reference
+        region's mean pattern (:func:`fitted_thickness`).
 
     Returns
     -------
     xr.Dataset
         :func:`state_scan`'s, with attrs ``orientation_deg``, ``orientation_residual``, ``thickness_nm``,
-        ``thickness_correlation``.
+        ``thickness_correlation`` (None for a given thickness).
 
     Raises
     ------
@@ -326,13 +391,18 @@ def simulate_states(
     optics = SimulationOptics(attrs["energy_eV"], attrs["semiangle_mrad"], scan.sizes["k_x"], k_sampling)
     optics = optics.fitted(box_scale_min)
     orientation, residual = crystal_orientation(reference, crystal)
-    from stemstrain.strainmap.run import reference_mean  # the mean the strain run's initial lattice is found on
+    candidates = orientation + distinct_turns(crystal)
+    check_thickness(thickness_nm)
+    if thickness_nm is not None and len(candidates) == 1:
+        thickness, correlation = float(thickness_nm), None  # nothing to choose
+    else:
+        from stemstrain.strainmap.run import reference_mean  # the mean the strain run's initial lattice is found on
 
-    mean = reference_mean(scan, reference_roi)
-    averaged = min(positions, 6)  # positions averaged for the thickness (6 match a reference region's mean well)
-    thickness, correlation = fitted_thickness(
-        np.asarray(mean, dtype=float), crystal, orientation, optics, positions=averaged
-    )
+        mean = np.asarray(reference_mean(scan, reference_roi), dtype=float)
+        averaged = min(positions, 6)  # positions averaged for the thickness (6 match a reference region's mean well)
+        orientation, thickness, correlation = fitted_thickness(
+            mean, crystal, candidates, optics, positions=averaged, thickness_nm=thickness_nm
+        )
     states = state_clusters(measured, count, seed=7)
     dose = float(attrs["dose_e_per_pattern"])
     draws = draws or max(2, int(np.ceil(ELECTRONS_PER_STATE / (positions * dose))))
@@ -427,6 +497,7 @@ def correct_strain_map(
     positions: int = 8,
     draws: int | None = None,
     box_scale_min: float = 2.0,
+    thickness_nm: float | None = None,
     **strain_options,
 ) -> Path:
     """Take a strain map's systematic error off it, measured by the same read-out on simulated crystals.
@@ -443,7 +514,7 @@ def correct_strain_map(
         The read-out of the map.
     crystal : str, optional
         Crystal name; default the scan's ``material`` attr.
-    count, positions, draws, box_scale_min
+    count, positions, draws, box_scale_min, thickness_nm
         As :func:`simulate_states`.
     **strain_options
         Further options of :func:`~stemstrain.strainmap.strain_map` (``config``, ``detector_options``,
@@ -471,6 +542,7 @@ def correct_strain_map(
         positions,
         draws,
         box_scale_min,
+        thickness_nm,
     )
     with tempfile.TemporaryDirectory(dir=strain_path.parent, prefix=f".{strain_path.name}.states-") as folder:
         states_scan, states_map = Path(folder) / "states.zarr", Path(folder) / "states-map.zarr"

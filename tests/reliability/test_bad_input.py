@@ -251,6 +251,13 @@ CASES["strain/zero-reference"] = strain_case(
     set_values("data", (slice(0, 4), slice(0, 1)), 0.0), ("scan.zarr", "reference region", "zero")
 )
 CASES["strain/unknown-method"] = strain_case(None, ("--method", "'hough'"), "--method", "hough")
+CASES["strain/negative-thickness"] = strain_case(
+    None, ("--thickness-nm", "positive"), "--correct-by-simulation", "--thickness-nm", "-5"
+)
+CASES["strain/unknown-crystal"] = strain_case(
+    None, ("unknown crystal", "'Si_111'"), "--correct-by-simulation", "--crystal", "Si_111"
+)
+CASES["strain/thickness-without-correction"] = strain_case(None, ("--correct-by-simulation",), "--thickness-nm", "40")
 
 
 @case("strain/unet-without-model")
