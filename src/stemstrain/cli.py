@@ -419,6 +419,7 @@ def strain(
             response_states,
             response_positions,
             thickness_nm=thickness_nm,
+            progress=progress,
             config=settings,
             detector_options=options,
             fit_options=fit_options,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from tqdm import tqdm
 
 from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration, make_4d_dataset, open_4d, open_strain_map, write_strain_map
@@ -174,6 +175,7 @@ def fitted_thickness(
     positions: int = 6,
     seed: int = 0,
     thickness_nm: float | None = None,
+    progress: bool = False,
 ) -> tuple[float, float, float]:
     """The thickness, and orientation among candidates, whose unstrained pattern best matches a reference
     region's mean pattern.
@@ -200,6 +202,8 @@ def fitted_thickness(
         Seed of the positions.
     thickness_nm : float, optional
         A known thickness [nm]: only the orientation is chosen.
+    progress : bool
+        Show a progress bar over the orientations.
 
     Returns
     -------
@@ -217,7 +221,7 @@ def fitted_thickness(
         thicknesses = np.array([thickness_nm])
     measured = np.sqrt(np.clip(reference_mean / reference_mean.sum(), 0, None)).ravel()
     best = (np.nan, np.nan, -np.inf)
-    for orientation in orientations_deg:
+    for orientation in tqdm(orientations_deg, desc="thickness fit", unit="orientation", disable=not progress):
         deformation = rotation_matrix(np.radians(orientation))
         xy = probe_positions_in_cell(crystal, deformation, _fractions(positions, seed), optics.box)
         series, simulated = simulate_patterns(crystal, deformation, thicknesses, xy, optics)
@@ -265,6 +269,7 @@ def state_scan(
     positions: int = 8,
     draws: int = 2,
     seed: int = 0,
+    progress: bool = False,
 ) -> xr.Dataset:
     """A simulated 4D scan of uniformly strained crystals: row 0 unstrained (the reference), row i state i.
 
@@ -289,6 +294,8 @@ def state_scan(
         Probe positions per state and noise draws per position.
     seed : int
         Seed of the positions and the noise.
+    progress : bool
+        Show a progress bar over the states.
 
     Returns
     -------
@@ -299,7 +306,7 @@ def state_scan(
     states = np.vstack([np.zeros((1, 4)), np.asarray(states, dtype=float)])
     fractions = _fractions(positions, seed)
     rows = []
-    for row, state in enumerate(states):
+    for row, state in enumerate(tqdm(states, desc="simulated states", unit="state", disable=not progress)):
         deformation = deformation_from_strain(*state) @ rotation_matrix(np.radians(orientation_deg))
         xy = probe_positions_in_cell(crystal, deformation, fractions, optics.box)
         clean, _ = simulate_patterns(crystal, deformation, [thickness_nm], xy, optics)
@@ -326,8 +333,9 @@ def state_scan(
         reference_roi=[0, 1, 0, positions * draws],
         orientation_deg=orientation_deg,
     )
+    # no string coordinate for the components: zarr v3 has no specification for fixed-length strings yet
     scan["states"] = (("state", "component"), states, {"long_name": "simulated e_xx, e_yy, e_xy [1], theta [rad]"})
-    return scan.assign_coords(component=list(STRAIN_COMPONENTS))
+    return scan
 
 
 def simulate_states(
@@ -341,6 +349,7 @@ def simulate_states(
     draws: int | None = None,
     box_scale_min: float = 2.0,
     thickness_nm: float | None = None,
+    progress: bool = False,
 ) -> xr.Dataset:
     """The state scan of a strain map: its crystal turned as its reference lattice, as thick as its reference
     region's mean pattern says, at ``count`` states that stand for the measured ones.
@@ -367,6 +376,8 @@ def simulate_states(
     thickness_nm : float, optional
         The sample's thickness [nm] where known (e.g. from EELS); default: fitted to the reference
         region's mean pattern (:func:`fitted_thickness`).
+    progress : bool
+        Show progress bars of the multislice runs.
 
     Returns
     -------
@@ -401,12 +412,12 @@ def simulate_states(
         mean = np.asarray(reference_mean(scan, reference_roi), dtype=float)
         averaged = min(positions, 6)  # positions averaged for the thickness (6 match a reference region's mean well)
         orientation, thickness, correlation = fitted_thickness(
-            mean, crystal, candidates, optics, positions=averaged, thickness_nm=thickness_nm
+            mean, crystal, candidates, optics, positions=averaged, thickness_nm=thickness_nm, progress=progress
         )
     states = state_clusters(measured, count, seed=7)
     dose = float(attrs["dose_e_per_pattern"])
     draws = draws or max(2, int(np.ceil(ELECTRONS_PER_STATE / (positions * dose))))
-    simulated = state_scan(crystal, states, orientation, thickness, optics, dose, positions, draws)
+    simulated = state_scan(crystal, states, orientation, thickness, optics, dose, positions, draws, progress=progress)
     simulated.attrs |= {
         "orientation_residual": residual,
         "thickness_correlation": correlation,
@@ -498,6 +509,7 @@ def correct_strain_map(
     draws: int | None = None,
     box_scale_min: float = 2.0,
     thickness_nm: float | None = None,
+    progress: bool = False,
     **strain_options,
 ) -> Path:
     """Take a strain map's systematic error off it, measured by the same read-out on simulated crystals.
@@ -514,7 +526,7 @@ def correct_strain_map(
         The read-out of the map.
     crystal : str, optional
         Crystal name; default the scan's ``material`` attr.
-    count, positions, draws, box_scale_min, thickness_nm
+    count, positions, draws, box_scale_min, thickness_nm, progress
         As :func:`simulate_states`.
     **strain_options
         Further options of :func:`~stemstrain.strainmap.strain_map` (``config``, ``detector_options``,
@@ -543,11 +555,12 @@ def correct_strain_map(
         draws,
         box_scale_min,
         thickness_nm,
+        progress,
     )
     with tempfile.TemporaryDirectory(dir=strain_path.parent, prefix=f".{strain_path.name}.states-") as folder:
         states_scan, states_map = Path(folder) / "states.zarr", Path(folder) / "states-map.zarr"
         simulated.to_zarr(states_scan)
-        strain_map(states_scan, states_map, method, model, progress=False, **strain_options)
+        strain_map(states_scan, states_map, method, model, progress=progress, **strain_options)
         errors = state_errors(simulated["states"].values, open_strain_map(states_map, require_valid=False))
     corrected = corrected_strain(strain, simulated["states"].values, errors)
     corrected.attrs |= {
