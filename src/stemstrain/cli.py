@@ -360,7 +360,7 @@ def strain(
         typer.Option(
             "--thickness-nm",
             help="Sample thickness [nm] of --correct-by-simulation where known (EELS log-ratio, CBED fringes); "
-            "default: fitted to the reference region's mean pattern (it can pick the wrong pendellosung branch).",
+            "default: fitted to the reference region's mean pattern, and the orientation where the lattice allows two.",
         ),
     ] = None,
     fresh: Annotated[
