@@ -37,7 +37,7 @@ from stemstrain.evaluate import evaluate_strain  # noqa: E402
 from stemstrain.evaluate.score import scored_positions  # noqa: E402
 from stemstrain.evaluate.suite import STRAIN_ONLY  # noqa: E402
 from stemstrain.io import atomic_output  # noqa: E402
-from stemstrain.response import corrected_strain, simulate_states, state_errors  # noqa: E402
+from stemstrain.response import ResponseOptions, corrected_strain, simulate_states, state_errors  # noqa: E402
 from stemstrain.strain import STRAIN_COMPONENTS  # noqa: E402
 from stemstrain.strainmap import strain_map  # noqa: E402
 
@@ -60,9 +60,7 @@ def calibration(scan_path: Path, network_map: xr.Dataset, truth: xr.Dataset, fol
             reference,
             measured,
             network_map.attrs["reference_roi"],
-            count=args.states,
-            positions=args.positions,
-            draws=args.draws,
+            ResponseOptions(states=args.states, positions=args.positions, draws=args.draws),
         )
         states.attrs["seconds_simulation"] = time.perf_counter() - start
         with atomic_output(path) as tmp:

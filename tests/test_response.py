@@ -8,6 +8,7 @@ import xarray as xr
 from stemstrain.errors import StemstrainInputError
 from stemstrain.lattice import reciprocal_vectors
 from stemstrain.response import (
+    ResponseOptions,
     corrected_strain,
     crystal_orientation,
     distinct_turns,
@@ -114,12 +115,12 @@ def test_thick_crystal_strain_comes_back_after_the_simulated_correction(tmp_path
     reference = np.stack([observed.attrs["g1"], observed.attrs["g2"]], axis=-1)
     values = np.stack([observed[c].values[1] for c in STRAIN_COMPONENTS], axis=-1)
     calibration = simulate_states(
-        measured, reference, values, (0, 1, 0, 4), count=1, positions=4, draws=1, box_scale_min=1
+        measured, reference, values, (0, 1, 0, 4), ResponseOptions(states=1, positions=4, draws=1, box_scale_min=1)
     )
     assert abs(calibration.attrs["thickness_nm"] - 45.0) < 0.8 and calibration.attrs["thickness_correlation"] > 0.98
-    given = simulate_states(
-        measured, reference, values, (0, 1, 0, 4), count=1, positions=1, draws=1, box_scale_min=1, thickness_nm=45.0
-    )  # a known thickness: nothing fitted (diamond's [110] has no second orientation to choose)
+    # a known thickness: nothing fitted (diamond's [110] has no second orientation to choose)
+    known = ResponseOptions(states=1, positions=1, draws=1, box_scale_min=1, thickness_nm=45.0)
+    given = simulate_states(measured, reference, values, (0, 1, 0, 4), known)
     assert abs(given.attrs["thickness_nm"] - 45.0) < 0.4 and given.attrs["thickness_correlation"] is None
     calibration.to_zarr(tmp_path / "states.zarr")
     strain_map(tmp_path / "states.zarr", tmp_path / "states-map.zarr", "bragg", progress=False)

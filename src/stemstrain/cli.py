@@ -407,7 +407,7 @@ def strain(
         progress=progress,
     )
     if correct_by_simulation:
-        from stemstrain.response import correct_strain_map
+        from stemstrain.response import ResponseOptions, correct_strain_map
 
         typer.echo("simulating the read-out's response at the map's states (minutes) ...")
         correct_strain_map(
@@ -415,10 +415,7 @@ def strain(
             out,
             method,
             model,
-            crystal,
-            response_states,
-            response_positions,
-            thickness_nm=thickness_nm,
+            ResponseOptions(crystal, response_states, response_positions, thickness_nm=thickness_nm),
             progress=progress,
             config=settings,
             detector_options=options,

@@ -15,6 +15,7 @@ thickness changes over the map and the detector are not in it).
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from stemstrain.simulate.noise import PatternNoise, apply_noise
 from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix
 
 __all__ = [
+    "ResponseOptions",
     "correct_strain_map",
     "corrected_strain",
     "simulate_states",
@@ -52,6 +54,38 @@ ELECTRONS_PER_STATE = 2e7
 the mean of a state's patterns then scatters ~1e-4 or less at any dose."""
 SCALE_TOLERANCE = 0.1
 """Largest difference of the measured lattice's scale from the crystal's [1]."""
+
+
+@dataclass(frozen=True)
+class ResponseOptions:
+    """How a map's response is simulated (:func:`simulate_states`).
+
+    Attributes
+    ----------
+    crystal : str, optional
+        Crystal name of :mod:`stemstrain.simulate.crystals`; default the scan's ``material`` attr.
+    states : int
+        Simulated states, k-means centres of the map's (:func:`state_clusters`).
+    positions : int
+        Probe positions per state (:func:`state_scan`).
+    draws : int, optional
+        Noise draws per position; default: enough for :data:`ELECTRONS_PER_STATE` per state (at least 2).
+    box_scale_min : float
+        Smallest simulation box [1/k_sampling] (:meth:`SimulationOptics.fitted`).
+    thickness_nm : float, optional
+        The sample's thickness [nm] where known (e.g. from EELS); default: fitted to the reference
+        region's mean pattern (:func:`fitted_thickness`).
+    """
+
+    crystal: str | None = None
+    states: int = 8
+    positions: int = 8
+    draws: int | None = None
+    box_scale_min: float = 2.0
+    thickness_nm: float | None = None
+
+    def __post_init__(self) -> None:
+        check_thickness(self.thickness_nm)
 
 
 def crystal_orientation(reference: np.ndarray, crystal: str) -> tuple[float, float]:
@@ -343,16 +377,11 @@ def simulate_states(
     reference: np.ndarray,
     measured: np.ndarray,
     reference_roi: tuple[int, int, int, int],
-    crystal: str | None = None,
-    count: int = 8,
-    positions: int = 8,
-    draws: int | None = None,
-    box_scale_min: float = 2.0,
-    thickness_nm: float | None = None,
+    options: ResponseOptions = ResponseOptions(),
     progress: bool = False,
 ) -> xr.Dataset:
     """The state scan of a strain map: its crystal turned as its reference lattice, as thick as its reference
-    region's mean pattern says, at ``count`` states that stand for the measured ones.
+    region's mean pattern says, at ``options.states`` states that stand for the measured ones.
 
     Parameters
     ----------
@@ -365,17 +394,8 @@ def simulate_states(
         Measured e_xx, e_yy, e_xy [1] and θ [rad] of the positions the states stand for.
     reference_roi : (y0, y1, x0, x1)
         The map's reference region (half-open scan indices).
-    crystal : str, optional
-        Crystal name; default the scan's ``material`` attr.
-    count, positions : int
-        States and probe positions per state (:func:`state_scan`).
-    draws : int, optional
-        Noise draws per position; default: enough for :data:`ELECTRONS_PER_STATE` per state (at least 2).
-    box_scale_min : float
-        Smallest simulation box [1/k_sampling] (:meth:`SimulationOptics.fitted`).
-    thickness_nm : float, optional
-        The sample's thickness [nm] where known (e.g. from EELS); default: fitted to the reference
-        region's mean pattern (:func:`fitted_thickness`).
+    options : ResponseOptions
+        Crystal, states, probe positions, noise draws, box and thickness of the simulation.
     progress : bool
         Show progress bars of the multislice runs.
 
@@ -391,7 +411,7 @@ def simulate_states(
         Without a crystal, dose or optics, or when the crystal does not match the reference lattice.
     """
     attrs = scan.attrs
-    crystal = crystal or attrs.get("material")
+    crystal = options.crystal or attrs.get("material")
     needed = {"crystal (--crystal, or the scan's material attr)": crystal} | {
         f"scan attr {name}": attrs.get(name) for name in ("energy_eV", "semiangle_mrad", "dose_e_per_pattern")
     }
@@ -400,23 +420,23 @@ def simulate_states(
         raise StemstrainInputError(f"simulating the read-out's response needs {', '.join(missing)}")
     k_sampling, _ = k_calibration(scan)
     optics = SimulationOptics(attrs["energy_eV"], attrs["semiangle_mrad"], scan.sizes["k_x"], k_sampling)
-    optics = optics.fitted(box_scale_min)
+    optics = optics.fitted(options.box_scale_min)
     orientation, residual = crystal_orientation(reference, crystal)
     candidates = orientation + distinct_turns(crystal)
-    check_thickness(thickness_nm)
-    if thickness_nm is not None and len(candidates) == 1:
-        thickness, correlation = float(thickness_nm), None  # nothing to choose
+    if options.thickness_nm is not None and len(candidates) == 1:
+        thickness, correlation = float(options.thickness_nm), None  # nothing to choose
     else:
         from stemstrain.strainmap.run import reference_mean  # the mean the strain run's initial lattice is found on
 
         mean = np.asarray(reference_mean(scan, reference_roi), dtype=float)
-        averaged = min(positions, 6)  # positions averaged for the thickness (6 match a reference region's mean well)
+        averaged = min(options.positions, 6)  # 6 positions match a reference region's mean well
         orientation, thickness, correlation = fitted_thickness(
-            mean, crystal, candidates, optics, positions=averaged, thickness_nm=thickness_nm, progress=progress
+            mean, crystal, candidates, optics, positions=averaged, thickness_nm=options.thickness_nm, progress=progress
         )
-    states = state_clusters(measured, count, seed=7)
+    states = state_clusters(measured, options.states, seed=7)
     dose = float(attrs["dose_e_per_pattern"])
-    draws = draws or max(2, int(np.ceil(ELECTRONS_PER_STATE / (positions * dose))))
+    positions = options.positions
+    draws = options.draws or max(2, int(np.ceil(ELECTRONS_PER_STATE / (positions * dose))))
     simulated = state_scan(crystal, states, orientation, thickness, optics, dose, positions, draws, progress=progress)
     simulated.attrs |= {
         "orientation_residual": residual,
@@ -503,12 +523,7 @@ def correct_strain_map(
     strain_path: str | Path,
     method: str,
     model=None,
-    crystal: str | None = None,
-    count: int = 8,
-    positions: int = 8,
-    draws: int | None = None,
-    box_scale_min: float = 2.0,
-    thickness_nm: float | None = None,
+    options: ResponseOptions = ResponseOptions(),
     progress: bool = False,
     **strain_options,
 ) -> Path:
@@ -524,9 +539,7 @@ def correct_strain_map(
         The measured 4D scan and its strain map.
     method, model
         The read-out of the map.
-    crystal : str, optional
-        Crystal name; default the scan's ``material`` attr.
-    count, positions, draws, box_scale_min, thickness_nm, progress
+    options, progress
         As :func:`simulate_states`.
     **strain_options
         Further options of :func:`~stemstrain.strainmap.strain_map` (``config``, ``detector_options``,
@@ -549,12 +562,7 @@ def correct_strain_map(
         reference,
         measured[valid],
         tuple(strain.attrs["reference_roi"]),
-        crystal,
-        count,
-        positions,
-        draws,
-        box_scale_min,
-        thickness_nm,
+        options,
         progress,
     )
     with tempfile.TemporaryDirectory(dir=strain_path.parent, prefix=f".{strain_path.name}.states-") as folder:
