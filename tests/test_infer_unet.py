@@ -111,6 +111,25 @@ def test_the_shipped_model_loads_and_strain_uses_it_by_default(tmp_path, monkeyp
     assert ds["mask"].values.mean() > 0.9
 
 
+def test_data_not_at_the_network_calibration_get_the_camera_model(monkeypatch):
+    """A camera's data (another detector size or pixel size, resampled to the network's) get camera-v1 by
+    default; data at fast-v1's calibration get fast-v1; ``$STEMSTRAIN_MODEL`` overrides both."""
+    from stemstrain.io import at_calibration, make_4d_dataset
+    from stemstrain.model import default_model, load_model
+
+    monkeypatch.delenv("STEMSTRAIN_MODEL", raising=False)
+    _, metadata = load_model(default_model())
+    pixels, k_sampling = int(metadata["pixels"]), float(metadata["k_sampling"])
+    at_model = make_4d_dataset(np.ones((1, 1, pixels, pixels), np.float32), 1.0, k_sampling, 200e3, 1.5)
+    camera = make_4d_dataset(np.ones((1, 1, 144, 144), np.float32), 1.0, 0.0325, 300e3, 0.7)
+    finer = make_4d_dataset(np.ones((1, 1, pixels, pixels), np.float32), 1.0, 0.9 * k_sampling, 200e3, 1.5)
+    assert at_calibration(at_model, pixels, k_sampling) and not at_calibration(finer, pixels, k_sampling)
+    assert default_model(at_model).name == "fast-v1.pt" and default_model().name == "fast-v1.pt"
+    assert default_model(camera).name == "camera-v1.pt" and default_model(finer).name == "camera-v1.pt"
+    monkeypatch.setenv("STEMSTRAIN_MODEL", str(default_model()))
+    assert default_model(camera).name == "fast-v1.pt"
+
+
 def test_a_shipped_model_is_chosen_by_name():
     """``--model camera-v1`` is ``models/camera-v1.pt`` (trained with camera effects), ``--model general-v2`` the
     default until 2026-12-02 (four times fast-v1's compute); a wrong name lists them all."""
@@ -144,7 +163,8 @@ def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_
     only, and the run warns and points to camera-v1. camera-v1 with
     ``--static-offsets`` maps the cube (rows 85-100, columns 14-29, reference rows 89-92, columns
     18-23) all valid, each component's spread below tuned py4DSTEM's on the same positions. With the template read-out
-    (``-o refine=template``) its spread is below our bragg's with ``--static-offsets`` too.
+    (``-o refine=template``) its spread is below our bragg's with ``--static-offsets`` too. camera-v1 is the
+    default for this scan (not at the network's calibration), and its defaults beat tuned py4DSTEM.
     """
     from test_ingest import MGO, _write_zspy_crop
 
@@ -167,19 +187,27 @@ def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_
         )
     with pytest.warns(UserWarning, match=r"only \d+ of 24 positions .* valid lattice fit.*try --model camera-v1"):
         strain_map(scan, tmp_path / "general.zarr", model="general-v2", reference_roi=(4, 8, 4, 10), progress=False)
-    # camera-v1 with its own offsets beats py4DSTEM; its spots placed by the probe template (the
-    # aperture disk at the scan's optics) beat our bragg, the best classical method here.
-    for refine, spread in (("offsets", PY4DSTEM_MGO_SPREAD), ("template", BRAGG_MGO_SPREAD)):
+    # Without --model the scan, resampled to the network's calibration, is read by camera-v1 and the
+    # template: every component flatter than tuned py4DSTEM's. camera-v1 with its own offsets and
+    # --static-offsets beats py4DSTEM too; its spots placed by the probe template (the aperture disk at
+    # the scan's optics) with --static-offsets beat our bragg with them, the best classical method here.
+    runs = {
+        "default": ({}, FitOptions(), PY4DSTEM_MGO_SPREAD),
+        "offsets": ({"refine": "offsets"}, FitOptions(static_offsets=True), PY4DSTEM_MGO_SPREAD),
+        "template": ({"refine": "template"}, FitOptions(static_offsets=True), BRAGG_MGO_SPREAD),
+    }
+    for label, (options, fit_options, spread) in runs.items():
         out = strain_map(
             scan,
-            tmp_path / f"{refine}.zarr",
-            model="camera-v1",
+            tmp_path / f"{label}.zarr",
+            model=None if label == "default" else "camera-v1",
             reference_roi=(4, 8, 4, 10),
-            detector_options={"refine": refine},
-            fit_options=FitOptions(static_offsets=True),
+            detector_options=options,
+            fit_options=fit_options,
             progress=False,
         )
         ds = xr.open_zarr(out)
-        assert ds.attrs["readout"] == refine and ds["mask"].values.mean() >= 0.99
+        assert ds.attrs["model"] == "camera-v1" and ds["mask"].values.mean() >= 0.99
+        assert ds.attrs["readout"] == options.get("refine", "template")
         for name, bound in zip(("e_xx", "e_yy", "e_xy", "theta"), spread, strict=True):
-            assert np.nanstd(ds[name].values) < bound, f"{refine}: {name}"
+            assert np.nanstd(ds[name].values) < bound, f"{label}: {name}"

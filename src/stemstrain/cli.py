@@ -218,10 +218,11 @@ def strain(
     model: Annotated[
         Path | None,
         typer.Option(
-            help="Exported network (CKPT_DIR/model.pt) or the name of a shipped model for --method unet; default: "
-            "the shipped fast-v1 (or $STEMSTRAIN_MODEL), see models/fast-v1.md. On real detector data "
-            "(diffuse halo, blur, saturated beam) try camera-v1, see models/camera-v1.md; general-v2 (four times "
-            "the compute, the default until 2026-12-02) gives the same accuracy, see models/general-v2.md."
+            help="Exported network (CKPT_DIR/model.pt) or the name of a shipped model for --method unet; default "
+            "($STEMSTRAIN_MODEL overrides it): the shipped fast-v1 for a scan at its calibration (128 px at 0.025 "
+            "1/angstrom, k = 0 at the centre), see models/fast-v1.md; camera-v1, trained with a camera's diffuse "
+            "halo, blur and saturated beam, for any other scan (a camera's, resampled), see models/camera-v1.md. "
+            "general-v2 (four times fast-v1's compute, the default until 2026-12-02), see models/general-v2.md."
         ),
     ] = None,
     config: Annotated[

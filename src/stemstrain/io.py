@@ -325,6 +325,28 @@ def k_calibration(ds: xr.Dataset) -> tuple[float, tuple[float, float]]:
     return float(0.5 * (step_y + step_x)), (float(-k_y[0] / step_y), float(-k_x[0] / step_x))
 
 
+def at_calibration(ds: xr.Dataset, pixels: int, k_sampling: float) -> bool:
+    """Whether a 4D dataset's detector is ``pixels``² px at ``k_sampling`` with k = 0 at pixel ``pixels // 2``.
+
+    Data at a network's calibration are read as they are; other data (every real camera) are resampled
+    to it (:class:`stemstrain.detect.network.UNetDetector`).
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        4D data (contract of docs/DESIGN.md).
+    pixels : int
+        Detector side of the calibration [px].
+    k_sampling : float
+        Its pixel size [1/angstrom].
+    """
+    step, (centre_y, centre_x) = k_calibration(ds)
+    half = pixels // 2
+    # k = 0 read from float coordinates is 64.00000000000001, not 64: compare within a micro-pixel.
+    centred = abs(centre_y - half) < 1e-6 and abs(centre_x - half) < 1e-6
+    return ds.sizes["k_y"] == ds.sizes["k_x"] == pixels and abs(step / k_sampling - 1) < 1e-4 and centred
+
+
 def reference_k(pixels: int, k_sampling: float) -> np.ndarray:
     """Reciprocal coordinates of the reference calibration: ``(arange(n) - n // 2) * k_sampling``."""
     return (np.arange(pixels) - pixels // 2) * k_sampling

@@ -22,7 +22,7 @@ import xarray as xr
 from stemstrain.config import REFINEMENTS
 from stemstrain.detect.bragg import TILT_PRIOR, TemplateRefiner, disk_radius, probe_template
 from stemstrain.errors import StemstrainInputError
-from stemstrain.io import k_calibration
+from stemstrain.io import at_calibration, k_calibration
 from stemstrain.model.disks import correct_positions, load_disk_corrector
 from stemstrain.model.encoding import decode_spots
 from stemstrain.runtime import (
@@ -336,12 +336,9 @@ class UNetDetector:
             if not allow_mismatch:
                 raise StemstrainInputError(message + " (pass --allow-calibration-mismatch to run anyway)")
             warnings.warn(message, stacklevel=3)
-        half = self.pixels // 2
-        # k = 0 read from float coordinates is 64.00000000000001, not 64: compare within a micro-pixel.
-        centred = abs(centre_y - half) < 1e-6 and abs(centre_x - half) < 1e-6
-        same = n_y == n_x == self.pixels and abs(ratio - 1) < 1e-4 and centred
-        if same:
+        if at_calibration(scan, self.pixels, self.k_sampling):
             return None
+        half = self.pixels // 2
         k_model = (np.arange(self.pixels) - half) * self.k_sampling
         index_x = centre_x + k_model / k_sampling
         index_y = centre_y + k_model / k_sampling

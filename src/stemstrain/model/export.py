@@ -15,7 +15,7 @@ import torch
 from stemstrain import __version__
 from stemstrain.config import ModelConfig
 from stemstrain.errors import StemstrainInputError
-from stemstrain.io import atomic_output
+from stemstrain.io import at_calibration, atomic_output
 from stemstrain.model.unet import UNet
 
 # The shipped model: models/ at the top of the source tree (beside src/), or $STEMSTRAIN_MODEL.
@@ -24,7 +24,8 @@ DEFAULT_MODEL = "fast-v1.pt"
 """The shipped default: as accurate as general-v2 on the suite and the uniform series at a quarter of
 its compute, so that AVX2-only CPUs reach 250 patterns/s too (models/fast-v1.md)."""
 CAMERA_MODEL = "camera-v1"
-"""The shipped model for real detector data (diffuse halo, camera blur, saturation), by name."""
+"""The shipped model for real detector data (diffuse halo, camera blur, saturation), by name: the default for
+data not at the default model's calibration (:func:`default_model`)."""
 MODEL_ENV = "STEMSTRAIN_MODEL"
 
 FORMAT = "stemstrain-model"
@@ -105,8 +106,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     return model.to(device).eval(), payload["metadata"]
 
 
-def default_model() -> Path:
-    """The model ``stemstrain strain`` uses when none is given: ``$STEMSTRAIN_MODEL``, else the shipped one.
+def default_model(scan=None) -> Path:
+    """The model ``stemstrain strain`` uses when none is given: ``$STEMSTRAIN_MODEL``, else a shipped one.
+
+    The shipped default (:data:`DEFAULT_MODEL`), except for a ``scan`` that is not at its calibration: such
+    data come from a camera (its own pixel size and detector) and are resampled to the network's; they get
+    :data:`CAMERA_MODEL`, trained with a camera's diffuse halo, blur and saturation. Resampled data are read
+    by the template read-out, where the two networks place the disks of clean simulations alike (suite
+    geometric mean 7.92 against 8.00e-4, models/camera-v1.md), and camera-v1 maps the real MgO scan where
+    fast-v1's map is up to 1.7x noisier (models/camera-v1.md, "Which model by default").
+
+    Parameters
+    ----------
+    scan : xr.Dataset, optional
+        The 4D data to be read (contract of docs/DESIGN.md); None: the shipped default.
 
     Raises
     ------
@@ -119,14 +132,18 @@ def default_model() -> Path:
             f"--model: no model given and the default {path} does not exist "
             f"(set {MODEL_ENV} or pass --model CKPT_DIR/model.pt)"
         )
-    return path
+    camera = SHIPPED_MODELS / f"{CAMERA_MODEL}.pt"
+    if scan is None or os.environ.get(MODEL_ENV) or not camera.is_file():
+        return path
+    metadata = torch.load(path, map_location="cpu", weights_only=True)["metadata"]
+    return path if at_calibration(scan, int(metadata["pixels"]), float(metadata["k_sampling"])) else camera
 
 
-def resolve_model(model=None):
+def resolve_model(model=None, scan=None):
     """A model given by path, or by the name of a shipped model (``camera-v1`` for ``models/camera-v1.pt``).
 
-    None is the default model (:func:`default_model`); a string or path comes back as a ``Path``;
-    anything else (a loaded network) passes through unchanged.
+    None is the default model for ``scan`` (:func:`default_model`); a string or path comes back as a
+    ``Path``; anything else (a loaded network) passes through unchanged.
 
     Raises
     ------
@@ -134,7 +151,7 @@ def resolve_model(model=None):
         If a string or path is neither a file nor the name of a shipped model.
     """
     if model is None:
-        return default_model()
+        return default_model(scan)
     if not isinstance(model, (str, Path)):
         return model
     if Path(model).is_file():

@@ -106,7 +106,8 @@ def strain_map(
         Spot detector (:data:`stemstrain.detect.METHODS`).
     model : path or (torch.nn.Module, dict), optional
         Exported network, for ``unet`` (a path when the units run on a cluster); default: the
-        shipped model (:func:`stemstrain.model.default_model`).
+        shipped model for the scan (:func:`stemstrain.model.default_model`: camera-v1 for data resampled
+        to the network's calibration, else fast-v1).
     config : StrainConfig, optional
         Network batch, device, precision, compile, work-unit size and the cluster of the units.
     reference_roi : (y0, y1, x0, x1), optional
@@ -182,7 +183,7 @@ def plan_strain_map(
     if method == NETWORK:
         from stemstrain.model import resolve_model
 
-        model = resolve_model(model)
+        model = resolve_model(model, scan)
     options = {**detector_settings(method, config), **(detector_options or {})}
     detector = make_detector(method, scan, model=model, **options)
     timings = Timings()
@@ -203,6 +204,7 @@ def plan_strain_map(
     unit_shape, units = plan_units(scan["data"], config.unit_patterns)
     settings = {
         "method": method,
+        "model": Path(model).stem if isinstance(model, (str, Path)) else None,
         "model_hash": getattr(detector, "model_hash", None),
         "reference_roi": list(roi),
         "initial_g1": lattice0[:, 0].tolist(),
@@ -460,18 +462,19 @@ def write_strain(run: StrainRun) -> Path:
 def describe_readout(attrs: dict) -> str:
     """One line on how a network map's disks were placed, from its attributes ("" for other maps).
 
-    Says which template placed the disks and whether their intensity tilt was fitted, or that the network's
-    offsets placed them, and which disk correction moved them; where the template was simulated (no
-    measured probe), it says how to give one.
+    Says which network found the disks, which template placed them and whether their intensity tilt was
+    fitted, or that the network's offsets placed them, and which disk correction moved them; where the
+    template was simulated (no measured probe), it says how to give one.
     """
     corrected = attrs.get("readout_disk_correction")
+    network = f"network {attrs['model']}; " if attrs.get("model") else ""
     if attrs.get("readout") == "offsets" and corrected:
-        return f"read-out: the network's offsets; disk centres corrected by {corrected}"
+        return f"{network}read-out: the network's offsets; disk centres corrected by {corrected}"
     if attrs.get("readout") != "template":
-        return ""
+        return network.removesuffix("; ")
     source, tilt = attrs.get("readout_template"), attrs.get("readout_tilt_prior") or 0.0
     fit = f"each disk's intensity tilt fitted (tilt_prior {tilt:g})" if tilt else "plain correlation (tilt_prior 0)"
-    parts = [f"read-out: the {source} template at each network spot, {fit}"]
+    parts = [f"{network}read-out: the {source} template at each network spot, {fit}"]
     if corrected:
         parts.append(f"disk centres corrected by {corrected}")
     if not tilt and source == "simulated":
