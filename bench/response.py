@@ -13,8 +13,9 @@ after, scored as the suite scores. The simulation shares the scans' physics (abT
 and optics): on measured data the correction holds only as far as that physics does.
 
 Usage: ``python bench/response.py [--suite bench/validation.yaml] [--scans NAME ...] [--methods unet bragg
-cepstrum-multi] [--states 8] [--positions 8] [--draws N]``; writes ``bench/results/response_box2.json``
-(``response_validation_box2.json`` for the validation scans; rows of other scans and methods kept).
+cepstrum-multi] [--states 8] [--positions 8] [--draws N] [--frozen-phonons N]``; writes
+``bench/results/response_box2.json`` (``response_validation_box2.json`` for the validation scans; rows of
+other scans and methods kept).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def worst(scores: dict) -> float:
 
 def calibration(scan_path: Path, network_map: xr.Dataset, truth: xr.Dataset, folder: Path, args) -> Path:
     """The cached state scan of one scan: states clustered from the network map's scored positions."""
-    path = folder / f"{scan_path.stem}.k{args.states}p{args.positions}d{args.draws or 'auto'}.zarr"
+    phonons = "" if args.frozen_phonons is None else f"fp{args.frozen_phonons}"
+    path = folder / f"{scan_path.stem}.k{args.states}p{args.positions}d{args.draws or 'auto'}{phonons}.zarr"
     if not path.exists():
         start = time.perf_counter()
         scored, _ = scored_positions(network_map, truth)
@@ -60,7 +62,9 @@ def calibration(scan_path: Path, network_map: xr.Dataset, truth: xr.Dataset, fol
             reference,
             measured,
             network_map.attrs["reference_roi"],
-            ResponseOptions(states=args.states, positions=args.positions, draws=args.draws),
+            ResponseOptions(
+                states=args.states, positions=args.positions, draws=args.draws, frozen_phonons=args.frozen_phonons
+            ),
         )
         states.attrs["seconds_simulation"] = time.perf_counter() - start
         with atomic_output(path) as tmp:
@@ -77,6 +81,11 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=8, help="probe positions per state")
     parser.add_argument(
         "--draws", type=int, help="noise draws per position (default: stemstrain.response.ELECTRONS_PER_STATE)"
+    )
+    parser.add_argument(
+        "--frozen-phonons",
+        type=int,
+        help="frozen-phonon configurations of the simulated states (default: the scan's own); rows labelled METHOD+fpN",
     )
     args = parser.parse_args()
     from stemstrain.config import load_config
@@ -95,6 +104,7 @@ def main() -> None:
         simulated = xr.open_zarr(store)
         states = simulated["states"].values
         keys = ("material", "orientation_deg", "orientation_residual", "thickness_nm", "thickness_correlation")
+        keys = (*keys, "frozen_phonons")
         info = {key: simulated.attrs.get(key) for key in (*keys, "seconds_simulation")}
         for method in args.methods:
             map_path = work / "maps" / f"{scan}.{method}.zarr"
@@ -110,7 +120,7 @@ def main() -> None:
             rows.append(
                 {
                     "scan": scan,
-                    "method": method,
+                    "method": method if args.frozen_phonons is None else f"{method}+fp{args.frozen_phonons}",
                     "rmse_before": {c: before[c]["rmse"] for c in STRAIN_ONLY},
                     "rmse_after": {c: after[c]["rmse"] for c in STRAIN_ONLY},
                     "worst_before": worst(before),
@@ -128,7 +138,8 @@ def main() -> None:
             if row["scan"] == scan:
                 row.update(info)
     name = result.replace("accuracy", "response") if result.startswith("accuracy") else f"response_{result}"
-    rows = merged(rows, [s.name for s in config.scans], args.methods, RESULTS / f"{name}.json")  # keep rows not rerun
+    labels = [m if args.frozen_phonons is None else f"{m}+fp{args.frozen_phonons}" for m in args.methods]
+    rows = merged(rows, [s.name for s in config.scans], labels, RESULTS / f"{name}.json")  # keep rows not rerun
     settings = {"states": args.states, "positions": args.positions, "draws": args.draws}
     print(write_result(name, {"suite": str(args.suite), "box_scale_min": 2.0, **settings, "rows": rows}))
 

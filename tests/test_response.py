@@ -170,3 +170,28 @@ def test_strain_command_corrects_by_simulation(tmp_path):
         before = abs(float(fixed[f"{name}_uncorrected"][1].mean()) - state[0, i])
         after = abs(float(fixed[name][1].mean()) - state[0, i])
         assert after < max(2e-4, 0.5 * before), (name, before, after)
+
+
+def test_frozen_phonons_of_the_simulated_states_follow_the_scan():
+    """The state scan of a scan simulated with frozen phonons has them too (its ``frozen_phonons`` attr), unless
+    told otherwise; their thermal diffuse scattering fills the dark between the disks of a 20 nm Si [110]
+    crystal, which a static lattice leaves dark; a negative or fractional count is refused."""
+    optics = SimulationOptics()
+    state = np.array([[0.01, 0.0, 0.0, 0.0]])
+    vibrating = state_scan("Si_110", state, 23.5, 20.0, optics, dose=1e8, positions=1, draws=1, frozen_phonons=3)
+    static = state_scan("Si_110", state, 23.5, 20.0, optics, dose=1e8, positions=1, draws=1)
+    assert vibrating.attrs["frozen_phonons"] == 3 and static.attrs["frozen_phonons"] == 0
+    hot, cold = vibrating["data"].values[0, 0], static["data"].values[0, 0]
+    dark = cold < 1e-4 * cold.max()  # between the disks of the static lattice
+    assert dark.mean() > 0.5 and hot[dark].sum() > 3 * cold[dark].sum() + 1e-4 * hot.sum()
+
+    reference = rotation_matrix(np.radians(23.5)) @ reciprocal_vectors(projected_cell("Si_110"))
+    measured = np.zeros((1, 4))
+    small = {"states": 1, "positions": 1, "draws": 1, "box_scale_min": 1, "thickness_nm": 20.0}
+    simulated = simulate_states(vibrating, reference, measured, (0, 1, 0, 1), ResponseOptions(**small))
+    assert simulated.attrs["frozen_phonons"] == 3
+    told = simulate_states(vibrating, reference, measured, (0, 1, 0, 1), ResponseOptions(**small, frozen_phonons=0))
+    assert told.attrs["frozen_phonons"] == 0
+    for bad in (-1, 1.5):
+        with pytest.raises(StemstrainInputError, match="frozen phonons"):
+            ResponseOptions(frozen_phonons=bad)

@@ -364,6 +364,15 @@ def strain(
             "default: fitted to the reference region's mean pattern, and the orientation where the lattice allows two.",
         ),
     ] = None,
+    frozen_phonons: Annotated[
+        int | None,
+        typer.Option(
+            help="Frozen-phonon configurations of every pattern --correct-by-simulation simulates (thermal diffuse "
+            "scattering; that many times the cost); default: the scan's frozen_phonons attr (a simulated scan's), "
+            "else 0, a static lattice. A measured crystal vibrates: give 4 or more for measured data.",
+            min=0,
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Discard OUT.partial of an interrupted run; default: resume.")
     ] = (False),
@@ -380,7 +389,7 @@ def strain(
     from stemstrain.lattice import FitOptions
     from stemstrain.strainmap import describe_readout, strain_map
 
-    _check_response_options(correct_by_simulation, crystal, thickness_nm)
+    _check_response_options(correct_by_simulation, crystal, thickness_nm, frozen_phonons)
     flags = {
         "batch_size": batch,
         "device": device,
@@ -416,7 +425,9 @@ def strain(
             out,
             method,
             model,
-            ResponseOptions(crystal, response_states, response_positions, thickness_nm=thickness_nm),
+            ResponseOptions(
+                crystal, response_states, response_positions, thickness_nm=thickness_nm, frozen_phonons=frozen_phonons
+            ),
             progress=progress,
             config=settings,
             detector_options=options,
@@ -464,10 +475,14 @@ def _strain_config(path: Path | None, flags: dict, cluster: dict, gpus_per_worke
     return updated(base, changes, names=lambda loc: _STRAIN_FLAGS.get(loc, f"--cluster-option {loc[-1]}"))
 
 
-def _check_response_options(correct_by_simulation: bool, crystal: str | None, thickness_nm: float | None) -> None:
-    """Refuse --crystal / --thickness-nm that cannot be used, before any work is done."""
-    if not correct_by_simulation and (crystal is not None or thickness_nm is not None):
-        raise StemstrainInputError("--crystal and --thickness-nm are options of --correct-by-simulation: add it")
+def _check_response_options(
+    correct_by_simulation: bool, crystal: str | None, thickness_nm: float | None, frozen_phonons: int | None
+) -> None:
+    """Refuse --crystal / --thickness-nm / --frozen-phonons that cannot be used, before any work is done."""
+    if not correct_by_simulation and (crystal is not None or thickness_nm is not None or frozen_phonons is not None):
+        raise StemstrainInputError(
+            "--crystal, --thickness-nm and --frozen-phonons are options of --correct-by-simulation: add it"
+        )
     if correct_by_simulation:
         from stemstrain.response import check_thickness
         from stemstrain.simulate.crystals import get_crystal

@@ -75,6 +75,11 @@ class ResponseOptions:
     thickness_nm : float, optional
         The sample's thickness [nm] where known (e.g. from EELS); default: fitted to the reference
         region's mean pattern (:func:`fitted_thickness`).
+    frozen_phonons : int, optional
+        Frozen-phonon configurations of every simulated pattern (thermal diffuse scattering; 0: a static
+        lattice), at ``frozen_phonons`` times the cost; default: the scan's ``frozen_phonons`` attr (a
+        simulated scan's), else 0. A measured crystal vibrates: its thermal diffuse scattering is
+        simulated with 4 or more.
     """
 
     crystal: str | None = None
@@ -83,9 +88,16 @@ class ResponseOptions:
     draws: int | None = None
     box_scale_min: float = 2.0
     thickness_nm: float | None = None
+    frozen_phonons: int | None = None
 
     def __post_init__(self) -> None:
         check_thickness(self.thickness_nm)
+        if self.frozen_phonons is not None and (
+            int(self.frozen_phonons) != self.frozen_phonons or self.frozen_phonons < 0
+        ):
+            raise StemstrainInputError(
+                f"frozen phonons: expected a whole number of configurations >= 0, found {self.frozen_phonons!r}"
+            )
 
 
 def crystal_orientation(reference: np.ndarray, crystal: str) -> tuple[float, float]:
@@ -209,6 +221,7 @@ def fitted_thickness(
     positions: int = 6,
     seed: int = 0,
     thickness_nm: float | None = None,
+    frozen_phonons: int = 0,
     progress: bool = False,
 ) -> tuple[float, float, float]:
     """The thickness, and orientation among candidates, whose unstrained pattern best matches a reference
@@ -236,6 +249,8 @@ def fitted_thickness(
         Seed of the positions.
     thickness_nm : float, optional
         A known thickness [nm]: only the orientation is chosen.
+    frozen_phonons : int
+        Frozen-phonon configurations of each pattern (0: a static lattice).
     progress : bool
         Show a progress bar over the orientations.
 
@@ -258,7 +273,7 @@ def fitted_thickness(
     for orientation in tqdm(orientations_deg, desc="thickness fit", unit="orientation", disable=not progress):
         deformation = rotation_matrix(np.radians(orientation))
         xy = probe_positions_in_cell(crystal, deformation, _fractions(positions, seed), optics.box)
-        series, simulated = simulate_patterns(crystal, deformation, thicknesses, xy, optics)
+        series, simulated = simulate_patterns(crystal, deformation, thicknesses, xy, optics, frozen_phonons, seed=seed)
         for thickness, mean in zip(simulated, series.mean(axis=0), strict=True):
             score = np.corrcoef(measured, np.sqrt(np.clip(mean / mean.sum(), 0, None)).ravel())[0, 1]
             if score > best[2]:
@@ -303,12 +318,14 @@ def state_scan(
     positions: int = 8,
     draws: int = 2,
     seed: int = 0,
+    frozen_phonons: int = 0,
     progress: bool = False,
 ) -> xr.Dataset:
     """A simulated 4D scan of uniformly strained crystals: row 0 unstrained (the reference), row i state i.
 
     Each row holds ``positions`` probe positions in the cell (the same in every row) times ``draws``
-    draws of the counting noise at ``dose``.
+    draws of the counting noise at ``dose``. Every row has the same thermal displacements (one seed), so
+    that the differences between rows carry no draw of them.
 
     Parameters
     ----------
@@ -327,7 +344,9 @@ def state_scan(
     positions, draws : int
         Probe positions per state and noise draws per position.
     seed : int
-        Seed of the positions and the noise.
+        Seed of the positions, the thermal displacements and the noise.
+    frozen_phonons : int
+        Frozen-phonon configurations of each pattern (0: a static lattice).
     progress : bool
         Show a progress bar over the states.
 
@@ -343,7 +362,7 @@ def state_scan(
     for row, state in enumerate(tqdm(states, desc="simulated states", unit="state", disable=not progress)):
         deformation = deformation_from_strain(*state) @ rotation_matrix(np.radians(orientation_deg))
         xy = probe_positions_in_cell(crystal, deformation, fractions, optics.box)
-        clean, _ = simulate_patterns(crystal, deformation, [thickness_nm], xy, optics)
+        clean, _ = simulate_patterns(crystal, deformation, [thickness_nm], xy, optics, frozen_phonons, seed=seed)
         noise = PatternNoise(dose=dose)
         rows.append(
             [
@@ -366,6 +385,7 @@ def state_scan(
         dose_e_per_pattern=dose,
         reference_roi=[0, 1, 0, positions * draws],
         orientation_deg=orientation_deg,
+        frozen_phonons=frozen_phonons,
     )
     # no string coordinate for the components: zarr v3 has no specification for fixed-length strings yet
     scan["states"] = (("state", "component"), states, {"long_name": "simulated e_xx, e_yy, e_xy [1], theta [rad]"})
@@ -423,6 +443,7 @@ def simulate_states(
     optics = optics.fitted(options.box_scale_min)
     orientation, residual = crystal_orientation(reference, crystal)
     candidates = orientation + distinct_turns(crystal)
+    phonons = int(options.frozen_phonons if options.frozen_phonons is not None else attrs.get("frozen_phonons") or 0)
     if options.thickness_nm is not None and len(candidates) == 1:
         thickness, correlation = float(options.thickness_nm), None  # nothing to choose
     else:
@@ -431,13 +452,31 @@ def simulate_states(
         mean = np.asarray(reference_mean(scan, reference_roi), dtype=float)
         averaged = min(options.positions, 6)  # 6 positions match a reference region's mean well
         orientation, thickness, correlation = fitted_thickness(
-            mean, crystal, candidates, optics, positions=averaged, thickness_nm=options.thickness_nm, progress=progress
+            mean,
+            crystal,
+            candidates,
+            optics,
+            positions=averaged,
+            thickness_nm=options.thickness_nm,
+            frozen_phonons=phonons,
+            progress=progress,
         )
     states = state_clusters(measured, options.states, seed=7)
     dose = float(attrs["dose_e_per_pattern"])
     positions = options.positions
     draws = options.draws or max(2, int(np.ceil(ELECTRONS_PER_STATE / (positions * dose))))
-    simulated = state_scan(crystal, states, orientation, thickness, optics, dose, positions, draws, progress=progress)
+    simulated = state_scan(
+        crystal,
+        states,
+        orientation,
+        thickness,
+        optics,
+        dose,
+        positions,
+        draws,
+        frozen_phonons=phonons,
+        progress=progress,
+    )
     simulated.attrs |= {
         "orientation_residual": residual,
         "thickness_correlation": correlation,

@@ -258,6 +258,9 @@ CASES["strain/unknown-crystal"] = strain_case(
     None, ("unknown crystal", "'Si_111'"), "--correct-by-simulation", "--crystal", "Si_111"
 )
 CASES["strain/thickness-without-correction"] = strain_case(None, ("--correct-by-simulation",), "--thickness-nm", "40")
+CASES["strain/phonons-without-correction"] = strain_case(
+    None, ("--frozen-phonons", "--correct-by-simulation"), "--frozen-phonons", "4"
+)
 
 
 @case("strain/unet-without-model")
