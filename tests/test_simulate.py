@@ -144,6 +144,19 @@ def test_distortion_moves_pattern_and_target_together(patterns):
     assert np.median(np.linalg.norm(after - before, axis=1)) < 0.1
 
 
+def test_positions_run_in_parts_give_the_patterns_of_one_run(monkeypatch):
+    """Positions go through the multislice in parts that keep the exit waves of every frozen phonon and exit
+    plane within ``WAVE_BYTES``; the parts give the same patterns as one run (2 frozen phonons, 2 planes)."""
+    from stemstrain.simulate import multislice
+
+    optics = SimulationOptics()
+    xy = probe_positions_in_cell("Si_110", np.eye(2), np.array([[0.1, 0.2], [0.5, 0.5], [0.8, 0.3]]), optics.box)
+    whole, _ = simulate_patterns("Si_110", np.eye(2), [2.0, 4.0], xy, optics, frozen_phonons=2, seed=3)
+    monkeypatch.setattr(multislice, "WAVE_BYTES", 1)  # one position at a time
+    parts, _ = simulate_patterns("Si_110", np.eye(2), [2.0, 4.0], xy, optics, frozen_phonons=2, seed=3)
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-9 * whole.max())
+
+
 def test_counting_noise_has_the_dose():
     pattern = vacuum_probe(OPTICS)
     counts = apply_noise(pattern, PatternNoise(dose=1e5), OPTICS.k_sampling, np.random.default_rng(1))

@@ -285,6 +285,10 @@ def _precession_tilts(tilts: int, angle_mrad: float) -> np.ndarray:
     return angle_mrad * np.column_stack([np.cos(phi), np.sin(phi)])
 
 
+WAVE_BYTES = 2 * 2**30
+"""Most exit-wave memory :func:`simulate_patterns` holds at once [bytes]: more positions are run in parts."""
+
+
 def simulate_patterns(
     crystal: str,
     deformation: np.ndarray,
@@ -347,6 +351,10 @@ def simulate_patterns(
         ensemble_mean=False,
     )
     positions = np.atleast_2d(np.asarray(positions, dtype=float))
+    # The exit waves of every frozen phonon and exit plane are held at once: positions go in chunks that
+    # keep them within WAVE_BYTES (a thickness fit to 120 nm with 4 frozen phonons in the 2x box held 24 GB).
+    per_position = max(1, frozen_phonons) * len(exit_planes) * optics.gpts**2 * np.dtype(np.complex64).itemsize
+    chunk = max(1, int(WAVE_BYTES // per_position))
     total = 0.0
     tilts = _precession_tilts(*precession) + np.asarray(tilt_mrad, dtype=float)
     # Nested dask inside a worker task would submit to the cluster; the task itself is the unit of parallelism.
@@ -356,9 +364,13 @@ def simulate_patterns(
                 energy=optics.energy_eV, semiangle_cutoff=optics.semiangle_mrad, tilt=tuple(tilt), gpts=optics.gpts
             )
             probe.grid.match(potential)
-            waves = probe.multislice(potential, scan=abtem.CustomScan(positions), lazy=False).array
-            waves = waves.reshape(-1, len(exit_planes), len(positions), optics.gpts, optics.gpts)
-            total = total + diffraction_patterns(waves, optics).mean(axis=0)
+            parts = []
+            for start in range(0, len(positions), chunk):
+                part = positions[start : start + chunk]
+                waves = probe.multislice(potential, scan=abtem.CustomScan(part), lazy=False).array
+                waves = waves.reshape(-1, len(exit_planes), len(part), optics.gpts, optics.gpts)
+                parts.append(diffraction_patterns(waves, optics).mean(axis=0))
+            total = total + np.concatenate(parts, axis=1)
     patterns = np.swapaxes(total / len(tilts), 0, 1)
     plane_of = {p: i for i, p in enumerate(np.unique(periods))}
     patterns = patterns[:, [plane_of[p] for p in periods]]
