@@ -7,6 +7,7 @@
     python bench/accuracy.py --methods unet --tilt-prior 0     # rows unet+tilt0: the plain template correlation
     python bench/accuracy.py --methods bragg --tilt-prior 0.14 # rows bragg+tilt0.14: bragg's disks, the tilted read-out
     python bench/accuracy.py --methods unet --disk-correction disks-v1  # rows unet+disks-v1
+    python bench/accuracy.py --methods unet bragg --scatter-limit 0  # rows unet+scatter0: the fit's weights as given
     python bench/accuracy.py --draws 4        # each scan also with 3 more draws of its counting noise
     python bench/accuracy.py --suite bench/validation.yaml --box-scale 2 --methods unet  # choosing variants
 
@@ -46,6 +47,7 @@ from common import RESULTS, readout_variant, write_result  # noqa: E402
 from stemstrain.config import BASELINES, NETWORK, REFINEMENTS, load_config  # noqa: E402
 from stemstrain.errors import StemstrainInputError  # noqa: E402
 from stemstrain.evaluate.suite import failed_row, score_row, suite_table, timed_row  # noqa: E402
+from stemstrain.lattice import FitOptions  # noqa: E402
 from stemstrain.model import default_model, resolve_model  # noqa: E402
 from stemstrain.simulate import simulate_scan  # noqa: E402
 from stemstrain.strainmap import strain_map  # noqa: E402
@@ -94,11 +96,13 @@ def run_method(
     options: dict | None = None,
     label: str | None = None,
     draw: int = 0,
+    fit_options: FitOptions = FitOptions(),
 ) -> dict:
     """One row of the table: ``method`` on ``scan`` (its noise draw ``draw``), timed end to end and scored.
 
     ``options`` set the detector's read-out (unet: ``refine``, ``tilt_prior``; bragg: ``tilt_prior``;
-    default: the detector's own); the map is written under the row's ``label`` (default: the method).
+    default: the detector's own), ``fit_options`` the lattice fit of ours; the map is written under the
+    row's ``label`` (default: the method).
     """
     scan_path, truth = stores(work, scan, draw)
     out = work / "maps" / f"{scan_path.stem}.{label or method}.zarr"
@@ -114,7 +118,16 @@ def run_method(
         return failed_row(scan, method, "no model (pass --model or ship models/)")
 
     def run() -> None:
-        strain_map(scan_path, out, method, model=model, fresh=True, progress=False, detector_options=options)
+        strain_map(
+            scan_path,
+            out,
+            method,
+            model=model,
+            fresh=True,
+            progress=False,
+            detector_options=options,
+            fit_options=fit_options,
+        )
 
     return timed_row(scan, method, truth, out, run)
 
@@ -153,6 +166,12 @@ def main(argv=None) -> int:
         "are labelled unet+NAME (the file's name without .pt)",
     )
     parser.add_argument(
+        "--scatter-limit",
+        type=float,
+        help="the lattice fit's scatter_limit (stemstrain.lattice.FitOptions; 0: the weights as the detector "
+        "gives them), for our methods; their rows are labelled METHOD+scatterVALUE",
+    )
+    parser.add_argument(
         "--draws",
         type=int,
         default=1,
@@ -185,12 +204,17 @@ def main(argv=None) -> int:
         model = resolve_model(args.model)
         label = NETWORK if model == shipped else f"{NETWORK}@{model.stem}"
     options, labels = readout_variant(label, args.refine, args.tilt_prior, args.disk_correction)
+    fit_options = FitOptions()
+    if args.scatter_limit is not None:
+        fit_options = FitOptions(scatter_limit=args.scatter_limit)
+        ours = [m for m in args.methods if m != PY4DSTEM]
+        labels = {m: f"{labels.get(m, m)}+scatter{args.scatter_limit:g}" for m in ours}
     rows = []
     for scan in names:
         for draw in range(args.draws):
             for method in args.methods:
                 load = os.getloadavg()
-                row = run_method(work, scan, method, model, options.get(method), labels.get(method), draw)
+                row = run_method(work, scan, method, model, options.get(method), labels.get(method), draw, fit_options)
                 if method in labels:
                     row = {**row, "method": labels[method]}
                 if method == NETWORK:

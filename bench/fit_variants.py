@@ -10,7 +10,9 @@ fits them, with
   r: the disk radius [px], N: the counts in the disk; ``c = 1`` is the detector's weighting, 1/4 the
   centroid variance of a uniformly lit disk per axis, 0 the network's σ alone);
 - the detector's weights and the reflection offsets of the reference region taken off every spot
-  (``--static-offsets`` of ``stemstrain strain``).
+  (``--static-offsets`` of ``stemstrain strain``);
+- the detector's weights calibrated per reflection by its scatter in the reference region
+  (``--scatter-limit 2``, the default of ``stemstrain strain`` since 2026-12-05).
 
 Worst strain-component RMSE of each variant, scored as ``bench/accuracy.py`` scores (outside the
 reference region, against the truth). A variant chosen by this table would be chosen on the held-out
@@ -37,7 +39,7 @@ from common import write_result  # noqa: E402
 from stemstrain.detect import make_detector  # noqa: E402
 from stemstrain.evaluate.score import evaluate_strain  # noqa: E402
 from stemstrain.io import open_4d  # noqa: E402
-from stemstrain.lattice import FitOptions, fit_patterns, initial_lattice, reflection_offsets  # noqa: E402
+from stemstrain.lattice import FitOptions, fit_patterns, initial_lattice, reflection_calibration  # noqa: E402
 from stemstrain.model import resolve_model  # noqa: E402
 from stemstrain.model.encoding import decode_spots, disk_counts  # noqa: E402
 from stemstrain.strain import STRAIN_COMPONENTS, reference_lattice, strain_from_lattice  # noqa: E402
@@ -64,7 +66,7 @@ def scan_variants(scan_path: Path, truth_path: Path, model: Path) -> dict:
     y0, y1, x0, x1 = roi
     mean = data[y0:y1, x0:x1].reshape(-1, *data.shape[2:]).mean(axis=0)
     start, start_weights = detector(mean[None])
-    options = FitOptions()
+    options = FitOptions(scatter_limit=0)  # the weights of each variant as they are
     lattice0, origin0 = initial_lattice(start[0], start_weights[0], detector.space, options)
     in_reference = np.zeros((ny, nx), bool)
     in_reference[y0:y1, x0:x1] = True
@@ -91,9 +93,15 @@ def scan_variants(scan_path: Path, truth_path: Path, model: Path) -> dict:
 
     default = weights(1.0)
     reference_rows = in_reference.reshape(-1)
-    offsets = reflection_offsets(positions[reference_rows], default[reference_rows], lattice0, origin0, True, options)
+
+    def calibration(fit_options: FitOptions) -> np.ndarray:
+        return reflection_calibration(
+            positions[reference_rows], default[reference_rows], lattice0, origin0, True, fit_options
+        )
+
     result = {f"c={scale:g}": score(weights(scale)) for scale in COUNT_SCALES}
-    result["static_offsets"] = score(default, offsets)
+    result["static_offsets"] = score(default, calibration(FitOptions(static_offsets=True, scatter_limit=0)))
+    result["scatter_limit=2"] = score(default, calibration(FitOptions()))
     return result
 
 

@@ -52,7 +52,8 @@ def test_baseline_recovers_uniform_strain(uniform_scan, tmp_path, method, static
     out = strain_map(scan_path, tmp_path / f"{method}.zarr", method=method, fit_options=options, progress=False)
     prediction, truth = open_strain_map(out), open_strain_map(truth_path)
     assert prediction.attrs["method"] == method
-    assert (len(prediction.attrs["reflection_offsets"]) >= 6) == static_offsets  # (h, k, dx, dy) rows
+    calibration = np.asarray(prediction.attrs["reflection_calibration"]).reshape(-1, 5)  # (h, k, dx, dy, factor)
+    assert len(calibration) >= 6 and bool(np.any(calibration[:, 2:4] != 0)) == static_offsets
     assert bool(prediction["mask"].all()), "every position must give a valid fit"
     scores = evaluate_strain(prediction, truth)
     assert scores["n_scored"] == 9

@@ -328,6 +328,15 @@ def strain(
             "nanocube scan it lowers the bragg spread 2.4x. Off by default (distortion-free simulations gain nothing).",
         ),
     ] = False,
+    scatter_limit: Annotated[
+        float,
+        typer.Option(
+            help="Weigh down a reflection whose spots scatter in the reference region more than this many times "
+            "the median reflection does, measured against their own fit weights (faint outer disks under thermal "
+            "diffuse scattering); 0 switches it off.",
+            min=0.0,
+        ),
+    ] = 2.0,
     correct_by_simulation: Annotated[
         bool,
         typer.Option(
@@ -387,7 +396,7 @@ def strain(
     """
     from stemstrain.io import open_store, read_values
     from stemstrain.lattice import FitOptions
-    from stemstrain.strainmap import describe_readout, strain_map
+    from stemstrain.strainmap import describe_fit, describe_readout, strain_map
 
     _check_response_options(correct_by_simulation, crystal, thickness_nm, frozen_phonons)
     flags = {
@@ -403,7 +412,7 @@ def strain(
     options = parse_detector_options(detector_option)
     if allow_calibration_mismatch:
         options["allow_calibration_mismatch"] = True
-    fit_options = FitOptions(static_offsets=static_offsets)
+    fit_options = FitOptions(static_offsets=static_offsets, scatter_limit=scatter_limit)
     strain_map(
         scan,
         out,
@@ -435,9 +444,9 @@ def strain(
         )
     written = open_store(out, "strain-map store")
     valid = read_values(written["mask"], str(out))  # the mask alone: maps can be large
-    readout = describe_readout(written.attrs)
-    if readout:
-        typer.echo(readout)
+    for line in (describe_readout(written.attrs), describe_fit(written.attrs)):
+        if line:
+            typer.echo(line)
     if correct_by_simulation:
         attrs = written.attrs
         correlation = attrs["response_thickness_correlation"]

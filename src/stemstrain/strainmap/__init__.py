@@ -3,6 +3,7 @@ fitted as executor tasks (:mod:`~stemstrain.strainmap.units`)."""
 
 from stemstrain.strainmap.run import (
     StrainRun,
+    describe_fit,
     describe_readout,
     fit_units,
     material_lattice,
@@ -15,6 +16,7 @@ from stemstrain.strainmap.units import WorkUnit
 __all__ = [
     "StrainRun",
     "WorkUnit",
+    "describe_fit",
     "describe_readout",
     "fit_units",
     "material_lattice",

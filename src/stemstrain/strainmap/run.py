@@ -40,7 +40,13 @@ from stemstrain.io import (
     read_values,
     strain_map_dataset,
 )
-from stemstrain.lattice import FitOptions, initial_lattice, lagrange_reduce, reciprocal_vectors, reflection_offsets
+from stemstrain.lattice import (
+    FitOptions,
+    initial_lattice,
+    lagrange_reduce,
+    reciprocal_vectors,
+    reflection_calibration,
+)
 from stemstrain.runtime import Timings
 from stemstrain.strain import STRAIN_COMPONENTS, reference_lattice, strain_from_lattice
 from stemstrain.strainmap.units import Job, WorkUnit, fit_unit_task, local_worker, plan_units
@@ -195,12 +201,13 @@ def plan_strain_map(
     lattice0, origin0 = initial_lattice(
         positions[0], weights[0], detector.space, fit_options, fallback=material_lattice(scan.attrs, detector.space)
     )
-    offsets = np.zeros((0, 4))
-    if fit_options.static_offsets:
+    calibration = np.zeros((0, 5))
+    if fit_options.static_offsets or fit_options.scatter_limit > 0:
         with timings.measure("read"):
             sample = _reference_patterns(scan, roi)
         positions, weights = detector(sample)
-        offsets = reflection_offsets(positions, weights, lattice0, origin0, detector.space == "reciprocal", fit_options)
+        reciprocal = detector.space == "reciprocal"
+        calibration = reflection_calibration(positions, weights, lattice0, origin0, reciprocal, fit_options)
     unit_shape, units = plan_units(scan["data"], config.unit_patterns)
     settings = {
         "method": method,
@@ -211,7 +218,7 @@ def plan_strain_map(
         "initial_g2": lattice0[:, 1].tolist(),
         "initial_origin": origin0.tolist(),
         "fit_options": dataclasses.asdict(fit_options),
-        "reflection_offsets": offsets.tolist(),
+        "reflection_calibration": calibration.tolist(),
         "lattice_space": detector.space,
         "source": str(scan_path),
         "precision": getattr(detector, "precision", None),
@@ -222,7 +229,7 @@ def plan_strain_map(
         "readout_disk_correction": getattr(detector, "disk_correction", None),
     }
     store = ResumableStore(out)
-    lattice0, origin0, offsets = _start_store(store, scan, unit_shape, settings, fresh)
+    lattice0, origin0, calibration = _start_store(store, scan, unit_shape, settings, fresh)
     job = Job(
         str(scan_path.resolve()),
         str(out.resolve()),
@@ -232,7 +239,7 @@ def plan_strain_map(
         tuple(map(tuple, lattice0)),
         tuple(origin0),
         fit_options,
-        tuple(map(tuple, offsets)),
+        tuple(map(tuple, calibration)),
     )
     return StrainRun(job, config, scan, detector, roi, units, store, timings)
 
@@ -323,13 +330,13 @@ def _start_store(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Start the partial store, or resume one left by a run with the same settings.
 
-    Returns the initial lattice, origin and reflection offsets the units are fitted with: a resumed
+    Returns the initial lattice, origin and reflection calibration the units are fitted with: a resumed
     run keeps exactly those its finished units were fitted with.
     """
-    measured = ("initial_g1", "initial_g2", "reflection_offsets")  # numbers a rerun may round differently
+    measured = ("initial_g1", "initial_g2", "reflection_calibration")  # numbers a rerun may round differently
     lattice0 = np.stack([settings["initial_g1"], settings["initial_g2"]], axis=-1)
     origin0 = np.asarray(settings["initial_origin"])
-    offsets = np.asarray(settings["reflection_offsets"], dtype=float).reshape(-1, 4)
+    calibration = np.asarray(settings["reflection_calibration"], dtype=float).reshape(-1, 5)
     if store.started and not fresh:
         previous = xr.open_zarr(store.partial).attrs
         if any(previous.get(k) != v for k, v in settings.items() if k not in measured):
@@ -338,11 +345,11 @@ def _start_store(
         else:
             lattice0 = np.stack([previous["initial_g1"], previous["initial_g2"]], axis=-1)
             origin0 = np.asarray(previous["initial_origin"])
-            offsets = np.asarray(previous["reflection_offsets"], dtype=float).reshape(-1, 4)
+            calibration = np.asarray(previous["reflection_calibration"], dtype=float).reshape(-1, 5)
     fit_units = "1/angstrom" if settings["lattice_space"] == "reciprocal" else "angstrom"
     attrs = {k: v for k, v in settings.items() if v is not None}
     store.start(_template(scan, unit_shape, attrs, fit_units), fresh)
-    return lattice0, origin0, offsets
+    return lattice0, origin0, calibration
 
 
 def _template(scan: xr.Dataset, unit_shape: tuple[int, int], attrs: dict, fit_units: str) -> xr.Dataset:
@@ -483,6 +490,22 @@ def describe_readout(attrs: dict) -> str:
             "read-out then fits each disk's intensity tilt"
         )
     return "; ".join(parts)
+
+
+def describe_fit(attrs: dict) -> str:
+    """One line on the reference region's reflection calibration of a map's lattice fit ("" when it changed nothing)."""
+    table = np.asarray(attrs.get("reflection_calibration") or np.zeros((0, 5)), dtype=float).reshape(-1, 5)
+    parts = []
+    if np.any(table[:, 2:4] != 0):
+        parts.append(f"static offsets of {len(table)} reflections taken off")
+    down = table[:, 4] < 1
+    if down.any():
+        limit = (attrs.get("fit_options") or {}).get("scatter_limit")
+        parts.append(
+            f"{int(down.sum())} of {len(table)} reflections weighted down (to {table[down, 4].min():.2g}-"
+            f"{table[down, 4].max():.2g}) for their scatter in the reference region (--scatter-limit {limit:g}; 0: off)"
+        )
+    return "lattice fit: " + "; ".join(parts) if parts else ""
 
 
 def _camera_hint(run: StrainRun) -> str:

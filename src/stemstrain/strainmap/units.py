@@ -85,7 +85,7 @@ class Job:
     lattice0: tuple
     origin0: tuple
     fit_options: FitOptions
-    offsets: tuple = ()
+    calibration: tuple = ()  # rows (h, k, dx, dy, weight factor) of lattice.reflection_calibration
 
 
 def fit_unit_task(unit: WorkUnit, job: Job) -> int:
@@ -105,8 +105,8 @@ def _fitted_region(positions: np.ndarray, weights: np.ndarray, space: str, unit:
     """Index the spots of one unit's patterns and fit their lattices; returns the region Dataset to write."""
     fit_origin = space == "reciprocal"
     lattice0, origin0 = np.array(job.lattice0), np.array(job.origin0)
-    offsets = np.asarray(job.offsets, dtype=float).reshape(-1, 4)
-    fit = fit_patterns(positions, weights, lattice0, origin0, fit_origin, job.fit_options, offsets)
+    calibration = np.asarray(job.calibration, dtype=float).reshape(-1, 5)
+    fit = fit_patterns(positions, weights, lattice0, origin0, fit_origin, job.fit_options, calibration)
     lattice = fit["lattice"] if fit_origin else reciprocal_vectors(fit["lattice"])
     shape = (unit.y1 - unit.y0, unit.x1 - unit.x0)
     return xr.Dataset(
