@@ -101,7 +101,7 @@ def scan_variants(scan_path: Path, truth_path: Path, model: Path) -> dict:
 
     result = {f"c={scale:g}": score(weights(scale)) for scale in COUNT_SCALES}
     result["static_offsets"] = score(default, calibration(FitOptions(static_offsets=True, scatter_limit=0)))
-    result["scatter_limit=2"] = score(default, calibration(FitOptions()))
+    result["scatter_limit=2"] = score(default, calibration(FitOptions(scatter_limit=2.0)))
     return result
 
 

@@ -109,6 +109,8 @@ def test_the_shipped_model_loads_and_strain_uses_it_by_default(tmp_path, monkeyp
     ds = xr.open_zarr(out)
     assert ds.attrs["method"] == "unet" and ds.attrs["model_hash"] == model_hash(path)
     assert ds["mask"].values.mean() > 0.9
+    # the offsets read-out weighs spots by inverse variances: the fit checks them against their scatter
+    assert ds.attrs["readout"] == "offsets" and ds.attrs["fit_options"]["scatter_limit"] == 2
 
 
 def test_data_not_at_the_network_calibration_get_the_camera_model(monkeypatch):
@@ -209,5 +211,6 @@ def test_camera_model_maps_the_relaxed_mgo_cube_flatter_than_tuned_py4dstem(tmp_
         ds = xr.open_zarr(out)
         assert ds.attrs["model"] == "camera-v1" and ds["mask"].values.mean() >= 0.99
         assert ds.attrs["readout"] == options.get("refine", "template")
+        assert ds.attrs["fit_options"]["scatter_limit"] == (2 if ds.attrs["readout"] == "offsets" else 0)
         for name, bound in zip(("e_xx", "e_yy", "e_xy", "theta"), spread, strict=True):
             assert np.nanstd(ds[name].values) < bound, f"{label}: {name}"

@@ -329,14 +329,15 @@ def strain(
         ),
     ] = False,
     scatter_limit: Annotated[
-        float,
+        float | None,
         typer.Option(
             help="Weigh down a reflection whose spots scatter in the reference region more than this many times "
             "the median reflection does, measured against their own fit weights (faint outer disks under thermal "
-            "diffuse scattering); 0 switches it off.",
+            "diffuse scattering); 0 switches it off. Default: 2 for the network's offsets read-out, whose weights "
+            "are inverse variances; 0 for the template read-out and the baselines, whose weights are not.",
             min=0.0,
         ),
-    ] = 2.0,
+    ] = None,
     correct_by_simulation: Annotated[
         bool,
         typer.Option(

@@ -193,6 +193,8 @@ class UNetDetector:
         if corrector is not None:
             corrector = self._disk_corrector(*corrector, Path(disk_correction).name, radius, required=named)
         self._disks = corrector
+        # the offsets read-out weighs each spot by 1/(σ² + r²/N), an inverse variance; the template by a height
+        self.inverse_variance_weights = self.refine == "offsets"
         self.timings = Timings()
 
     def _disk_corrector(self, corrector, metadata: dict, name: str, radius: float | None, required: bool = True):

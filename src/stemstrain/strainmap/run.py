@@ -41,6 +41,7 @@ from stemstrain.io import (
     strain_map_dataset,
 )
 from stemstrain.lattice import (
+    SCATTER_LIMIT,
     FitOptions,
     initial_lattice,
     lagrange_reduce,
@@ -201,6 +202,9 @@ def plan_strain_map(
     lattice0, origin0 = initial_lattice(
         positions[0], weights[0], detector.space, fit_options, fallback=material_lattice(scan.attrs, detector.space)
     )
+    if fit_options.scatter_limit is None:  # weights that are inverse variances can be checked against the scatter
+        limit = SCATTER_LIMIT if getattr(detector, "inverse_variance_weights", False) else 0.0
+        fit_options = dataclasses.replace(fit_options, scatter_limit=limit)
     calibration = np.zeros((0, 5))
     if fit_options.static_offsets or fit_options.scatter_limit > 0:
         with timings.measure("read"):
