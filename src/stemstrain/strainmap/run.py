@@ -509,9 +509,10 @@ def describe_fit(attrs: dict) -> str:
     down = table[:, 4] < 1
     if down.any():
         limit = (attrs.get("fit_options") or {}).get("scatter_limit")
+        flag = f" (--scatter-limit {limit:g}; 0: off)" if isinstance(limit, (int, float)) else ""
         parts.append(
             f"{int(down.sum())} of {len(table)} reflections weighted down (to {table[down, 4].min():.2g}-"
-            f"{table[down, 4].max():.2g}) for their scatter in the reference region (--scatter-limit {limit:g}; 0: off)"
+            f"{table[down, 4].max():.2g}) for their scatter in the reference region{flag}"
         )
     return "lattice fit: " + "; ".join(parts) if parts else ""
 
