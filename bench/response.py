@@ -92,6 +92,8 @@ def main() -> None:
 
     config = load_config(args.suite)
     work, result = variant(2.0, config.name)
+    # rows of states simulated with a given frozen-phonon count are labelled METHOD+fpN
+    label = {m: m if args.frozen_phonons is None else f"{m}+fp{args.frozen_phonons}" for m in args.methods}
     folder = work / "response"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -104,7 +106,7 @@ def main() -> None:
         simulated = xr.open_zarr(store)
         states = simulated["states"].values
         keys = ("material", "orientation_deg", "orientation_residual", "thickness_nm", "thickness_correlation")
-        keys = (*keys, "frozen_phonons")
+        keys = (*keys, "frozen_phonons")  # the count the states were simulated with
         info = {key: simulated.attrs.get(key) for key in (*keys, "seconds_simulation")}
         for method in args.methods:
             map_path = work / "maps" / f"{scan}.{method}.zarr"
@@ -120,7 +122,7 @@ def main() -> None:
             rows.append(
                 {
                     "scan": scan,
-                    "method": method if args.frozen_phonons is None else f"{method}+fp{args.frozen_phonons}",
+                    "method": label[method],
                     "rmse_before": {c: before[c]["rmse"] for c in STRAIN_ONLY},
                     "rmse_after": {c: after[c]["rmse"] for c in STRAIN_ONLY},
                     "worst_before": worst(before),
@@ -138,8 +140,7 @@ def main() -> None:
             if row["scan"] == scan:
                 row.update(info)
     name = result.replace("accuracy", "response") if result.startswith("accuracy") else f"response_{result}"
-    labels = [m if args.frozen_phonons is None else f"{m}+fp{args.frozen_phonons}" for m in args.methods]
-    rows = merged(rows, [s.name for s in config.scans], labels, RESULTS / f"{name}.json")  # keep rows not rerun
+    rows = merged(rows, [s.name for s in config.scans], list(label.values()), RESULTS / f"{name}.json")  # keep others
     settings = {"states": args.states, "positions": args.positions, "draws": args.draws}
     print(write_result(name, {"suite": str(args.suite), "box_scale_min": 2.0, **settings, "rows": rows}))
 
