@@ -12,7 +12,8 @@ rows); draws pooled as the suite pools them (root of the mean square).
 Usage: ``python bench/error_parts.py [--scans au001_t30_d1e5 ...] [--methods unet bragg ...]
 [--suite bench/validation.yaml]``; reads the maps ``bench/accuracy.py --box-scale 2`` wrote under
 ``bench/work/suite-box2/maps`` (no method runs); writes ``bench/results/error_parts_box2.json``
-(``error_parts_validation_box2.json`` for the validation scans).
+(``error_parts_validation_box2.json`` for the validation scans), keeping the rows of scans and
+methods not run.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import xarray as xr
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from accuracy import SUITE, variant  # noqa: E402
-from common import write_result  # noqa: E402
+from accuracy import SUITE, merged, variant  # noqa: E402
+from common import RESULTS, write_result  # noqa: E402
 
 from stemstrain.config import load_config  # noqa: E402
 from stemstrain.evaluate.score import scored_positions  # noqa: E402
@@ -91,6 +92,7 @@ def main() -> None:
             )
             print(f"{scan:18s} {method:15s} {len(maps)} draws | {cells}", flush=True)
     name = result.replace("accuracy", "error_parts") if result.startswith("accuracy") else f"error_parts_{result}"
+    rows = merged(rows, [s.name for s in config.scans], args.methods, RESULTS / f"{name}.json")  # keep others
     print(write_result(name, {"suite": str(args.suite), "box_scale_min": 2.0, "rows": rows}))
 
 
