@@ -20,7 +20,8 @@ Usage: ``python bench/disk_corrector.py --train TRAIN.zarr --validate VAL.zarr -
 [--absolute-weight 0.2] [--cache DISKS.pt]``; writes
 ``bench/results/disk_corrector.json`` (``disk_corrector_series.json`` with ``--series``,
 ``disk_corrector_offsets.json`` with ``--placement offsets``, ``_wWIDTH`` added for a width other than 8,
-``_pPATCH`` for a ``--patch`` other than 13, ``_seedSEED`` for a ``--seed`` other than 0).
+``_pPATCH`` for a ``--patch`` other than 13, ``_seedSEED`` for a ``--seed`` other than 0, ``_TRAIN`` (the
+training set's name) with ``--start``).
 """
 
 from __future__ import annotations
@@ -82,13 +83,18 @@ def _subset(pairs: dict, keep: torch.Tensor) -> dict:
 
 
 def result_name(args) -> str:
-    """disk_corrector[_series | _offsets[_wWIDTH][_pPATCH][_seedSEED]]: each kind of corrector keeps its own file."""
+    """disk_corrector[_series | _offsets[_wWIDTH][_pPATCH][_seedSEED][_TRAIN]]: one file per kind of corrector.
+
+    A fit that starts from another corrector (``--start``) carries its training set's name (``_TRAIN``).
+    """
     if args.series:
         return "disk_corrector_series"
     if args.placement == "offsets":
         width = "" if args.width == 8 else f"_w{args.width}"
         patch = "" if args.patch == PATCH else f"_p{args.patch}"
-        return f"disk_corrector_offsets{width}{patch}" + (f"_seed{args.seed}" if args.seed else "")
+        seed = f"_seed{args.seed}" if args.seed else ""
+        tuned = f"_{Path(args.train).stem}" if args.start else ""
+        return f"disk_corrector_offsets{width}{patch}{seed}{tuned}"
     return "disk_corrector"
 
 
