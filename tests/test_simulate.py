@@ -391,6 +391,33 @@ def test_cached_clean_patterns_are_the_scans_before_noise(tmp_path):
         simulate_scan(config, config.scans[1], tmp_path / "x.zarr", tmp_path / "x.truth.zarr", noise_draw=-1)
 
 
+@pytest.mark.parametrize("frozen_phonons", [0, 2])
+def test_each_position_has_its_own_phonon_draw(tmp_path, frozen_phonons):
+    """Two reference positions one cell apart (the same probe site, the same strain state) give the same
+    static pattern, and different thermal ones: no two positions share a frozen-phonon draw, so the
+    reference lattice does not carry one draw's thermal shift."""
+    scan = {
+        "name": "pair",
+        "crystal": "SrTiO3_001",
+        "thickness_nm": 2.0,
+        "dose": 1e5,
+        "field": "uniform",
+        "amplitude": 0.01,
+        "scan_shape": [1, 3],
+        "step_nm": 0.3905,  # one SrTiO3 cell: positions 0 and 1 sit on the same probe site
+        "reference_roi": [0, 1, 0, 2],
+        "frozen_phonons": frozen_phonons,
+    }
+    config = parse_config({"simulate": {"cluster": {"kind": "none"}}, "scans": [scan]})
+    clean = clean_scan_patterns(config, config.scans[0], tmp_path / "cache")
+    assert np.all(np.isfinite(clean)) and clean[0, 0].sum() > 0.5
+    difference = np.abs(clean[0, 0] - clean[0, 1]).max() / clean[0, 0].max()
+    if frozen_phonons:
+        assert difference > 1e-3
+    else:
+        assert difference < 1e-5
+
+
 def test_tiny_training_set_fixture(tiny_training_set):
     ds = xr.open_zarr(tiny_training_set)
     assert ds["inputs"].shape == (24, 128, 128)

@@ -5,7 +5,8 @@ a shear and a rotation) is laid over the scan and is zero in the reference regio
 may be turned in-plane by ``orientation_deg``: the reference is then that rotated crystal, and the truth
 is the field relative to it. Every scan position is simulated as a crystal under its local uniform
 deformation ``F = R(θ)(I + ε) R(orientation)`` (a good model for a 1.5 mrad nanobeam probe, a few unit
-cells wide); positions sharing one deformation are propagated together through one potential. The probe
+cells wide); positions sharing one deformation are propagated together through one potential (with
+frozen phonons each position has its own phonon configurations, so its own potential). The probe
 sits at the position ``F⁻¹ s`` (modulo the projected cell) of the undeformed lattice for scan position s.
 Counting noise at the scan's dose is drawn per position from ``(seed, y, x)``.
 
@@ -269,6 +270,8 @@ def _clean_patterns(config: Config, scan: ScanConfig, optics, field: dict, folde
     tasks, members, n_states = _scan_tasks(scan, strain, scan_xy, optics, orientation)
     clean = np.zeros((shape[0] * shape[1], optics.pixels, optics.pixels), dtype=np.float32)
     recipe = scan.model_dump(mode="json", exclude={"name", "dose"})  # what makes the clean patterns
+    if scan.frozen_phonons:
+        recipe["phonon_draws"] = "per position"  # tasks of one strain state shared one draw before stop 51
     fingerprint = hashlib.sha256(repr((recipe, optics)).encode()).hexdigest()
     cache = _task_cache(folder / fingerprint[:16] if subfolder else folder, fingerprint)
     finished = [key for key, _ in tasks if (cache / f"{key}.npy").is_file()]
@@ -303,6 +306,12 @@ def _clean_patterns(config: Config, scan: ScanConfig, optics, field: dict, folde
 def _scan_tasks(scan: ScanConfig, strain: np.ndarray, scan_xy: np.ndarray, optics, orientation: float):
     """Multislice tasks of a scan: one per strain state (split into parts of ``MAX_POSITIONS_PER_TASK``).
 
+    With frozen phonons every position is a task of its own with its own phonon configurations (the
+    k-th draw of its strain state's seed), as a real probe averages its own thermal motion over its dwell
+    time. Positions sharing one draw would share its unconverged thermal shift of the lattice (of the
+    order of 1e-3 with 4 configurations, a probe a few cells wide): in the reference region that shift
+    would bias the reference lattice and so every position of the map alike.
+
     Returns
     -------
     tasks : list of (key, args)
@@ -313,16 +322,17 @@ def _scan_tasks(scan: ScanConfig, strain: np.ndarray, scan_xy: np.ndarray, optic
         Distinct strain states.
     """
     unique, group_of = np.unique(strain.reshape(-1, 4), axis=0, return_inverse=True)
+    per_task = 1 if scan.frozen_phonons else MAX_POSITIONS_PER_TASK
     tasks, members = [], {}
     for group, state in enumerate(unique):
         flat = np.flatnonzero(group_of.ravel() == group)
-        for part, start in enumerate(range(0, len(flat), MAX_POSITIONS_PER_TASK)):
-            indices = flat[start : start + MAX_POSITIONS_PER_TASK]
+        seeds = np.random.default_rng([scan.seed, group]).integers(2**31, size=len(flat))
+        for part, start in enumerate(range(0, len(flat), per_task)):
+            indices = flat[start : start + per_task]
             key = f"{group}-{part}"
             members[key] = indices
             args = (scan.crystal, state, scan_xy.reshape(-1, 2)[indices], scan.thickness_nm, optics)
-            seed = int(np.random.default_rng([scan.seed, group]).integers(2**31))
-            tasks.append((key, (*args, scan.frozen_phonons, seed, orientation)))
+            tasks.append((key, (*args, scan.frozen_phonons, int(seeds[start]), orientation)))
     return tasks, members, len(unique)
 
 
