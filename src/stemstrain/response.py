@@ -324,8 +324,11 @@ def state_scan(
     """A simulated 4D scan of uniformly strained crystals: row 0 unstrained (the reference), row i state i.
 
     Each row holds ``positions`` probe positions in the cell (the same in every row) times ``draws``
-    draws of the counting noise at ``dose``. Every row has the same thermal displacements (one seed), so
-    that the differences between rows carry no draw of them.
+    draws of the counting noise at ``dose``. Every row is simulated with one seed, but the rows do not
+    share their thermal displacements: each state's box holds other atoms (1214-1224 in the 2x box of
+    Si [110] for strains of 0-2 %), so with frozen phonons each state's mean carries its own draw's
+    unconverged thermal shift of the lattice, the same for all its positions (a few 1e-4 to 4e-3 with 4
+    configurations, larger for the network than for bragg: README, stop 51).
 
     Parameters
     ----------
