@@ -19,7 +19,7 @@ from stemstrain.response import (
     state_scan,
 )
 from stemstrain.simulate.crystals import projected_cell
-from stemstrain.simulate.multislice import SimulationOptics
+from stemstrain.simulate.multislice import SimulationOptics, phonon_seeds, probe_positions_in_cell, simulate_patterns
 from stemstrain.strain import STRAIN_COMPONENTS, rotation_matrix
 
 
@@ -195,3 +195,17 @@ def test_frozen_phonons_of_the_simulated_states_follow_the_scan():
     for bad in (-1, 1.5):
         with pytest.raises(StemstrainInputError, match="frozen phonons"):
             ResponseOptions(frozen_phonons=bad)
+
+
+def test_each_simulated_position_has_its_own_phonon_draw():
+    """With frozen phonons the probe positions of a simulated state do not share one thermal draw: each
+    pattern is the multislice of its own position's draw (as in a simulated scan), which differs from the
+    pattern of the same position under another position's draw by far more than the counting noise."""
+    optics, turn = SimulationOptics(), rotation_matrix(np.radians(23.5))
+    scan = state_scan("Si_110", np.zeros((1, 4)), 23.5, 20.0, optics, dose=1e8, positions=2, draws=1, frozen_phonons=3)
+    measured = scan["data"].values[0, 1] / 1e8  # row 0, the second position
+    fractions = np.random.default_rng(0).random((2, 2))  # state_scan's positions for seed 0
+    xy = probe_positions_in_cell("Si_110", turn, fractions, optics.box)[1:]
+    first, second = phonon_seeds(0, 0, 2).tolist()
+    own, other = (simulate_patterns("Si_110", turn, [20.0], xy, optics, 3, seed=s)[0][0, 0] for s in (second, first))
+    assert np.abs(measured - own).sum() < 0.2 * np.abs(measured - other).sum()

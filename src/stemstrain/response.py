@@ -26,7 +26,13 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.io import k_calibration, make_4d_dataset, open_4d, open_strain_map, write_strain_map
 from stemstrain.lattice import reciprocal_vectors
 from stemstrain.simulate.crystals import crystal_unit, get_crystal, projected_cell
-from stemstrain.simulate.multislice import SimulationOptics, probe_positions_in_cell, simulate_patterns, vacuum_probe
+from stemstrain.simulate.multislice import (
+    SimulationOptics,
+    phonon_seeds,
+    probe_positions_in_cell,
+    simulate_patterns,
+    vacuum_probe,
+)
 from stemstrain.simulate.noise import PatternNoise, apply_noise
 from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix
 
@@ -324,11 +330,12 @@ def state_scan(
     """A simulated 4D scan of uniformly strained crystals: row 0 unstrained (the reference), row i state i.
 
     Each row holds ``positions`` probe positions in the cell (the same in every row) times ``draws``
-    draws of the counting noise at ``dose``. Every row is simulated with one seed, but the rows do not
-    share their thermal displacements: each state's box holds other atoms (1214-1224 in the 2x box of
-    Si [110] for strains of 0-2 %), so with frozen phonons each state's mean carries its own draw's
-    unconverged thermal shift of the lattice, the same for all its positions (a few 1e-4 to 4e-3 with 4
-    configurations, larger for the network than for bragg: README, stop 51).
+    draws of the counting noise at ``dose``. With frozen phonons each probe position has its own thermal
+    displacements (:func:`~stemstrain.simulate.multislice.phonon_seeds`, as in a simulated scan), so
+    that a state's mean averages ``positions`` draws: rows cannot share one draw (each state's box holds
+    other atoms: 1214-1224 in the 2x box of Si [110] for strains of 0-2 %), and one draw per state put
+    its unconverged thermal shift of the lattice (a few 1e-4 to 4e-3 with 4 configurations, larger for
+    the network than for bragg: README, stop 51) into that state's error.
 
     Parameters
     ----------
@@ -365,7 +372,18 @@ def state_scan(
     for row, state in enumerate(tqdm(states, desc="simulated states", unit="state", disable=not progress)):
         deformation = deformation_from_strain(*state) @ rotation_matrix(np.radians(orientation_deg))
         xy = probe_positions_in_cell(crystal, deformation, fractions, optics.box)
-        clean, _ = simulate_patterns(crystal, deformation, [thickness_nm], xy, optics, frozen_phonons, seed=seed)
+        if frozen_phonons:  # each position its own potential, so its own thermal draw
+            seeds = phonon_seeds(seed, row, positions)
+            clean = np.concatenate(
+                [
+                    simulate_patterns(
+                        crystal, deformation, [thickness_nm], xy[i : i + 1], optics, frozen_phonons, seed=s
+                    )[0]
+                    for i, s in enumerate(seeds.tolist())
+                ]
+            )
+        else:
+            clean, _ = simulate_patterns(crystal, deformation, [thickness_nm], xy, optics)
         noise = PatternNoise(dose=dose)
         rows.append(
             [

@@ -35,6 +35,7 @@ from stemstrain.simulate.crystals import crystal_unit, get_crystal, projected_ce
 __all__ = [
     "SimulationOptics",
     "exit_plane_periods",
+    "phonon_seeds",
     "probe_positions_in_cell",
     "simulate_patterns",
     "strained_box",
@@ -228,6 +229,31 @@ def probe_positions_in_cell(crystal: str, deformation: np.ndarray, fractions: np
     """
     cell = np.asarray(deformation, dtype=float) @ projected_cell(crystal)
     return 0.5 * box + np.asarray(fractions, dtype=float) @ cell.T
+
+
+def phonon_seeds(seed: int, state: int, positions: int) -> np.ndarray:
+    """Seeds of the thermal displacements of the probe positions of one strain state, one per position.
+
+    A probe averages its own thermal motion over its dwell time, so each position gets a draw of its own
+    (the k-th of the state's sequence). One draw shared by the positions of a state (a reference region
+    among them) would put its unconverged thermal shift of the lattice into all of them alike: up to a
+    few 1e-3 with 4 configurations (README, stop 51).
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the scan or state scan.
+    state : int
+        Index of the strain state.
+    positions : int
+        Probe positions of the state.
+
+    Returns
+    -------
+    ndarray (positions,) int
+        Seeds for :func:`simulate_patterns`, one per position.
+    """
+    return np.random.default_rng([seed, state]).integers(2**31, size=positions)
 
 
 def _taper_window(optics: SimulationOptics) -> np.ndarray:

@@ -38,7 +38,13 @@ from stemstrain.io import (
 from stemstrain.lattice import reciprocal_vectors
 from stemstrain.simulate.crystals import get_crystal, projected_cell
 from stemstrain.simulate.dataset import check_simulation
-from stemstrain.simulate.multislice import SimulationOptics, exit_plane_periods, simulate_patterns, vacuum_probe
+from stemstrain.simulate.multislice import (
+    SimulationOptics,
+    exit_plane_periods,
+    phonon_seeds,
+    simulate_patterns,
+    vacuum_probe,
+)
 from stemstrain.simulate.noise import PatternNoise, apply_noise
 from stemstrain.strain import STRAIN_COMPONENTS, deformation_from_strain, rotation_matrix
 
@@ -326,7 +332,7 @@ def _scan_tasks(scan: ScanConfig, strain: np.ndarray, scan_xy: np.ndarray, optic
     tasks, members = [], {}
     for group, state in enumerate(unique):
         flat = np.flatnonzero(group_of.ravel() == group)
-        seeds = np.random.default_rng([scan.seed, group]).integers(2**31, size=len(flat))
+        seeds = phonon_seeds(scan.seed, group, len(flat))
         for part, start in enumerate(range(0, len(flat), per_task)):
             indices = flat[start : start + per_task]
             key = f"{group}-{part}"
