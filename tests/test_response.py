@@ -9,6 +9,7 @@ from stemstrain.errors import StemstrainInputError
 from stemstrain.lattice import reciprocal_vectors
 from stemstrain.response import (
     ResponseOptions,
+    _fractions,
     corrected_strain,
     crystal_orientation,
     distinct_turns,
@@ -204,8 +205,7 @@ def test_each_simulated_position_has_its_own_phonon_draw():
     optics, turn = SimulationOptics(), rotation_matrix(np.radians(23.5))
     scan = state_scan("Si_110", np.zeros((1, 4)), 23.5, 20.0, optics, dose=1e8, positions=2, draws=1, frozen_phonons=3)
     measured = scan["data"].values[0, 1] / 1e8  # row 0, the second position
-    fractions = np.random.default_rng(0).random((2, 2))  # state_scan's positions for seed 0
-    xy = probe_positions_in_cell("Si_110", turn, fractions, optics.box)[1:]
+    xy = probe_positions_in_cell("Si_110", turn, _fractions(2, 0), optics.box)[1:]  # state_scan's, seed 0
     first, second = phonon_seeds(0, 0, 2).tolist()
     own, other = (simulate_patterns("Si_110", turn, [20.0], xy, optics, 3, seed=s)[0][0, 0] for s in (second, first))
     assert np.abs(measured - own).sum() < 0.2 * np.abs(measured - other).sum()
