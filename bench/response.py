@@ -65,6 +65,7 @@ def calibration(scan_path: Path, network_map: xr.Dataset, truth: xr.Dataset, fol
             ResponseOptions(
                 states=args.states, positions=args.positions, draws=args.draws, frozen_phonons=args.frozen_phonons
             ),
+            progress=True,
         )
         states.attrs["seconds_simulation"] = time.perf_counter() - start
         with atomic_output(path) as tmp:

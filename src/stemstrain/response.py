@@ -335,7 +335,7 @@ def state_scan(
     that a state's mean averages ``positions`` draws: rows cannot share one draw (each state's box holds
     other atoms: 1214-1224 in the 2x box of Si [110] for strains of 0-2 %), and one draw per state put
     its unconverged thermal shift of the lattice (a few 1e-4 to 4e-3 with 4 configurations, larger for
-    the network than for bragg: README, stop 51) into that state's error.
+    the network than for bragg: docs/results.md, stop 51) into that state's error.
 
     Parameters
     ----------

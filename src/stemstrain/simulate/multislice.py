@@ -237,7 +237,7 @@ def phonon_seeds(seed: int, state: int, positions: int) -> np.ndarray:
     A probe averages its own thermal motion over its dwell time, so each position gets a draw of its own
     (the k-th of the state's sequence). One draw shared by the positions of a state (a reference region
     among them) would put its unconverged thermal shift of the lattice into all of them alike: up to a
-    few 1e-3 with 4 configurations (README, stop 51).
+    few 1e-3 with 4 configurations (docs/results.md, stop 51).
 
     Parameters
     ----------
