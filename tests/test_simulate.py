@@ -6,6 +6,7 @@ minute on 2 cores; the physics asserted is the one the network learns from.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -277,8 +278,11 @@ def test_a_complete_set_grows_when_n_samples_is_raised(uninterrupted, tmp_path, 
 
 
 def test_local_dask_cluster_gives_the_same_store(uninterrupted, tmp_path):
+    """A LocalCluster gives the in-process store, and leaves this process's environment as it was."""
     config = tiny_config(cluster={"kind": "local", "workers": 2})
+    environ = dict(os.environ)
     out = simulate_training_set(config, tmp_path / "train.zarr")
+    assert dict(os.environ) == environ  # distributed sets OMP_NUM_THREADS=1 here for its workers
     a, b = xr.open_zarr(uninterrupted).load(), xr.open_zarr(out).load()
     for name in a.data_vars:
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
