@@ -130,10 +130,9 @@ def main() -> None:
     }
     results["py4dstem"] = {**peer_timing, "scores": evaluate_strain(peer, truth)}
     results["py4dstem"]["load_avg_end"] = [round(v, 1) for v in os.getloadavg()]
-    ours = {"unet": {"method": "unet", "model": args.model}, "bragg": {"method": "bragg"}}
-    ours["cepstrum-multi"] = {"method": "cepstrum-multi"}
+    ours = {"unet": {"model": args.model}, "bragg": {}, "cepstrum-multi": {}}
     for label, options in ours.items():
-        predicted, seconds = timed_strain(scan_path, WORK / f"{label}.zarr", **options)
+        predicted, seconds = timed_strain(scan_path, WORK / f"{label}.zarr", method=label, **options)
         results[f"stemstrain_{label}"] = {
             "seconds_total": seconds,
             "patterns_per_s_end_to_end": n / seconds,
