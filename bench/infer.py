@@ -260,7 +260,12 @@ def main() -> None:
         help="disk-centre correctors, one corrected run each (files or shipped names; default disks-v1)",
     )
     parser.add_argument("--tag", help="appended to the result's name: bench/results/infer_<tag>.json")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (every row above), or cuda: the end-to-end rows in each precision"
+    )
     args = parser.parse_args()
+    if args.device != "cpu":
+        return device_rows(args)
 
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as work:
         work = Path(work)
@@ -308,6 +313,36 @@ def main() -> None:
         print("fp32 engines interleaved", results["fp32 engines interleaved"], flush=True)
         results["load_avg_end"] = [round(v, 1) for v in os.getloadavg()]
         print(write_result("infer" + (f"_{args.tag}" if args.tag else ""), results))
+
+
+def device_rows(args: argparse.Namespace) -> None:
+    """``strain`` end to end on an accelerator in each precision (``auto`` first), each run twice.
+
+    The first run of each precision warms the device (kernels, allocator); the second is reported. The
+    batch is ``strain``'s default for the device. Results: ``bench/results/infer_<tag or device>.json``.
+    """
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as work:
+        work = Path(work)
+        scan = make_scan(work / "scan.zarr", args.patterns)
+        model = args.model or default_model(work / "model.pt")
+        results = {"patterns": args.patterns, "device": args.device, "model": str(args.model or "passthrough")}
+        for precision in ("auto", "fp32", "bf16"):
+            for _ in range(2):
+                timings: dict = {}
+                out = work / f"{precision}.zarr"
+                strain_map(
+                    scan,
+                    out,
+                    model=model,
+                    device=args.device,
+                    precision=precision,
+                    progress=False,
+                    timings=timings,
+                    fresh=True,
+                )
+            results[precision] = {"patterns_per_s": rates(timings), "load_avg": [round(v, 1) for v in os.getloadavg()]}
+            print(precision, results[precision], flush=True)
+        print(write_result("infer_" + (args.tag or args.device), results))
 
 
 if __name__ == "__main__":

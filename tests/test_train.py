@@ -135,6 +135,7 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(tiny_training_set, tiny_tr
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU also on a machine with one GPU (nccl needs one per rank)
     ckpt = tmp_path / "ckpt"
     command = [sys.executable, "-m", "stemstrain.cli", "train", str(config_path), str(tiny_training_set), str(ckpt)]
     result = subprocess.run([*command, "--nproc", "2"], capture_output=True, text=True, env=env, timeout=300)

@@ -13,6 +13,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from stemstrain.errors import StemstrainInputError
 from stemstrain.execute import available_cores
 
 __all__ = ["broadcast_object", "environment", "parameter_checksum", "setup", "summed"]
@@ -28,6 +29,11 @@ def environment() -> tuple[int, int, int, int]:
 def setup(rank: int, world: int, local_rank: int, local_world: int) -> torch.device:
     """Join the process group (a world of one without torchrun) and return this process's device."""
     if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise StemstrainInputError(
+                f"process {local_rank} of {local_world} on this node has no GPU of its own: the node has "
+                f"{torch.cuda.device_count()}; start at most that many (--nproc, or torchrun's --nproc_per_node)"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
