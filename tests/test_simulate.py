@@ -158,6 +158,46 @@ def test_positions_run_in_parts_give_the_patterns_of_one_run(monkeypatch):
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-9 * whole.max())
 
 
+@pytest.mark.parametrize("frozen_phonons", [0, 2])
+def test_patterns_are_abtems_crystal_multislice_to_the_bit(frozen_phonons):
+    """The transmission functions of a period are computed once, not at each repetition: the patterns are
+    those of abTEM's own CrystalPotential multislice (its frozen-phonon ensemble reseeding each member)."""
+    import abtem
+    import dask
+
+    from stemstrain.simulate.crystals import get_crystal
+    from stemstrain.simulate.multislice import diffraction_patterns, exit_plane_periods, strained_box
+
+    deformation = deformation_from_strain(0.01, -0.005, 0.004, 0.02)
+    xy = probe_positions_in_cell("Si_110", deformation, np.array([[0.1, 0.2], [0.6, 0.5]]), OPTICS.box)
+    ours, _ = simulate_patterns("Si_110", deformation, [2.0, 4.0], xy, OPTICS, frozen_phonons=frozen_phonons, seed=3)
+
+    spec = get_crystal("Si_110")
+    periods = exit_plane_periods("Si_110", [2.0, 4.0])
+    atoms = strained_box("Si_110", deformation, OPTICS.box)
+    if frozen_phonons:
+        atoms = abtem.FrozenPhonons(atoms, num_configs=int(periods.max()), sigmas=dict(spec.rms_displacement), seed=3)
+    unit = abtem.Potential(
+        atoms, gpts=OPTICS.gpts, slice_thickness=spec.period / spec.slices_per_period, projection="infinite"
+    )
+    seeds = tuple(int(s) for s in np.random.default_rng(3).integers(0, 2**31, frozen_phonons)) or None
+    potential = abtem.CrystalPotential(
+        unit,
+        repetitions=(1, 1, int(periods.max())),
+        exit_planes=tuple(int(p) * spec.slices_per_period - 1 for p in periods),
+        num_frozen_phonons=frozen_phonons or None,
+        seeds=seeds,
+        ensemble_mean=False,
+    )
+    probe = abtem.Probe(energy=OPTICS.energy_eV, semiangle_cutoff=OPTICS.semiangle_mrad, gpts=OPTICS.gpts)
+    probe.grid.match(potential)
+    with dask.config.set(scheduler="synchronous"):
+        waves = probe.multislice(potential, scan=abtem.CustomScan(xy), lazy=False).array
+    waves = waves.reshape(-1, len(periods), len(xy), OPTICS.gpts, OPTICS.gpts)
+    reference = np.swapaxes(diffraction_patterns(waves, OPTICS).mean(axis=0), 0, 1)
+    np.testing.assert_array_equal(ours, reference)
+
+
 def test_counting_noise_has_the_dose():
     pattern = vacuum_probe(OPTICS)
     counts = apply_noise(pattern, PatternNoise(dose=1e5), OPTICS.k_sampling, np.random.default_rng(1))
