@@ -105,25 +105,25 @@ def dask_client(cluster: Cluster, n_tasks: int | None = None) -> Iterator:
     if cluster.kind not in ("local", "slurm"):
         raise ValueError(f"a dask client needs a local or slurm cluster, found kind {cluster.kind!r}")
     make = _local_cluster if cluster.kind == "local" else _slurm_cluster
-    with _environ_kept(), make(cluster, n_tasks) as scheduled, Client(scheduled) as client:
-        yield client
+    environ = dict(os.environ)
+    try:
+        with make(cluster, n_tasks) as scheduled, Client(scheduled) as client:
+            _set_environ(environ)
+            yield client
+    finally:
+        _set_environ(environ)
 
 
-@contextlib.contextmanager
-def _environ_kept() -> Iterator[None]:
-    """Give this process its environment back when the block ends.
+def _set_environ(environ: dict[str, str]) -> None:
+    """Give this process the environment ``environ`` back.
 
     distributed's nannies write their workers' pre-spawn environment (``OMP_NUM_THREADS=1``,
-    ``MKL_NUM_THREADS=1``, ...) into the environment of the process that starts a LocalCluster and
-    leave it there, so a library that loads its thread pool later in this process (torch imported
-    after a simulation, ONNX Runtime, numba) would run on one core.
+    ``MKL_NUM_THREADS=1``, ...) into the environment of the process that starts a LocalCluster (again
+    at each worker restart) and leave it there, so a library that loads its thread pool later in this
+    process (torch imported after a simulation, ONNX Runtime, numba) would run on one core.
     """
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def run_tasks(
